@@ -1,0 +1,207 @@
+//! A Rust client of Hoard's public `BlockStore` service, for sync clients, the CLI, tests and benchmarks.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use hoard_proto::v1::{self, block_store_client::BlockStoreClient, put_request::Msg};
+use hoard_types::BlockHash;
+use tokio_stream::StreamExt;
+use tonic::transport::{Channel, Endpoint};
+
+/// Bytes per message when streaming a block to the cell.
+pub const PUT_CHUNK: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("bad endpoint {0:?}: {1}")]
+    Endpoint(String, String),
+    #[error("cannot reach {0}: {1}")]
+    Connect(String, String),
+    #[error("{}", .0.message())]
+    Status(#[from] tonic::Status),
+    #[error("the cell answered a malformed hash {0:?}")]
+    BadAnswer(String),
+}
+
+impl ClientError {
+    /// The gRPC code of the answer, when the cell answered.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            ClientError::Status(s) => Some(s.code()),
+            _ => None,
+        }
+    }
+}
+
+/// What a put answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Put {
+    pub hash: BlockHash,
+    pub deduplicated: bool,
+}
+
+#[derive(Clone)]
+pub struct Client {
+    inner: BlockStoreClient<Channel>,
+}
+
+impl Client {
+    /// Connects to a frontend, e.g. `http://127.0.0.1:7700`.
+    pub async fn connect(url: &str) -> Result<Client, ClientError> {
+        let ep = Self::endpoint(url)?;
+        let channel = ep
+            .connect()
+            .await
+            .map_err(|e| ClientError::Connect(url.to_string(), source_chain(&e)))?;
+        Ok(Self::from_channel(channel))
+    }
+
+    /// A client that connects on first use (and reconnects after failures).
+    pub fn connect_lazy(url: &str) -> Result<Client, ClientError> {
+        Ok(Self::from_channel(Self::endpoint(url)?.connect_lazy()))
+    }
+
+    fn endpoint(url: &str) -> Result<Endpoint, ClientError> {
+        Ok(Endpoint::from_shared(url.to_string())
+            .map_err(|e| ClientError::Endpoint(url.to_string(), e.to_string()))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .initial_stream_window_size(Some(8 << 20))
+            .initial_connection_window_size(Some(32 << 20)))
+    }
+
+    fn from_channel(channel: Channel) -> Client {
+        Client {
+            inner: BlockStoreClient::new(channel)
+                .max_decoding_message_size(hoard_proto::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(hoard_proto::MAX_MESSAGE_BYTES),
+        }
+    }
+
+    /// Stores one block (1 B to 4 MiB).
+    pub async fn put(&self, data: Bytes) -> Result<Put, ClientError> {
+        self.put_checked(data, None).await
+    }
+
+    /// Stores one block, failing with `INVALID_ARGUMENT` unless it hashes to `expected`.
+    pub async fn put_checked(
+        &self,
+        data: Bytes,
+        expected: Option<BlockHash>,
+    ) -> Result<Put, ClientError> {
+        let mut msgs = Vec::with_capacity(1 + data.len().div_ceil(PUT_CHUNK));
+        msgs.push(v1::PutRequest {
+            msg: Some(Msg::Header(v1::PutHeader {
+                size: data.len() as u64,
+                expected_hash: expected.map(|h| h.to_hex()).unwrap_or_default(),
+            })),
+        });
+        let mut at = 0;
+        while at < data.len() {
+            let end = (at + PUT_CHUNK).min(data.len());
+            msgs.push(v1::PutRequest {
+                msg: Some(Msg::Chunk(data.slice(at..end))),
+            });
+            at = end;
+        }
+        let resp = self
+            .inner
+            .clone()
+            .put(tokio_stream::iter(msgs))
+            .await?
+            .into_inner();
+        let hash = resp
+            .hash
+            .parse()
+            .map_err(|_| ClientError::BadAnswer(resp.hash.clone()))?;
+        Ok(Put {
+            hash,
+            deduplicated: resp.deduplicated,
+        })
+    }
+
+    /// Reads a whole block.
+    pub async fn get(&self, hash: &BlockHash) -> Result<Bytes, ClientError> {
+        self.get_range(hash, 0, 0).await
+    }
+
+    /// Reads `[offset, offset + length)` of a block; `length` 0 reads to its end.
+    pub async fn get_range(
+        &self,
+        hash: &BlockHash,
+        offset: u64,
+        length: u64,
+    ) -> Result<Bytes, ClientError> {
+        self.get_raw(&hash.to_hex(), offset, length).await
+    }
+
+    /// Like [`Client::get_range`], with the hash as given (the cell validates it).
+    pub async fn get_raw(
+        &self,
+        hash: &str,
+        offset: u64,
+        length: u64,
+    ) -> Result<Bytes, ClientError> {
+        let mut stream = self
+            .inner
+            .clone()
+            .get(v1::GetRequest {
+                hash: hash.to_string(),
+                offset,
+                length,
+            })
+            .await?
+            .into_inner();
+        let mut parts: Vec<Bytes> = Vec::new();
+        while let Some(msg) = stream.next().await {
+            parts.push(msg?.data);
+        }
+        if parts.len() == 1 {
+            return Ok(parts.pop().expect("one part"));
+        }
+        let mut out = BytesMut::with_capacity(parts.iter().map(|p| p.len()).sum());
+        for p in parts {
+            out.extend_from_slice(&p);
+        }
+        Ok(out.freeze())
+    }
+
+    pub async fn stat(&self, hash: &str) -> Result<v1::StatResponse, ClientError> {
+        Ok(self
+            .inner
+            .clone()
+            .stat(v1::StatRequest {
+                hash: hash.to_string(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Of `hashes` (hex), the ones the cell does not hold.
+    pub async fn find_missing(&self, hashes: &[String]) -> Result<Vec<String>, ClientError> {
+        Ok(self
+            .inner
+            .clone()
+            .find_missing(v1::FindMissingRequest {
+                hashes: hashes.to_vec(),
+            })
+            .await?
+            .into_inner()
+            .missing)
+    }
+}
+
+/// An error and its sources on one line.
+pub fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,287 @@
+//! Stripe geometry, Reed-Solomon encoding and reconstruction, and fragment checksums.
+//!
+//! Pure CPU: no tokio, no I/O. The code is systematic: data fragment `i` is bytes
+//! `[i * frag_len, (i + 1) * frag_len)` of the block, zero padded past its end, so a reader that holds the
+//! data fragments needs no decoding at all.
+
+use bytes::{Bytes, BytesMut};
+use hoard_types::Geometry;
+use reed_solomon_erasure::galois_8::ReedSolomon;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ErasureError {
+    #[error("invalid geometry {0}: {1}")]
+    Geometry(Geometry, String),
+    #[error("need {need} fragments to decode, have {have}")]
+    TooFewFragments { need: usize, have: usize },
+    #[error("fragment {index} has {got} bytes, expected {want}")]
+    FragmentLength {
+        index: usize,
+        got: usize,
+        want: usize,
+    },
+    #[error("expected {want} fragment slots, got {got}")]
+    SlotCount { want: usize, got: usize },
+    #[error("reed-solomon: {0:?}")]
+    Codec(reed_solomon_erasure::Error),
+}
+
+/// crc32c of one fragment.
+pub fn crc(data: &[u8]) -> u32 {
+    crc32c::crc32c(data)
+}
+
+/// The `k + m` fragments of one block, each `frag_len` bytes, with their crc32c.
+#[derive(Clone, Debug)]
+pub struct Stripe {
+    pub frag_len: usize,
+    pub fragments: Vec<Bytes>,
+    pub crcs: Vec<u32>,
+}
+
+/// A Reed-Solomon codec for one geometry. Cheap to share; build one per geometry and keep it.
+pub struct Codec {
+    geometry: Geometry,
+    rs: ReedSolomon,
+}
+
+impl std::fmt::Debug for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Codec({})", self.geometry)
+    }
+}
+
+impl Codec {
+    pub fn new(geometry: Geometry) -> Result<Self, ErasureError> {
+        if geometry.m == 0 {
+            // reed-solomon-erasure refuses zero parity shards; keep a codec that only splits.
+            let rs = ReedSolomon::new(geometry.k as usize, 1)
+                .map_err(|e| ErasureError::Geometry(geometry, format!("{e:?}")))?;
+            return Ok(Codec { geometry, rs });
+        }
+        let rs = ReedSolomon::new(geometry.k as usize, geometry.m as usize)
+            .map_err(|e| ErasureError::Geometry(geometry, format!("{e:?}")))?;
+        Ok(Codec { geometry, rs })
+    }
+
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    /// Splits `block` into `k` data fragments (zero-copy where a fragment lies wholly inside the block) and
+    /// computes `m` parity fragments and every fragment's crc32c.
+    pub fn encode(&self, block: &Bytes) -> Result<Stripe, ErasureError> {
+        let k = self.geometry.k as usize;
+        let m = self.geometry.m as usize;
+        let frag_len = self.geometry.frag_len(block.len() as u64) as usize;
+        let mut fragments = Vec::with_capacity(k + m);
+        for i in 0..k {
+            let start = (i * frag_len).min(block.len());
+            let end = ((i + 1) * frag_len).min(block.len());
+            if end - start == frag_len {
+                fragments.push(block.slice(start..end));
+            } else {
+                let mut padded = vec![0u8; frag_len];
+                padded[..end - start].copy_from_slice(&block[start..end]);
+                fragments.push(Bytes::from(padded));
+            }
+        }
+        if m > 0 {
+            let mut parity: Vec<Vec<u8>> = (0..m).map(|_| vec![0u8; frag_len]).collect();
+            self.rs
+                .encode_sep(&fragments, &mut parity)
+                .map_err(ErasureError::Codec)?;
+            fragments.extend(parity.into_iter().map(Bytes::from));
+        }
+        let crcs = fragments.iter().map(|f| crc(f)).collect();
+        Ok(Stripe {
+            frag_len,
+            fragments,
+            crcs,
+        })
+    }
+
+    /// Fills in every missing slot of `slots` (`k + m` of them, each `frag_len` bytes when present) from
+    /// any `k` present ones. With `data_only`, only the data slots are filled, which is cheaper.
+    pub fn reconstruct(
+        &self,
+        slots: &mut [Option<Vec<u8>>],
+        data_only: bool,
+    ) -> Result<(), ErasureError> {
+        let k = self.geometry.k as usize;
+        let width = self.geometry.width() as usize;
+        if slots.len() != width {
+            return Err(ErasureError::SlotCount {
+                want: width,
+                got: slots.len(),
+            });
+        }
+        let have = slots.iter().filter(|s| s.is_some()).count();
+        if have == width || (data_only && slots[..k].iter().all(|s| s.is_some())) {
+            return Ok(());
+        }
+        if have < k {
+            return Err(ErasureError::TooFewFragments { need: k, have });
+        }
+        if self.geometry.m == 0 {
+            return Err(ErasureError::TooFewFragments { need: k, have });
+        }
+        let len = slots.iter().flatten().map(|s| s.len()).next().unwrap_or(0);
+        for (index, s) in slots.iter().enumerate() {
+            if let Some(s) = s
+                && s.len() != len
+            {
+                return Err(ErasureError::FragmentLength {
+                    index,
+                    got: s.len(),
+                    want: len,
+                });
+            }
+        }
+        if data_only {
+            self.rs.reconstruct_data(slots).map_err(ErasureError::Codec)
+        } else {
+            self.rs.reconstruct(slots).map_err(ErasureError::Codec)
+        }
+    }
+
+    /// Decodes the data fragments of one block from whatever fragments are present and returns them,
+    /// `k` of them, in order.
+    pub fn decode_data(&self, fragments: Vec<Option<Bytes>>) -> Result<Vec<Bytes>, ErasureError> {
+        let k = self.geometry.k as usize;
+        if fragments[..k.min(fragments.len())]
+            .iter()
+            .all(|f| f.is_some())
+            && fragments.len() >= k
+        {
+            return Ok(fragments.into_iter().take(k).flatten().collect());
+        }
+        let mut slots: Vec<Option<Vec<u8>>> = fragments
+            .iter()
+            .map(|f| f.as_ref().map(|b| b.to_vec()))
+            .collect();
+        self.reconstruct(&mut slots, true)?;
+        Ok(slots
+            .into_iter()
+            .take(k)
+            .map(|s| Bytes::from(s.unwrap_or_default()))
+            .collect())
+    }
+}
+
+/// Joins the data fragments covering `[offset, offset + len)` of a block back into those bytes.
+///
+/// `first` is the index of the first fragment in `data`; `data` holds consecutive data fragments of
+/// `frag_len` bytes each.
+pub fn assemble(data: &[Bytes], first: usize, frag_len: usize, offset: u64, len: u64) -> Bytes {
+    let start = offset as usize - first * frag_len;
+    let len = len as usize;
+    if data.len() == 1 || start + len <= frag_len {
+        let i = start / frag_len;
+        let s = start % frag_len;
+        return data[i].slice(s..s + len);
+    }
+    let mut out = BytesMut::with_capacity(len);
+    let mut pos = start;
+    let end = start + len;
+    while pos < end {
+        let i = pos / frag_len;
+        let s = pos % frag_len;
+        let take = (frag_len - s).min(end - pos);
+        out.extend_from_slice(&data[i][s..s + take]);
+        pos += take;
+    }
+    out.freeze()
+}
+
+/// The data fragment indices `[first, last]` that cover `[offset, offset + len)` of a block.
+pub fn covering(frag_len: u64, offset: u64, len: u64) -> (usize, usize) {
+    let first = offset / frag_len;
+    let last = (offset + len.max(1) - 1) / frag_len;
+    (first as usize, last as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, RngCore};
+
+    fn random_block(len: usize) -> Bytes {
+        let mut v = vec![0u8; len];
+        rand::rng().fill_bytes(&mut v);
+        Bytes::from(v)
+    }
+
+    #[test]
+    fn encode_then_decode_with_any_m_lost() {
+        let codec = Codec::new(Geometry::DEFAULT).unwrap();
+        let mut rng = rand::rng();
+        for len in [1usize, 5, 383, 384, 385, 4096, 700_001, 4 * 1024 * 1024] {
+            let block = random_block(len);
+            let stripe = codec.encode(&block).unwrap();
+            assert_eq!(stripe.fragments.len(), 9);
+            for f in &stripe.fragments {
+                assert_eq!(f.len(), stripe.frag_len);
+            }
+            for (f, c) in stripe.fragments.iter().zip(&stripe.crcs) {
+                assert_eq!(crc(f), *c);
+            }
+            // Lose 3 random fragments.
+            let mut present: Vec<Option<Bytes>> =
+                stripe.fragments.iter().cloned().map(Some).collect();
+            for _ in 0..3 {
+                let i = rng.random_range(0..9);
+                present[i] = None;
+            }
+            let data = codec.decode_data(present).unwrap();
+            let whole = assemble(&data, 0, stripe.frag_len, 0, len as u64);
+            assert_eq!(whole, block, "len {len}");
+        }
+    }
+
+    #[test]
+    fn four_lost_fragments_cannot_decode() {
+        let codec = Codec::new(Geometry::DEFAULT).unwrap();
+        let stripe = codec.encode(&random_block(10_000)).unwrap();
+        let mut present: Vec<Option<Bytes>> = stripe.fragments.into_iter().map(Some).collect();
+        for slot in present.iter_mut().take(4) {
+            *slot = None;
+        }
+        assert!(matches!(
+            codec.decode_data(present),
+            Err(ErasureError::TooFewFragments { need: 6, have: 5 })
+        ));
+    }
+
+    #[test]
+    fn ranges_assemble_from_covering_fragments() {
+        let codec = Codec::new(Geometry::DEFAULT).unwrap();
+        let block = random_block(1_000_000);
+        let stripe = codec.encode(&block).unwrap();
+        let f = stripe.frag_len as u64;
+        for (off, len) in [
+            (0u64, 1u64),
+            (f - 1, 2),
+            (f, f),
+            (123_456, 500_000),
+            (999_999, 1),
+        ] {
+            let (a, b) = covering(f, off, len);
+            let part = assemble(&stripe.fragments[a..=b], a, stripe.frag_len, off, len);
+            assert_eq!(&part[..], &block[off as usize..(off + len) as usize]);
+        }
+    }
+
+    #[test]
+    fn reconstruct_restores_parity_members_too() {
+        let codec = Codec::new(Geometry::new(4, 2).unwrap()).unwrap();
+        let stripe = codec.encode(&random_block(40_000)).unwrap();
+        let mut slots: Vec<Option<Vec<u8>>> =
+            stripe.fragments.iter().map(|f| Some(f.to_vec())).collect();
+        slots[1] = None;
+        slots[5] = None;
+        codec.reconstruct(&mut slots, false).unwrap();
+        assert_eq!(slots[1].as_deref().unwrap(), &stripe.fragments[1][..]);
+        assert_eq!(slots[5].as_deref().unwrap(), &stripe.fragments[5][..]);
+    }
+}

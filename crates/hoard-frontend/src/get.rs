@@ -1,0 +1,326 @@
+//! The read path (design §4): look up, read the data fragments covering the range, fall back to parity
+//! when a member is down, slow or corrupt, and check BLAKE3 on whole-block reads.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use hoard_proto::v1;
+use hoard_types::{BlockHash, BlockLocation, Geometry};
+use tonic::Code;
+
+use crate::{Frontend, FrontendError};
+
+/// A located block and its volume.
+pub struct Located {
+    pub location: BlockLocation,
+    pub created_unix_ms: u64,
+    pub volume: v1::VolumeInfo,
+}
+
+impl Frontend {
+    /// Where a block lives, with its volume.
+    pub async fn locate(&self, hash: &BlockHash) -> Result<Located, FrontendError> {
+        let resp = self
+            .meta()
+            .lookup(v1::LookupRequest {
+                hashes: vec![Bytes::copy_from_slice(hash.as_bytes())],
+                with_volumes: true,
+            })
+            .await
+            .map_err(FrontendError::Meta)?
+            .into_inner();
+        let found = resp
+            .found
+            .into_iter()
+            .next()
+            .ok_or(FrontendError::NotFound(*hash))?;
+        let (_, location) = found
+            .to_domain()
+            .map_err(|e| FrontendError::Internal(e.to_string()))?;
+        let volume = resp
+            .volumes
+            .into_iter()
+            .find(|v| v.id == location.volume)
+            .ok_or_else(|| {
+                FrontendError::Internal(format!(
+                    "volume {} of block {hash} unknown",
+                    location.volume
+                ))
+            })?;
+        Ok(Located {
+            location,
+            created_unix_ms: found.created_unix_ms,
+            volume,
+        })
+    }
+
+    /// Hashes among `hashes` that the cell does not hold.
+    pub async fn find_missing(
+        &self,
+        hashes: &[BlockHash],
+    ) -> Result<Vec<BlockHash>, FrontendError> {
+        let mut missing = Vec::new();
+        for chunk in hashes.chunks(4096) {
+            let resp = self
+                .meta()
+                .lookup(v1::LookupRequest {
+                    hashes: chunk
+                        .iter()
+                        .map(|h| Bytes::copy_from_slice(h.as_bytes()))
+                        .collect(),
+                    with_volumes: false,
+                })
+                .await
+                .map_err(FrontendError::Meta)?
+                .into_inner();
+            let found: std::collections::HashSet<&[u8]> =
+                resp.found.iter().map(|f| f.hash.as_ref()).collect();
+            missing.extend(
+                chunk
+                    .iter()
+                    .filter(|h| !found.contains(h.as_bytes().as_slice())),
+            );
+        }
+        Ok(missing)
+    }
+
+    /// Reads `[offset, offset + len)` of a block (`len` 0: to its end). Returns the bytes and the block's
+    /// whole length.
+    pub async fn get(
+        self: &Arc<Self>,
+        hash: BlockHash,
+        offset: u64,
+        len: u64,
+    ) -> Result<(Bytes, u64), FrontendError> {
+        let started = Instant::now();
+        let located = self.locate(&hash).await?;
+        let loc = &located.location;
+        if offset >= loc.block_len {
+            return Err(FrontendError::OutOfRange(format!(
+                "offset {offset} is past the end of block {hash} ({} bytes)",
+                loc.block_len
+            )));
+        }
+        let len = if len == 0 {
+            loc.block_len - offset
+        } else {
+            len
+        };
+        if offset + len > loc.block_len {
+            return Err(FrontendError::OutOfRange(format!(
+                "range {offset}+{len} is past the end of block {hash} ({} bytes)",
+                loc.block_len
+            )));
+        }
+        let whole = offset == 0 && len == loc.block_len;
+        let bytes = self.read_range(&hash, &located, offset, len).await?;
+        if whole {
+            let b = bytes.clone();
+            let actual = tokio::task::spawn_blocking(move || BlockHash::of(&b))
+                .await
+                .map_err(|e| FrontendError::Internal(e.to_string()))?;
+            if actual != hash {
+                metrics::counter!("hoard_frontend_hash_mismatches_total").increment(1);
+                return Err(FrontendError::DataLoss {
+                    hash,
+                    detail: format!("decoded bytes hash to {actual}"),
+                });
+            }
+        }
+        metrics::histogram!("hoard_frontend_get_seconds").record(started.elapsed().as_secs_f64());
+        metrics::counter!("hoard_frontend_get_bytes_total").increment(len);
+        Ok((bytes, loc.block_len))
+    }
+
+    async fn read_member(
+        &self,
+        vol: &v1::VolumeInfo,
+        loc: &BlockLocation,
+        hash: &BlockHash,
+        index: usize,
+    ) -> Result<Bytes, (Code, String)> {
+        let m = &vol.members[index];
+        if m.state != "ok" {
+            return Err((Code::Unavailable, format!("member {index} is {}", m.state)));
+        }
+        let mut client = self
+            .volumes
+            .get(&m.address)
+            .map_err(|e| (Code::Unavailable, e.to_string()))?;
+        let req = v1::ReadFragmentRequest {
+            extent: Some(v1::ExtentRef {
+                volume: vol.id,
+                member: m.index,
+                generation: m.generation,
+            }),
+            offset: loc.offset,
+            frag_len: loc.frag_len as u32,
+            expected_crc: loc.crcs[index],
+            hash: Bytes::copy_from_slice(hash.as_bytes()),
+        };
+        match tokio::time::timeout(self.cfg.fragment_timeout, client.read_fragment(req)).await {
+            Ok(Ok(r)) => {
+                let f = r.into_inner().fragment;
+                // Checked on the volume server; checked again here, as the bytes crossed a network.
+                if f.len() != loc.frag_len as usize || hoard_erasure::crc(&f) != loc.crcs[index] {
+                    return Err((
+                        Code::DataLoss,
+                        format!("member {index}: fragment failed its crc32c in transit"),
+                    ));
+                }
+                Ok(f)
+            }
+            Ok(Err(s)) => Err((s.code(), format!("member {index}: {}", s.message()))),
+            Err(_) => Err((
+                Code::DeadlineExceeded,
+                format!("member {index}: read timed out"),
+            )),
+        }
+    }
+
+    async fn read_range(
+        self: &Arc<Self>,
+        hash: &BlockHash,
+        located: &Located,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes, FrontendError> {
+        let vol = &located.volume;
+        let loc = &located.location;
+        let g = Geometry::new(vol.k, vol.m).map_err(|e| FrontendError::Internal(e.to_string()))?;
+        let k = g.k as usize;
+        let width = g.width() as usize;
+        if vol.members.len() != width || loc.crcs.len() != width {
+            return Err(FrontendError::Internal(format!(
+                "volume {} lists {} members and the block {} crcs for geometry {g}",
+                vol.id,
+                vol.members.len(),
+                loc.crcs.len()
+            )));
+        }
+        let frag_len = loc.frag_len as usize;
+        let (first, last) = hoard_erasure::covering(loc.frag_len, offset, len);
+        let mut slots: Vec<Option<Bytes>> = vec![None; width];
+        let mut tried = vec![false; width];
+        let mut problems: Vec<(usize, Code, String)> = Vec::new();
+
+        let wanted: Vec<usize> = (first..=last).collect();
+        self.read_into(
+            vol,
+            loc,
+            hash,
+            &wanted,
+            &mut slots,
+            &mut tried,
+            &mut problems,
+        )
+        .await;
+        if wanted.iter().all(|&i| slots[i].is_some()) {
+            let data: Vec<Bytes> = wanted
+                .iter()
+                .map(|&i| slots[i].clone().expect("checked"))
+                .collect();
+            return Ok(hoard_erasure::assemble(&data, first, frag_len, offset, len));
+        }
+
+        // Degraded: gather any k fragments, parity first (they are not needed otherwise), then decode.
+        metrics::counter!("hoard_frontend_degraded_reads_total").increment(1);
+        loop {
+            let have = slots.iter().filter(|s| s.is_some()).count();
+            if have >= k {
+                break;
+            }
+            let more: Vec<usize> = (k..width)
+                .chain(0..k)
+                .filter(|&i| !tried[i])
+                .take(k - have)
+                .collect();
+            if more.is_empty() {
+                let detail = problems
+                    .iter()
+                    .map(|(_, _, p)| p.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                self.report_problems(vol.id, &problems);
+                return Err(FrontendError::DataLoss {
+                    hash: *hash,
+                    detail: format!(
+                        "only {have} of the {k} fragments needed are readable ({detail})"
+                    ),
+                });
+            }
+            self.read_into(vol, loc, hash, &more, &mut slots, &mut tried, &mut problems)
+                .await;
+        }
+        self.report_problems(vol.id, &problems);
+        let codec = self.codec(g)?;
+        let data = tokio::task::spawn_blocking(move || codec.decode_data(slots))
+            .await
+            .map_err(|e| FrontendError::Internal(e.to_string()))?
+            .map_err(|e| FrontendError::DataLoss {
+                hash: *hash,
+                detail: e.to_string(),
+            })?;
+        Ok(hoard_erasure::assemble(
+            &data[first..=last],
+            first,
+            frag_len,
+            offset,
+            len,
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn read_into(
+        &self,
+        vol: &v1::VolumeInfo,
+        loc: &BlockLocation,
+        hash: &BlockHash,
+        indices: &[usize],
+        slots: &mut [Option<Bytes>],
+        tried: &mut [bool],
+        problems: &mut Vec<(usize, Code, String)>,
+    ) {
+        let reads = indices
+            .iter()
+            .map(|&i| async move { (i, self.read_member(vol, loc, hash, i).await) });
+        for (i, r) in futures::future::join_all(reads).await {
+            tried[i] = true;
+            match r {
+                Ok(b) => slots[i] = Some(b),
+                Err((code, msg)) => {
+                    tracing::warn!(volume = vol.id, block = %hash.short(), "fragment read failed: {msg}");
+                    problems.push((i, code, msg));
+                }
+            }
+        }
+    }
+
+    /// Tells meta about members that failed a read, so that repair looks at them. Does not wait.
+    fn report_problems(self: &Arc<Self>, volume: u64, problems: &[(usize, Code, String)]) {
+        for (i, code, msg) in problems {
+            let kind = if *code == Code::DataLoss {
+                "corrupt"
+            } else {
+                "read_failed"
+            };
+            let (fe, i, msg, kind) = (Arc::clone(self), *i as u32, msg.clone(), kind);
+            tokio::spawn(async move {
+                fe.report_read_problem(volume, i, kind, msg).await;
+            });
+        }
+    }
+
+    async fn report_read_problem(&self, volume: u64, member: u32, kind: &str, detail: String) {
+        let req = v1::ReportVolumeRequest {
+            volume,
+            member: Some(member),
+            kind: kind.to_string(),
+            detail,
+        };
+        if let Err(e) = self.meta().report_volume(req).await {
+            tracing::debug!(volume, "could not report read problem: {}", e.message());
+        }
+    }
+}

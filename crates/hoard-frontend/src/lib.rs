@@ -1,0 +1,209 @@
+//! The frontend: the public `BlockStore` gRPC service. Stateless apart from its write leases: hashes,
+//! dedups, encodes, fans fragments out to the members of an open volume, commits in meta, answers; and
+//! reads back the data fragments covering a range, decoding from parity when members are down or corrupt.
+
+mod get;
+mod put;
+pub mod service;
+mod writer;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hoard_erasure::Codec;
+use hoard_proto::v1::{meta_client::MetaClient, volume_client::VolumeClient};
+use hoard_types::{BlockHash, Geometry};
+use parking_lot::Mutex;
+use tonic::transport::{Channel, Endpoint};
+
+pub use service::BlockStoreService;
+
+#[derive(Clone, Debug)]
+pub struct FrontendConfig {
+    /// This frontend's name as a lease holder; unique per process.
+    pub holder: String,
+    /// How many volumes to keep open for writes.
+    pub open_volumes: usize,
+    /// How long one fragment read may take before parity is read instead.
+    pub fragment_timeout: Duration,
+    /// How long one fragment append may take before the put moves to another volume.
+    pub append_timeout: Duration,
+    /// Volumes a put tries before giving up.
+    pub put_attempts: usize,
+}
+
+impl Default for FrontendConfig {
+    fn default() -> Self {
+        FrontendConfig {
+            holder: hoard_types::random_id("frontend"),
+            open_volumes: 4,
+            fragment_timeout: Duration::from_secs(5),
+            append_timeout: Duration::from_secs(30),
+            put_attempts: 4,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrontendError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("block {0} not found")]
+    NotFound(BlockHash),
+    #[error("{0}")]
+    OutOfRange(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Exhausted(String),
+    #[error("block {hash}: data lost: {detail}")]
+    DataLoss { hash: BlockHash, detail: String },
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// An error answered by meta, passed on with its code.
+    #[error("metadata tier: {}", .0.message())]
+    Meta(tonic::Status),
+}
+
+impl FrontendError {
+    /// The one mapping from frontend errors to gRPC statuses.
+    pub fn to_status(&self) -> tonic::Status {
+        use tonic::{Code, Status};
+        let msg = self.to_string();
+        match self {
+            FrontendError::Invalid(_) => Status::invalid_argument(msg),
+            FrontendError::NotFound(_) => Status::not_found(msg),
+            FrontendError::OutOfRange(_) => Status::out_of_range(msg),
+            FrontendError::Unavailable(_) => Status::unavailable(msg),
+            FrontendError::Exhausted(_) => Status::resource_exhausted(msg),
+            FrontendError::DataLoss { .. } => Status::data_loss(msg),
+            FrontendError::Internal(_) => Status::internal(msg),
+            FrontendError::Meta(s) => match s.code() {
+                // Meta's own transport failures mean the cell cannot answer now.
+                Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => {
+                    Status::unavailable(msg)
+                }
+                code => Status::new(code, msg),
+            },
+        }
+    }
+}
+
+impl From<FrontendError> for tonic::Status {
+    fn from(e: FrontendError) -> Self {
+        e.to_status()
+    }
+}
+
+/// Lazily connected gRPC channels to volume servers, one per address.
+#[derive(Default)]
+pub struct VolumeClients {
+    clients: Mutex<HashMap<String, VolumeClient<Channel>>>,
+}
+
+/// An endpoint tuned for moving megabytes: large HTTP/2 windows, no Nagle.
+pub fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(32 << 20))
+        .http2_adaptive_window(false)
+        .keep_alive_while_idle(true)
+        .http2_keep_alive_interval(Duration::from_secs(20)))
+}
+
+impl VolumeClients {
+    pub fn get(&self, address: &str) -> Result<VolumeClient<Channel>, FrontendError> {
+        let mut clients = self.clients.lock();
+        if let Some(c) = clients.get(address) {
+            return Ok(c.clone());
+        }
+        if address.is_empty() {
+            return Err(FrontendError::Unavailable(
+                "volume server address unknown".into(),
+            ));
+        }
+        let ep = endpoint(&format!("http://{address}"))
+            .map_err(|e| FrontendError::Internal(format!("bad address {address:?}: {e}")))?;
+        let c = VolumeClient::new(ep.connect_lazy())
+            .max_decoding_message_size(hoard_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(hoard_proto::MAX_MESSAGE_BYTES);
+        clients.insert(address.to_string(), c.clone());
+        Ok(c)
+    }
+}
+
+/// The frontend's shared state.
+pub struct Frontend {
+    cfg: FrontendConfig,
+    meta: MetaClient<Channel>,
+    volumes: VolumeClients,
+    codecs: Mutex<HashMap<Geometry, Arc<Codec>>>,
+    writer: writer::Writer,
+}
+
+impl Frontend {
+    /// A frontend talking to meta at `meta_url` (e.g. `http://127.0.0.1:7701`). Connects lazily.
+    pub fn new(cfg: FrontendConfig, meta_url: &str) -> Result<Arc<Frontend>, FrontendError> {
+        let ep = endpoint(meta_url)
+            .map_err(|e| FrontendError::Invalid(format!("bad meta address {meta_url:?}: {e}")))?
+            .timeout(Duration::from_secs(30));
+        let meta = MetaClient::new(ep.connect_lazy())
+            .max_decoding_message_size(hoard_proto::MAX_MESSAGE_BYTES);
+        let fe = Arc::new(Frontend {
+            writer: writer::Writer::new(&cfg),
+            cfg,
+            meta,
+            volumes: VolumeClients::default(),
+            codecs: Mutex::new(HashMap::new()),
+        });
+        writer::spawn_lease_keeper(Arc::downgrade(&fe));
+        Ok(fe)
+    }
+
+    pub fn config(&self) -> &FrontendConfig {
+        &self.cfg
+    }
+
+    fn codec(&self, g: Geometry) -> Result<Arc<Codec>, FrontendError> {
+        let mut codecs = self.codecs.lock();
+        if let Some(c) = codecs.get(&g) {
+            return Ok(Arc::clone(c));
+        }
+        let c = Arc::new(Codec::new(g).map_err(|e| FrontendError::Internal(e.to_string()))?);
+        codecs.insert(g, Arc::clone(&c));
+        Ok(c)
+    }
+
+    fn meta(&self) -> MetaClient<Channel> {
+        self.meta.clone()
+    }
+
+    /// Whether a put could be placed now: meta answers and grants a lease. Used by readiness checks.
+    pub async fn ready(self: &Arc<Self>) -> Result<(), FrontendError> {
+        self.writer.ensure_one(self).await
+    }
+
+    /// Gives up every write lease, so that other frontends can take the volumes over at once.
+    pub async fn release_leases(&self) {
+        self.writer.release_all(self).await
+    }
+
+    async fn report(&self, volume: u64, member: Option<u32>, kind: &str, detail: String) {
+        let req = hoard_proto::v1::ReportVolumeRequest {
+            volume,
+            member,
+            kind: kind.to_string(),
+            detail,
+        };
+        if let Err(e) = self.meta().report_volume(req).await {
+            tracing::warn!(
+                volume,
+                "could not report volume problem to meta: {}",
+                e.message()
+            );
+        }
+    }
+}

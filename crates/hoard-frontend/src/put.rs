@@ -1,0 +1,207 @@
+//! The write path (design §3): hash, dedup, reserve, encode, fan out, commit, answer.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use hoard_erasure::Stripe;
+use hoard_proto::v1;
+use hoard_types::{BlockHash, BlockLocation, MAX_BLOCK_LEN};
+
+use crate::writer::OpenVolume;
+use crate::{Frontend, FrontendError};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PutOutcome {
+    pub hash: BlockHash,
+    /// The cell already held the block; nothing new was written.
+    pub deduplicated: bool,
+}
+
+/// Why one attempt on one volume failed.
+struct AttemptFailure {
+    member: Option<u32>,
+    detail: String,
+    /// The member's server did not answer at all (rather than refusing the append).
+    unreachable: bool,
+}
+
+impl Frontend {
+    /// Stores one block. Answers only after every member of the volume and meta hold it durably.
+    pub async fn put(
+        self: &Arc<Self>,
+        data: Bytes,
+        expected: Option<BlockHash>,
+    ) -> Result<PutOutcome, FrontendError> {
+        let started = Instant::now();
+        let len = data.len() as u64;
+        if len == 0 {
+            return Err(FrontendError::Invalid(
+                "empty block: blocks hold 1 to 4194304 bytes".into(),
+            ));
+        }
+        if len > MAX_BLOCK_LEN {
+            return Err(FrontendError::Invalid(format!(
+                "block of {len} bytes is over the 4 MiB limit ({MAX_BLOCK_LEN} bytes)"
+            )));
+        }
+        let d = data.clone();
+        let hash = tokio::task::spawn_blocking(move || BlockHash::of(&d))
+            .await
+            .map_err(|e| FrontendError::Internal(e.to_string()))?;
+        if let Some(want) = expected
+            && want != hash
+        {
+            return Err(FrontendError::Invalid(format!(
+                "expected hash {want} but the bytes hash to {hash}"
+            )));
+        }
+        let span = tracing::debug_span!("put", block = %hash.short(), len);
+        let _e = span.enter();
+        drop(_e);
+
+        if self.is_live(&hash).await? {
+            metrics::counter!("hoard_frontend_dedup_hits_total").increment(1);
+            return Ok(PutOutcome {
+                hash,
+                deduplicated: true,
+            });
+        }
+
+        let mut stripe: Option<(hoard_types::Geometry, Arc<Stripe>)> = None;
+        let mut last = String::new();
+        for _attempt in 0..self.cfg.put_attempts.max(1) {
+            let (vol, offset) = self.writer.reserve(self, &hash, len).await?;
+            let s = match &stripe {
+                Some((g, s)) if *g == vol.geometry => Arc::clone(s),
+                _ => {
+                    let codec = self.codec(vol.geometry)?;
+                    let d = data.clone();
+                    let s = tokio::task::spawn_blocking(move || codec.encode(&d))
+                        .await
+                        .map_err(|e| FrontendError::Internal(e.to_string()))?
+                        .map_err(|e| FrontendError::Internal(e.to_string()))?;
+                    let s = Arc::new(s);
+                    stripe = Some((vol.geometry, Arc::clone(&s)));
+                    s
+                }
+            };
+            match self.write_stripe(&vol, offset, &hash, len, &s).await {
+                Ok(()) => {}
+                Err(f) => {
+                    tracing::warn!(volume = vol.id(), member = ?f.member, "put attempt failed: {}", f.detail);
+                    metrics::counter!("hoard_frontend_put_retries_total").increment(1);
+                    last = format!("volume {}: {}", vol.id(), f.detail);
+                    let address = f
+                        .member
+                        .and_then(|m| vol.info.members.get(m as usize))
+                        .map(|m| m.address.clone());
+                    self.writer
+                        .retire(self, &vol, f.member, "write_failed", f.detail)
+                        .await;
+                    // A server that does not answer fails every volume it serves: stop using them all
+                    // rather than discovering it one put at a time.
+                    if f.unreachable
+                        && let Some(a) = address
+                    {
+                        self.writer.retire_address(self, &a).await;
+                    }
+                    continue;
+                }
+            }
+            let loc = BlockLocation {
+                volume: vol.id(),
+                offset,
+                frag_len: s.frag_len as u64,
+                block_len: len,
+                crcs: s.crcs.clone(),
+            };
+            let resp = self
+                .meta()
+                .commit(v1::CommitRequest {
+                    location: Some(v1::BlockLocation::from_domain(&hash, &loc, 0)),
+                })
+                .await
+                .map_err(FrontendError::Meta)?
+                .into_inner();
+            metrics::histogram!("hoard_frontend_put_seconds")
+                .record(started.elapsed().as_secs_f64());
+            metrics::counter!("hoard_frontend_put_bytes_total").increment(len);
+            return Ok(PutOutcome {
+                hash,
+                // Another put of the same bytes committed first; ours is garbage for compaction.
+                deduplicated: !resp.inserted,
+            });
+        }
+        Err(FrontendError::Unavailable(format!(
+            "put failed on {} volumes; last: {last}",
+            self.cfg.put_attempts
+        )))
+    }
+
+    async fn is_live(&self, hash: &BlockHash) -> Result<bool, FrontendError> {
+        let resp = self
+            .meta()
+            .lookup(v1::LookupRequest {
+                hashes: vec![Bytes::copy_from_slice(hash.as_bytes())],
+                with_volumes: false,
+            })
+            .await
+            .map_err(FrontendError::Meta)?;
+        Ok(!resp.get_ref().found.is_empty())
+    }
+
+    /// Sends fragment `i` and the block record to member `i`, for every member, in parallel.
+    async fn write_stripe(
+        &self,
+        vol: &OpenVolume,
+        offset: u64,
+        hash: &BlockHash,
+        len: u64,
+        stripe: &Stripe,
+    ) -> Result<(), AttemptFailure> {
+        let record = v1::BlockRecord {
+            hash: Bytes::copy_from_slice(hash.as_bytes()),
+            offset,
+            frag_len: stripe.frag_len as u32,
+            block_len: len as u32,
+            crcs: stripe.crcs.clone(),
+        };
+        let appends = vol.info.members.iter().map(|m| {
+            let req = v1::AppendRequest {
+                extent: Some(v1::ExtentRef {
+                    volume: vol.id(),
+                    member: m.index,
+                    generation: m.generation,
+                }),
+                epoch: vol.epoch,
+                record: Some(record.clone()),
+                fragment: stripe.fragments[m.index as usize].clone(),
+            };
+            let client = self.volumes.get(&m.address);
+            let timeout = self.cfg.append_timeout;
+            let index = m.index;
+            async move {
+                let mut c = client.map_err(|e| (index, e.to_string(), true))?;
+                match tokio::time::timeout(timeout, c.append(req)).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(s)) => Err((
+                        index,
+                        format!("member {index}: {}", s.message()),
+                        s.code() == tonic::Code::Unavailable,
+                    )),
+                    Err(_) => Err((index, format!("member {index}: append timed out"), true)),
+                }
+            }
+        });
+        let results = futures::future::join_all(appends).await;
+        match results.into_iter().find_map(Result::err) {
+            None => Ok(()),
+            Some((member, detail, unreachable)) => Err(AttemptFailure {
+                member: Some(member),
+                detail,
+                unreachable,
+            }),
+        }
+    }
+}

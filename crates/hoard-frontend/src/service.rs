@@ -1,0 +1,212 @@
+//! The public `BlockStore` gRPC service: wire validation, then the put and get paths.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures::Stream;
+use hoard_proto::parse_hash;
+use hoard_proto::v1::{self, block_store_server::BlockStore, put_request::Msg};
+use hoard_types::{BlockHash, MAX_BLOCK_LEN};
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::{Frontend, FrontendError};
+
+/// Bytes per message when streaming a block back.
+const GET_CHUNK: usize = 1 << 20;
+/// Hashes one FindMissing call may ask about.
+const MAX_FIND_MISSING: usize = 100_000;
+
+#[derive(Clone)]
+pub struct BlockStoreService {
+    fe: Arc<Frontend>,
+}
+
+impl BlockStoreService {
+    pub fn new(fe: Arc<Frontend>) -> Self {
+        BlockStoreService { fe }
+    }
+}
+
+/// Reads a put stream: the header, then chunks adding up to exactly the header's size.
+async fn read_put_stream(
+    mut stream: Streaming<v1::PutRequest>,
+) -> Result<(Bytes, Option<BlockHash>), Status> {
+    let header = match stream.next().await {
+        Some(Ok(v1::PutRequest {
+            msg: Some(Msg::Header(h)),
+        })) => h,
+        Some(Ok(_)) => {
+            return Err(Status::invalid_argument(
+                "the put stream must start with a header",
+            ));
+        }
+        Some(Err(s)) => return Err(s),
+        None => return Err(Status::invalid_argument("empty put stream: no header")),
+    };
+    if header.size == 0 {
+        return Err(Status::invalid_argument(
+            "empty block: blocks hold 1 to 4194304 bytes",
+        ));
+    }
+    if header.size > MAX_BLOCK_LEN {
+        return Err(Status::invalid_argument(format!(
+            "block of {} bytes is over the 4 MiB limit ({MAX_BLOCK_LEN} bytes)",
+            header.size
+        )));
+    }
+    let expected = if header.expected_hash.is_empty() {
+        None
+    } else {
+        Some(parse_hash(&header.expected_hash)?)
+    };
+    let size = header.size as usize;
+    let mut first: Option<Bytes> = None;
+    let mut buf: Option<BytesMut> = None;
+    let mut got = 0usize;
+    while let Some(msg) = stream.next().await {
+        let chunk = match msg?.msg {
+            Some(Msg::Chunk(c)) => c,
+            Some(Msg::Header(_)) => {
+                return Err(Status::invalid_argument(
+                    "a second header in one put stream",
+                ));
+            }
+            None => continue,
+        };
+        got += chunk.len();
+        if got > size {
+            return Err(Status::invalid_argument(format!(
+                "the stream carries more bytes than the header's size of {size}"
+            )));
+        }
+        // A block sent as one chunk is used as is, without a copy.
+        match (&mut first, &mut buf) {
+            (None, None) => first = Some(chunk),
+            (Some(f), None) => {
+                let mut b = BytesMut::with_capacity(size);
+                b.extend_from_slice(f);
+                b.extend_from_slice(&chunk);
+                buf = Some(b);
+                first = None;
+            }
+            (_, Some(b)) => b.extend_from_slice(&chunk),
+        }
+    }
+    if got != size {
+        return Err(Status::invalid_argument(format!(
+            "the header announced {size} bytes but the stream carried {got}"
+        )));
+    }
+    let data = match (first, buf) {
+        (Some(f), None) => f,
+        (_, Some(b)) => b.freeze(),
+        (None, None) => Bytes::new(),
+    };
+    Ok((data, expected))
+}
+
+type GetStream = Pin<Box<dyn Stream<Item = Result<v1::GetResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl BlockStore for BlockStoreService {
+    async fn put(
+        &self,
+        req: Request<Streaming<v1::PutRequest>>,
+    ) -> Result<Response<v1::PutResponse>, Status> {
+        let (data, expected) = read_put_stream(req.into_inner()).await?;
+        let size = data.len() as u64;
+        let out = self.fe.put(data, expected).await.map_err(|e| {
+            log_failure("put", &e);
+            e.to_status()
+        })?;
+        Ok(Response::new(v1::PutResponse {
+            hash: out.hash.to_hex(),
+            size,
+            deduplicated: out.deduplicated,
+        }))
+    }
+
+    type GetStream = GetStream;
+
+    async fn get(&self, req: Request<v1::GetRequest>) -> Result<Response<GetStream>, Status> {
+        let req = req.into_inner();
+        let hash = parse_hash(&req.hash)?;
+        let (bytes, block_len) = self
+            .fe
+            .get(hash, req.offset, req.length)
+            .await
+            .map_err(|e| {
+                log_failure("get", &e);
+                e.to_status()
+            })?;
+        let mut msgs = Vec::with_capacity(bytes.len().div_ceil(GET_CHUNK).max(1));
+        let mut at = 0;
+        loop {
+            let end = (at + GET_CHUNK).min(bytes.len());
+            msgs.push(Ok(v1::GetResponse {
+                block_len: if at == 0 { block_len } else { 0 },
+                data: bytes.slice(at..end),
+            }));
+            at = end;
+            if at >= bytes.len() {
+                break;
+            }
+        }
+        Ok(Response::new(Box::pin(tokio_stream::iter(msgs))))
+    }
+
+    async fn stat(
+        &self,
+        req: Request<v1::StatRequest>,
+    ) -> Result<Response<v1::StatResponse>, Status> {
+        let hash = parse_hash(&req.get_ref().hash)?;
+        let l = self.fe.locate(&hash).await.map_err(|e| e.to_status())?;
+        Ok(Response::new(v1::StatResponse {
+            hash: hash.to_hex(),
+            size: l.location.block_len,
+            volume: l.location.volume,
+            offset: l.location.offset,
+            created_unix_ms: l.created_unix_ms,
+            volume_state: l.volume.state.clone(),
+            geometry: format!("{}+{}", l.volume.k, l.volume.m),
+        }))
+    }
+
+    async fn find_missing(
+        &self,
+        req: Request<v1::FindMissingRequest>,
+    ) -> Result<Response<v1::FindMissingResponse>, Status> {
+        let req = req.into_inner();
+        if req.hashes.len() > MAX_FIND_MISSING {
+            return Err(Status::invalid_argument(format!(
+                "{} hashes in one FindMissing call; at most {MAX_FIND_MISSING}",
+                req.hashes.len()
+            )));
+        }
+        let hashes = req
+            .hashes
+            .iter()
+            .map(|h| parse_hash(h))
+            .collect::<Result<Vec<_>, _>>()?;
+        let missing = self
+            .fe
+            .find_missing(&hashes)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(v1::FindMissingResponse {
+            missing: missing.iter().map(|h| h.to_hex()).collect(),
+        }))
+    }
+}
+
+/// Logs a failure where it is handled: bad input at debug, the cell's own trouble at warn.
+fn log_failure(op: &str, e: &FrontendError) {
+    match e {
+        FrontendError::Invalid(_) | FrontendError::NotFound(_) | FrontendError::OutOfRange(_) => {
+            tracing::debug!("{op}: {e}")
+        }
+        _ => tracing::warn!("{op}: {e}"),
+    }
+}

@@ -1,0 +1,56 @@
+//! The metadata tier and cell coordinator: block index, volumes, disks, nodes, leases and placement, over
+//! a key-value engine (RocksDB in production; in memory for tests). This is the only crate that sees
+//! RocksDB.
+
+pub mod engine;
+pub mod placement;
+pub mod records;
+pub mod service;
+pub mod state;
+pub mod volume_ops;
+
+pub use engine::{Cf, KvEngine, MemEngine, RocksEngine};
+pub use service::MetaService;
+pub use state::{MetaConfig, MetaState};
+
+use hoard_types::VolumeId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("metadata engine: {0}")]
+    Engine(String),
+    #[error("corrupt row in {table}: {problem}")]
+    Corrupt { table: String, problem: String },
+    #[error("no volume {0}")]
+    NoVolume(VolumeId),
+    #[error("{0}")]
+    Placement(#[from] placement::PlacementError),
+    #[error("could not create volume: {0}")]
+    CreateFailed(String),
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("metadata tier is shutting down")]
+    ShuttingDown,
+}
+
+impl MetaError {
+    /// The one mapping from meta errors to gRPC statuses.
+    pub fn to_status(&self) -> tonic::Status {
+        use tonic::Status;
+        let msg = self.to_string();
+        match self {
+            MetaError::NoVolume(_) => Status::not_found(msg),
+            MetaError::Invalid(_) => Status::invalid_argument(msg),
+            MetaError::Placement(_) | MetaError::CreateFailed(_) | MetaError::ShuttingDown => {
+                Status::unavailable(msg)
+            }
+            MetaError::Engine(_) | MetaError::Corrupt { .. } => Status::internal(msg),
+        }
+    }
+}
+
+impl From<MetaError> for tonic::Status {
+    fn from(e: MetaError) -> Self {
+        e.to_status()
+    }
+}

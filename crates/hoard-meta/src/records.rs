@@ -1,0 +1,150 @@
+//! Values stored in the metadata tier: a format version byte, then a protobuf message, so that fields can
+//! be added without rewriting old rows.
+
+use std::collections::HashMap;
+
+use prost::Message;
+
+use crate::MetaError;
+
+/// Version byte in front of every stored value.
+pub const VALUE_VERSION: u8 = 1;
+
+pub fn encode<M: Message>(m: &M) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + m.encoded_len());
+    out.push(VALUE_VERSION);
+    m.encode(&mut out).expect("Vec grows as needed");
+    out
+}
+
+pub fn decode<M: Message + Default>(table: &str, b: &[u8]) -> Result<M, MetaError> {
+    match b.first() {
+        Some(&VALUE_VERSION) => M::decode(&b[1..]).map_err(|e| MetaError::Corrupt {
+            table: table.to_string(),
+            problem: e.to_string(),
+        }),
+        Some(v) => Err(MetaError::Corrupt {
+            table: table.to_string(),
+            problem: format!("unknown value version {v}"),
+        }),
+        None => Err(MetaError::Corrupt {
+            table: table.to_string(),
+            problem: "empty value".into(),
+        }),
+    }
+}
+
+pub const BLOCK_LIVE: u32 = 0;
+pub const BLOCK_DELETED: u32 = 1;
+
+#[derive(Clone, PartialEq, Message)]
+pub struct BlockRow {
+    #[prost(uint64, tag = "1")]
+    pub volume: u64,
+    #[prost(uint64, tag = "2")]
+    pub offset: u64,
+    #[prost(uint32, tag = "3")]
+    pub frag_len: u32,
+    #[prost(uint32, tag = "4")]
+    pub block_len: u32,
+    #[prost(uint32, repeated, tag = "5")]
+    pub crcs: Vec<u32>,
+    #[prost(uint64, tag = "6")]
+    pub created_unix_ms: u64,
+    #[prost(uint32, tag = "7")]
+    pub state: u32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct MemberRow {
+    #[prost(string, tag = "1")]
+    pub disk_id: String,
+    #[prost(uint64, tag = "2")]
+    pub generation: u64,
+    /// "ok" or "lost".
+    #[prost(string, tag = "3")]
+    pub state: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct VolumeRow {
+    #[prost(uint32, tag = "1")]
+    pub k: u32,
+    #[prost(uint32, tag = "2")]
+    pub m: u32,
+    /// "creating", "open", "sealed", "degraded", "lost", "retired".
+    #[prost(string, tag = "3")]
+    pub state: String,
+    #[prost(message, repeated, tag = "4")]
+    pub members: Vec<MemberRow>,
+    #[prost(uint64, tag = "5")]
+    pub capacity: u64,
+    #[prost(uint64, tag = "6")]
+    pub blocks: u64,
+    #[prost(uint64, tag = "7")]
+    pub bytes: u64,
+    #[prost(string, tag = "8")]
+    pub lease_holder: String,
+    #[prost(uint64, tag = "9")]
+    pub lease_epoch: u64,
+    #[prost(uint64, tag = "10")]
+    pub lease_expires_unix_ms: u64,
+    #[prost(string, tag = "11")]
+    pub seal_reason: String,
+    #[prost(uint64, tag = "12")]
+    pub created_unix_ms: u64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct DiskRow {
+    #[prost(string, tag = "1")]
+    pub node_id: String,
+    #[prost(string, tag = "2")]
+    pub path: String,
+    /// "ok", or "failed: ..." as reported by the volume server.
+    #[prost(string, tag = "3")]
+    pub state: String,
+    #[prost(uint64, tag = "4")]
+    pub capacity_bytes: u64,
+    #[prost(uint64, tag = "5")]
+    pub used_bytes: u64,
+    #[prost(uint64, tag = "6")]
+    pub free_bytes: u64,
+    #[prost(uint32, tag = "7")]
+    pub extents: u32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct NodeRow {
+    #[prost(string, tag = "1")]
+    pub address: String,
+    #[prost(map = "string, string", tag = "2")]
+    pub labels: HashMap<String, String>,
+    #[prost(uint64, tag = "3")]
+    pub last_heartbeat_unix_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_carry_a_version() {
+        let row = BlockRow {
+            volume: 3,
+            offset: 64,
+            frag_len: 64,
+            block_len: 10,
+            crcs: vec![1, 2, 3],
+            created_unix_ms: 5,
+            state: BLOCK_LIVE,
+        };
+        let b = encode(&row);
+        assert_eq!(b[0], VALUE_VERSION);
+        assert_eq!(decode::<BlockRow>("blocks", &b).unwrap(), row);
+        let mut future = b.clone();
+        future[0] = 9;
+        assert!(decode::<BlockRow>("blocks", &future).is_err());
+        assert!(decode::<BlockRow>("blocks", &[]).is_err());
+    }
+}

@@ -1,0 +1,141 @@
+//! The internal `Meta` gRPC service over [`MetaState`].
+
+use std::sync::Arc;
+
+use hoard_proto::v1::{self, meta_server::Meta};
+use hoard_types::{BlockHash, VolumeId};
+use tonic::{Request, Response, Status};
+
+use crate::state::{CommitOutcome, MetaState};
+
+#[derive(Clone)]
+pub struct MetaService {
+    state: Arc<MetaState>,
+}
+
+impl MetaService {
+    pub fn new(state: Arc<MetaState>) -> Self {
+        MetaService { state }
+    }
+}
+
+#[tonic::async_trait]
+impl Meta for MetaService {
+    async fn heartbeat(
+        &self,
+        req: Request<v1::HeartbeatRequest>,
+    ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        let cluster_id = self.state.heartbeat(req.get_ref())?;
+        Ok(Response::new(v1::HeartbeatResponse { cluster_id }))
+    }
+
+    async fn lookup(
+        &self,
+        req: Request<v1::LookupRequest>,
+    ) -> Result<Response<v1::LookupResponse>, Status> {
+        let req = req.into_inner();
+        let hashes = req
+            .hashes
+            .iter()
+            .map(|h| BlockHash::from_slice(h).map_err(|e| Status::invalid_argument(e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let state = Arc::clone(&self.state);
+        let hs = hashes.clone();
+        let found = tokio::task::spawn_blocking(move || state.lookup(&hs))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        let mut out = Vec::new();
+        let mut vols: Vec<VolumeId> = Vec::new();
+        for (h, f) in hashes.iter().zip(found) {
+            if let Some((loc, created)) = f {
+                if !vols.contains(&loc.volume) {
+                    vols.push(loc.volume);
+                }
+                out.push(v1::BlockLocation::from_domain(h, &loc, created));
+            }
+        }
+        let volumes = if req.with_volumes {
+            self.state.volumes(&vols)
+        } else {
+            Vec::new()
+        };
+        Ok(Response::new(v1::LookupResponse {
+            found: out,
+            volumes,
+        }))
+    }
+
+    async fn commit(
+        &self,
+        req: Request<v1::CommitRequest>,
+    ) -> Result<Response<v1::CommitResponse>, Status> {
+        let loc = req
+            .into_inner()
+            .location
+            .ok_or_else(|| Status::invalid_argument("missing location"))?;
+        let (hash, loc) = loc
+            .to_domain()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        match self.state.commit(hash, loc).await? {
+            CommitOutcome::Inserted => Ok(Response::new(v1::CommitResponse {
+                inserted: true,
+                existing: None,
+            })),
+            CommitOutcome::Exists(old) => Ok(Response::new(v1::CommitResponse {
+                inserted: false,
+                existing: Some(v1::BlockLocation::from_domain(&hash, &old, 0)),
+            })),
+        }
+    }
+
+    async fn acquire_volume(
+        &self,
+        req: Request<v1::AcquireVolumeRequest>,
+    ) -> Result<Response<v1::AcquireVolumeResponse>, Status> {
+        let req = req.into_inner();
+        let (volume, epoch) = self.state.acquire_volume(&req.holder, &req.exclude).await?;
+        Ok(Response::new(v1::AcquireVolumeResponse {
+            volume: Some(volume),
+            epoch,
+            lease_ms: self.state.config().lease.as_millis() as u64,
+        }))
+    }
+
+    async fn renew_lease(
+        &self,
+        req: Request<v1::RenewLeaseRequest>,
+    ) -> Result<Response<v1::RenewLeaseResponse>, Status> {
+        let req = req.into_inner();
+        let valid = self
+            .state
+            .renew_lease(&req.holder, req.volume, req.epoch, req.release)?;
+        Ok(Response::new(v1::RenewLeaseResponse {
+            valid,
+            lease_ms: self.state.config().lease.as_millis() as u64,
+        }))
+    }
+
+    async fn report_volume(
+        &self,
+        req: Request<v1::ReportVolumeRequest>,
+    ) -> Result<Response<v1::ReportVolumeResponse>, Status> {
+        let req = req.into_inner();
+        self.state
+            .report_volume(req.volume, req.member, &req.kind, &req.detail)?;
+        Ok(Response::new(v1::ReportVolumeResponse {}))
+    }
+
+    async fn get_volume(
+        &self,
+        req: Request<v1::GetVolumeRequest>,
+    ) -> Result<Response<v1::VolumeInfo>, Status> {
+        Ok(Response::new(self.state.volume(req.get_ref().id)?))
+    }
+
+    async fn cluster_status(
+        &self,
+        _req: Request<v1::ClusterStatusRequest>,
+    ) -> Result<Response<v1::ClusterStatusResponse>, Status> {
+        Ok(Response::new(self.state.cluster_status()))
+    }
+}

@@ -1,0 +1,1046 @@
+//! The metadata tier's logic: the block index with group-committed inserts, and the cell tables (volumes,
+//! disks, nodes) with leases and placement.
+//!
+//! The cell tables are small (thousands of rows) and live in memory, written through to the engine. The
+//! block index is the one table that grows with the data and is read from the engine.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use hoard_proto::v1;
+use hoard_types::{BlockHash, BlockLocation, Geometry, VolumeId, now_ms};
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use crate::MetaError;
+use crate::engine::{Cf, KvEngine, WriteBatch};
+use crate::placement::{self, Candidate};
+use crate::records::{
+    self, BLOCK_LIVE, BlockRow, DiskRow, MemberRow, NodeRow, VolumeRow, decode, encode,
+};
+use crate::volume_ops::VolumeOps;
+
+pub const STATE_CREATING: &str = "creating";
+pub const STATE_OPEN: &str = "open";
+pub const STATE_SEALED: &str = "sealed";
+pub const STATE_RETIRED: &str = "retired";
+
+const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
+const KEY_NEXT_VOLUME: &[u8] = b"next_volume";
+
+#[derive(Clone, Debug)]
+pub struct MetaConfig {
+    /// Geometry of new volumes.
+    pub geometry: Geometry,
+    /// Bytes of each member's data region.
+    pub extent_capacity: u64,
+    /// How long a write lease lasts without renewal.
+    pub lease: Duration,
+    /// A node silent for longer is down.
+    pub heartbeat_grace: Duration,
+    /// Keep at most `m` members of a volume on one node (refuse to place otherwise).
+    pub node_failure_domain: bool,
+}
+
+impl Default for MetaConfig {
+    fn default() -> Self {
+        MetaConfig {
+            geometry: Geometry::DEFAULT,
+            extent_capacity: 1 << 30,
+            lease: Duration::from_secs(30),
+            heartbeat_grace: Duration::from_secs(15 * 60),
+            node_failure_domain: true,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Cell {
+    cluster_id: String,
+    next_volume: VolumeId,
+    volumes: BTreeMap<VolumeId, VolumeRow>,
+    disks: BTreeMap<String, DiskRow>,
+    nodes: BTreeMap<String, NodeRow>,
+    /// Disks a frontend reported failing since their node's last heartbeat: no new members go there
+    /// until the node proves itself alive again. Memory only.
+    suspect: std::collections::HashSet<String>,
+}
+
+/// Result of a block commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitOutcome {
+    Inserted,
+    /// The hash was already live; the existing location stands.
+    Exists(BlockLocation),
+}
+
+struct CommitJob {
+    hash: BlockHash,
+    row: BlockRow,
+    reply: oneshot::Sender<Result<CommitOutcome, MetaError>>,
+}
+
+pub struct MetaState {
+    engine: Arc<dyn KvEngine>,
+    cfg: MetaConfig,
+    cell: Mutex<Cell>,
+    /// Taken around every write of cell rows, so that rows reach the engine in the order in which they
+    /// were changed in memory.
+    persist: Mutex<()>,
+    commits: Mutex<Option<mpsc::Sender<CommitJob>>>,
+    committer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    ops: Arc<dyn VolumeOps>,
+}
+
+fn location_of(row: &BlockRow) -> BlockLocation {
+    BlockLocation {
+        volume: row.volume,
+        offset: row.offset,
+        frag_len: row.frag_len as u64,
+        block_len: row.block_len as u64,
+        crcs: row.crcs.clone(),
+    }
+}
+
+impl MetaState {
+    /// Loads the cell tables and starts the block committer.
+    pub fn open(
+        engine: Arc<dyn KvEngine>,
+        cfg: MetaConfig,
+        ops: Arc<dyn VolumeOps>,
+    ) -> Result<Arc<MetaState>, MetaError> {
+        let mut cell = Cell::default();
+        match engine.get(Cf::Config, KEY_CLUSTER_ID)? {
+            Some(id) => cell.cluster_id = String::from_utf8_lossy(&id).into_owned(),
+            None => {
+                cell.cluster_id = hoard_types::random_id("cell");
+                let mut b = WriteBatch::default();
+                b.put(Cf::Config, KEY_CLUSTER_ID, cell.cluster_id.as_bytes());
+                engine.write(b, true)?;
+                tracing::info!(cluster = %cell.cluster_id, "new metadata tier");
+            }
+        }
+        cell.next_volume = match engine.get(Cf::Config, KEY_NEXT_VOLUME)? {
+            Some(v) if v.len() == 8 => u64::from_be_bytes(v.try_into().expect("8 bytes")),
+            _ => 1,
+        };
+        let mut err = None;
+        engine.scan(Cf::Volumes, b"", &mut |k, v| {
+            match (
+                k.try_into().map(u64::from_be_bytes),
+                decode::<VolumeRow>("volumes", v),
+            ) {
+                (Ok(id), Ok(row)) => {
+                    cell.volumes.insert(id, row);
+                }
+                (_, Err(e)) => err = Some(e),
+                (Err(_), _) => {
+                    err = Some(MetaError::Corrupt {
+                        table: "volumes".into(),
+                        problem: "bad key".into(),
+                    })
+                }
+            }
+            true
+        })?;
+        engine.scan(Cf::Disks, b"", &mut |k, v| {
+            match decode::<DiskRow>("disks", v) {
+                Ok(row) => {
+                    cell.disks
+                        .insert(String::from_utf8_lossy(k).into_owned(), row);
+                }
+                Err(e) => err = Some(e),
+            }
+            true
+        })?;
+        engine.scan(Cf::Nodes, b"", &mut |k, v| {
+            match decode::<NodeRow>("nodes", v) {
+                Ok(row) => {
+                    cell.nodes
+                        .insert(String::from_utf8_lossy(k).into_owned(), row);
+                }
+                Err(e) => err = Some(e),
+            }
+            true
+        })?;
+        if let Some(e) = err {
+            return Err(e);
+        }
+        // Volume ids are never reused, even if the counter row was lost.
+        if let Some((&max, _)) = cell.volumes.iter().next_back() {
+            cell.next_volume = cell.next_volume.max(max + 1);
+        }
+        let (tx, rx) = mpsc::channel();
+        let state = Arc::new(MetaState {
+            engine,
+            cfg,
+            cell: Mutex::new(cell),
+            persist: Mutex::new(()),
+            commits: Mutex::new(Some(tx)),
+            committer: Mutex::new(None),
+            ops,
+        });
+        let weak = Arc::downgrade(&state);
+        let handle = std::thread::Builder::new()
+            .name("meta-committer".into())
+            .spawn(move || committer_loop(weak, rx))
+            .map_err(|e| MetaError::Engine(format!("spawn committer: {e}")))?;
+        *state.committer.lock() = Some(handle);
+        Ok(state)
+    }
+
+    /// Stops the committer after it has answered every queued commit.
+    pub fn shutdown(&self) {
+        self.commits.lock().take();
+        if let Some(h) = self.committer.lock().take() {
+            let _ = h.join();
+        }
+    }
+
+    pub fn config(&self) -> &MetaConfig {
+        &self.cfg
+    }
+
+    pub fn cluster_id(&self) -> String {
+        self.cell.lock().cluster_id.clone()
+    }
+
+    pub fn engine(&self) -> &Arc<dyn KvEngine> {
+        &self.engine
+    }
+
+    /// Changes cell rows in memory and writes the rows that `f` put into the batch, in change order.
+    fn mutate_cell<R>(
+        &self,
+        sync: bool,
+        f: impl FnOnce(&mut Cell, &mut WriteBatch) -> R,
+    ) -> Result<R, MetaError> {
+        let _order = self.persist.lock();
+        let mut batch = WriteBatch::default();
+        let r = {
+            let mut cell = self.cell.lock();
+            f(&mut cell, &mut batch)
+        };
+        if !batch.is_empty() {
+            self.engine.write(batch, sync)?;
+        }
+        Ok(r)
+    }
+
+    // ---- block index ----
+
+    /// Live locations of `hashes`; `None` for absent or deleted ones.
+    pub fn lookup(
+        &self,
+        hashes: &[BlockHash],
+    ) -> Result<Vec<Option<(BlockLocation, u64)>>, MetaError> {
+        let keys: Vec<&[u8]> = hashes.iter().map(|h| h.as_bytes().as_slice()).collect();
+        let vals = self.engine.multi_get(Cf::Blocks, &keys)?;
+        vals.into_iter()
+            .map(|v| match v {
+                None => Ok(None),
+                Some(b) => {
+                    let row: BlockRow = decode("blocks", &b)?;
+                    Ok((row.state == BLOCK_LIVE).then(|| (location_of(&row), row.created_unix_ms)))
+                }
+            })
+            .collect()
+    }
+
+    /// Records `hash -> loc` unless the hash is already live; durable (synced) before it returns.
+    pub async fn commit(
+        &self,
+        hash: BlockHash,
+        loc: BlockLocation,
+    ) -> Result<CommitOutcome, MetaError> {
+        {
+            let cell = self.cell.lock();
+            let vol = cell
+                .volumes
+                .get(&loc.volume)
+                .ok_or(MetaError::NoVolume(loc.volume))?;
+            let g = Geometry { k: vol.k, m: vol.m };
+            if loc.crcs.len() != g.width() as usize {
+                return Err(MetaError::Invalid(format!(
+                    "{} crcs for a {}-member volume",
+                    loc.crcs.len(),
+                    g.width()
+                )));
+            }
+            if loc.block_len == 0
+                || loc.block_len > hoard_types::MAX_BLOCK_LEN
+                || loc.frag_len != g.frag_len(loc.block_len)
+            {
+                return Err(MetaError::Invalid(format!(
+                    "fragment length {} does not fit a block of {} bytes in geometry {g}",
+                    loc.frag_len, loc.block_len
+                )));
+            }
+            if loc.offset + loc.frag_len > vol.capacity {
+                return Err(MetaError::Invalid(format!(
+                    "offset {} is past volume {}'s capacity",
+                    loc.offset, loc.volume
+                )));
+            }
+        }
+        let row = BlockRow {
+            volume: loc.volume,
+            offset: loc.offset,
+            frag_len: loc.frag_len as u32,
+            block_len: loc.block_len as u32,
+            crcs: loc.crcs,
+            created_unix_ms: now_ms(),
+            state: BLOCK_LIVE,
+        };
+        let (tx, rx) = oneshot::channel();
+        {
+            let commits = self.commits.lock();
+            let sender = commits.as_ref().ok_or(MetaError::ShuttingDown)?;
+            sender
+                .send(CommitJob {
+                    hash,
+                    row,
+                    reply: tx,
+                })
+                .map_err(|_| MetaError::ShuttingDown)?;
+        }
+        rx.await.map_err(|_| MetaError::ShuttingDown)?
+    }
+
+    /// One group commit: existence checks, one synced batch, answers.
+    fn commit_batch(&self, jobs: Vec<CommitJob>) {
+        let started = std::time::Instant::now();
+        let keys: Vec<&[u8]> = jobs.iter().map(|j| j.hash.as_bytes().as_slice()).collect();
+        let existing = match self.engine.multi_get(Cf::Blocks, &keys) {
+            Ok(v) => v,
+            Err(e) => {
+                let msg = e.to_string();
+                for j in jobs {
+                    let _ = j.reply.send(Err(MetaError::Engine(msg.clone())));
+                }
+                return;
+            }
+        };
+        let mut batch = WriteBatch::default();
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        let mut fresh: HashMap<BlockHash, BlockRow> = HashMap::new();
+        let mut deltas: BTreeMap<VolumeId, (u64, u64)> = BTreeMap::new();
+        for (job, old) in jobs.iter().zip(existing) {
+            let live_old = old
+                .and_then(|b| decode::<BlockRow>("blocks", &b).ok())
+                .filter(|r| r.state == BLOCK_LIVE);
+            if let Some(r) = live_old.as_ref().or_else(|| fresh.get(&job.hash)) {
+                outcomes.push(CommitOutcome::Exists(location_of(r)));
+                continue;
+            }
+            batch.put(Cf::Blocks, job.hash.as_bytes().to_vec(), encode(&job.row));
+            let d = deltas.entry(job.row.volume).or_default();
+            d.0 += 1;
+            d.1 += job.row.block_len as u64;
+            fresh.insert(job.hash, job.row.clone());
+            outcomes.push(CommitOutcome::Inserted);
+        }
+        let res = {
+            let _order = self.persist.lock();
+            {
+                let mut cell = self.cell.lock();
+                for (vid, (n, bytes)) in &deltas {
+                    if let Some(v) = cell.volumes.get_mut(vid) {
+                        v.blocks += n;
+                        v.bytes += bytes;
+                        batch.put(Cf::Volumes, vid.to_be_bytes().to_vec(), encode(v));
+                    }
+                }
+            }
+            if batch.is_empty() {
+                Ok(())
+            } else {
+                self.engine.write(batch, true)
+            }
+        };
+        metrics::histogram!("hoard_meta_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("hoard_meta_commit_batch_size").record(jobs.len() as f64);
+        match res {
+            Ok(()) => {
+                for (j, o) in jobs.into_iter().zip(outcomes) {
+                    let _ = j.reply.send(Ok(o));
+                }
+            }
+            Err(e) => {
+                tracing::error!("block commit failed: {e}");
+                let msg = e.to_string();
+                for j in jobs {
+                    let _ = j.reply.send(Err(MetaError::Engine(msg.clone())));
+                }
+            }
+        }
+    }
+
+    // ---- nodes and disks ----
+
+    /// Records a volume server's heartbeat: its address, labels and disks.
+    pub fn heartbeat(&self, req: &v1::HeartbeatRequest) -> Result<String, MetaError> {
+        if req.node_id.is_empty() {
+            return Err(MetaError::Invalid("heartbeat without node id".into()));
+        }
+        let now = now_ms();
+        self.mutate_cell(false, |cell, b| {
+            let node = NodeRow {
+                address: req.address.clone(),
+                labels: req.labels.clone(),
+                last_heartbeat_unix_ms: now,
+            };
+            let known = cell.nodes.get(&req.node_id).map(|n| n.address.clone());
+            if known.as_deref() != Some(req.address.as_str()) {
+                tracing::info!(node = %req.node_id, address = %req.address, "volume server registered");
+            }
+            b.put(Cf::Nodes, req.node_id.as_bytes(), encode(&node));
+            cell.nodes.insert(req.node_id.clone(), node);
+            for d in &req.disks {
+                cell.suspect.remove(&d.disk_id);
+                let row = DiskRow {
+                    node_id: req.node_id.clone(),
+                    path: d.path.clone(),
+                    state: d.state.clone(),
+                    capacity_bytes: d.capacity_bytes,
+                    used_bytes: d.used_bytes,
+                    free_bytes: d.free_bytes,
+                    extents: d.extents,
+                };
+                b.put(Cf::Disks, d.disk_id.as_bytes(), encode(&row));
+                cell.disks.insert(d.disk_id.clone(), row);
+            }
+            cell.cluster_id.clone()
+        })
+    }
+
+    fn node_up(&self, node: &NodeRow, now: u64) -> bool {
+        now.saturating_sub(node.last_heartbeat_unix_ms)
+            <= self.cfg.heartbeat_grace.as_millis() as u64
+    }
+
+    /// Disks that may take a new member now.
+    fn candidates(&self, cell: &Cell, now: u64) -> Vec<Candidate> {
+        cell.disks
+            .iter()
+            .filter(|(id, d)| {
+                d.state == "ok"
+                    && d.free_bytes >= self.cfg.extent_capacity
+                    && !cell.suspect.contains(*id)
+            })
+            .filter_map(|(id, d)| {
+                let node = cell.nodes.get(&d.node_id)?;
+                self.node_up(node, now).then(|| Candidate {
+                    disk_id: id.clone(),
+                    node_id: d.node_id.clone(),
+                    zone: node.labels.get("zone").cloned().unwrap_or_default(),
+                    rack: node.labels.get("rack").cloned().unwrap_or_default(),
+                    free_bytes: d.free_bytes,
+                })
+            })
+            .collect()
+    }
+
+    // ---- volumes ----
+
+    fn volume_info(&self, cell: &Cell, id: VolumeId, row: &VolumeRow, now: u64) -> v1::VolumeInfo {
+        let members = row
+            .members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let node_id = cell
+                    .disks
+                    .get(&m.disk_id)
+                    .map(|d| d.node_id.clone())
+                    .unwrap_or_default();
+                let node = cell.nodes.get(&node_id);
+                let state = match node {
+                    _ if m.state != "ok" => m.state.clone(),
+                    Some(n) if self.node_up(n, now) => "ok".to_string(),
+                    _ => "down".to_string(),
+                };
+                v1::MemberInfo {
+                    index: i as u32,
+                    disk_id: m.disk_id.clone(),
+                    address: node.map(|n| n.address.clone()).unwrap_or_default(),
+                    node_id,
+                    generation: m.generation,
+                    state,
+                }
+            })
+            .collect();
+        v1::VolumeInfo {
+            id,
+            k: row.k,
+            m: row.m,
+            state: row.state.clone(),
+            members,
+            capacity: row.capacity,
+            blocks: row.blocks,
+            bytes: row.bytes,
+            lease_holder: row.lease_holder.clone(),
+            lease_epoch: row.lease_epoch,
+            seal_reason: row.seal_reason.clone(),
+        }
+    }
+
+    pub fn volume(&self, id: VolumeId) -> Result<v1::VolumeInfo, MetaError> {
+        let cell = self.cell.lock();
+        let row = cell.volumes.get(&id).ok_or(MetaError::NoVolume(id))?;
+        Ok(self.volume_info(&cell, id, row, now_ms()))
+    }
+
+    pub fn volumes(&self, ids: &[VolumeId]) -> Vec<v1::VolumeInfo> {
+        let cell = self.cell.lock();
+        let now = now_ms();
+        ids.iter()
+            .filter_map(|id| {
+                cell.volumes
+                    .get(id)
+                    .map(|r| self.volume_info(&cell, *id, r, now))
+            })
+            .collect()
+    }
+
+    /// Grants `holder` a write lease on an open volume, creating a volume when none is free.
+    pub async fn acquire_volume(
+        &self,
+        holder: &str,
+        exclude: &[VolumeId],
+    ) -> Result<(v1::VolumeInfo, u64), MetaError> {
+        if holder.is_empty() {
+            return Err(MetaError::Invalid("lease request without holder".into()));
+        }
+        let lease_ms = self.cfg.lease.as_millis() as u64;
+        // An open volume whose lease is free and whose members are all reachable.
+        let granted = self.mutate_cell(true, |cell, b| {
+            let now = now_ms();
+            let pick = cell.volumes.iter().find_map(|(id, v)| {
+                let free = v.lease_holder.is_empty() || v.lease_expires_unix_ms < now;
+                let healthy = v.members.iter().all(|m| {
+                    m.state == "ok"
+                        && !cell.suspect.contains(&m.disk_id)
+                        && cell
+                            .disks
+                            .get(&m.disk_id)
+                            .and_then(|d| cell.nodes.get(&d.node_id))
+                            .is_some_and(|n| self.node_up(n, now))
+                });
+                (v.state == STATE_OPEN && free && healthy && !exclude.contains(id)).then_some(*id)
+            })?;
+            let v = cell.volumes.get_mut(&pick).expect("picked above");
+            v.lease_holder = holder.to_string();
+            v.lease_epoch += 1;
+            v.lease_expires_unix_ms = now + lease_ms;
+            b.put(Cf::Volumes, pick.to_be_bytes().to_vec(), encode(v));
+            let row = v.clone();
+            Some((self.volume_info(cell, pick, &row, now), row.lease_epoch))
+        })?;
+        if let Some(g) = granted {
+            tracing::info!(
+                volume = g.0.id,
+                holder,
+                epoch = g.1,
+                "lease granted on open volume"
+            );
+            return Ok(g);
+        }
+        self.create_volume(holder).await
+    }
+
+    async fn create_volume(&self, holder: &str) -> Result<(v1::VolumeInfo, u64), MetaError> {
+        let geometry = self.cfg.geometry;
+        let width = geometry.width() as usize;
+        let mut avoid: Vec<String> = Vec::new();
+        let mut last_err = String::new();
+        for _attempt in 0..3 {
+            let planned = self.mutate_cell(true, |cell, b| {
+                let now = now_ms();
+                let cands: Vec<Candidate> = self
+                    .candidates(cell, now)
+                    .into_iter()
+                    .filter(|c| !avoid.contains(&c.disk_id))
+                    .collect();
+                let cap = self
+                    .cfg
+                    .node_failure_domain
+                    .then_some(geometry.m.max(1) as usize);
+                let chosen = placement::place(&cands, width, cap)?;
+                let id = cell.next_volume;
+                cell.next_volume += 1;
+                b.put(
+                    Cf::Config,
+                    KEY_NEXT_VOLUME,
+                    cell.next_volume.to_be_bytes().to_vec(),
+                );
+                let row = VolumeRow {
+                    k: geometry.k,
+                    m: geometry.m,
+                    state: STATE_CREATING.into(),
+                    members: chosen
+                        .iter()
+                        .map(|&i| MemberRow {
+                            disk_id: cands[i].disk_id.clone(),
+                            generation: 1,
+                            state: "ok".into(),
+                        })
+                        .collect(),
+                    capacity: self.cfg.extent_capacity,
+                    created_unix_ms: now,
+                    ..Default::default()
+                };
+                b.put(Cf::Volumes, id.to_be_bytes().to_vec(), encode(&row));
+                let info = self.volume_info(cell, id, &row, now);
+                cell.volumes.insert(id, row);
+                Ok::<_, MetaError>(info)
+            })??;
+            let creates = planned.members.iter().map(|m| {
+                let req = v1::CreateExtentRequest {
+                    extent: Some(v1::ExtentRef {
+                        volume: planned.id,
+                        member: m.index,
+                        generation: m.generation,
+                    }),
+                    disk_id: m.disk_id.clone(),
+                    k: geometry.k,
+                    m: geometry.m,
+                    capacity: self.cfg.extent_capacity,
+                };
+                let fut = self.ops.create_extent(m.address.clone(), req);
+                let disk = m.disk_id.clone();
+                async move { fut.await.map_err(|e| (disk, e)) }
+            });
+            let failures: Vec<(String, String)> = futures::future::join_all(creates)
+                .await
+                .into_iter()
+                .filter_map(Result::err)
+                .collect();
+            let lease_ms = self.cfg.lease.as_millis() as u64;
+            let id = planned.id;
+            if failures.is_empty() {
+                let out = self.mutate_cell(true, |cell, b| {
+                    let now = now_ms();
+                    let v = cell.volumes.get_mut(&id).expect("created above");
+                    v.state = STATE_OPEN.into();
+                    v.lease_holder = holder.to_string();
+                    v.lease_epoch = 1;
+                    v.lease_expires_unix_ms = now + lease_ms;
+                    b.put(Cf::Volumes, id.to_be_bytes().to_vec(), encode(v));
+                    let row = v.clone();
+                    (self.volume_info(cell, id, &row, now), 1)
+                })?;
+                tracing::info!(volume = id, holder, "created volume");
+                metrics::counter!("hoard_meta_volumes_created_total").increment(1);
+                return Ok(out);
+            }
+            last_err = failures
+                .iter()
+                .map(|(d, e)| format!("disk {d}: {e}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            tracing::warn!(volume = id, "volume creation failed: {last_err}");
+            avoid.extend(failures.into_iter().map(|(d, _)| d));
+            self.mutate_cell(true, |cell, b| {
+                if let Some(v) = cell.volumes.get_mut(&id) {
+                    v.state = STATE_RETIRED.into();
+                    v.seal_reason = format!("creation failed: {last_err}");
+                    b.put(Cf::Volumes, id.to_be_bytes().to_vec(), encode(v));
+                }
+            })?;
+        }
+        Err(MetaError::CreateFailed(last_err))
+    }
+
+    /// Extends (or, with `release`, gives up) a lease. False when the lease is no longer the holder's.
+    pub fn renew_lease(
+        &self,
+        holder: &str,
+        id: VolumeId,
+        epoch: u64,
+        release: bool,
+    ) -> Result<bool, MetaError> {
+        let lease_ms = self.cfg.lease.as_millis() as u64;
+        self.mutate_cell(false, |cell, b| {
+            let now = now_ms();
+            let Some(v) = cell.volumes.get_mut(&id) else {
+                return false;
+            };
+            if v.state != STATE_OPEN || v.lease_holder != holder || v.lease_epoch != epoch {
+                return false;
+            }
+            if release {
+                v.lease_holder.clear();
+                v.lease_expires_unix_ms = 0;
+            } else {
+                v.lease_expires_unix_ms = now + lease_ms;
+            }
+            b.put(Cf::Volumes, id.to_be_bytes().to_vec(), encode(v));
+            !release
+        })
+    }
+
+    /// Seals a volume after a failure or when it is full. Sealed volumes never take writes again.
+    pub fn report_volume(
+        &self,
+        id: VolumeId,
+        member: Option<u32>,
+        kind: &str,
+        detail: &str,
+    ) -> Result<(), MetaError> {
+        let sealed = self.mutate_cell(true, |cell, b| {
+            let v = cell.volumes.get_mut(&id).ok_or(MetaError::NoVolume(id))?;
+            let disk = member
+                .and_then(|m| v.members.get(m as usize))
+                .map(|m| m.disk_id.clone());
+            if kind != "full"
+                && let Some(d) = disk
+            {
+                cell.suspect.insert(d);
+            }
+            let v = cell.volumes.get_mut(&id).expect("looked up above");
+            if v.state != STATE_OPEN {
+                return Ok(false);
+            }
+            v.state = STATE_SEALED.into();
+            v.lease_holder.clear();
+            v.seal_reason = match member {
+                Some(m) => format!("{kind} (member {m}): {detail}"),
+                None => format!("{kind}: {detail}"),
+            };
+            b.put(Cf::Volumes, id.to_be_bytes().to_vec(), encode(v));
+            Ok::<_, MetaError>(true)
+        })??;
+        match (kind, sealed) {
+            ("full", _) => tracing::info!(volume = id, "volume full, sealed"),
+            (_, true) => tracing::warn!(
+                volume = id,
+                ?member,
+                kind,
+                detail,
+                "volume sealed after a reported problem"
+            ),
+            (_, false) => tracing::debug!(
+                volume = id,
+                ?member,
+                kind,
+                detail,
+                "problem reported on a sealed volume"
+            ),
+        }
+        Ok(())
+    }
+
+    /// The whole cell, for status pages and admin commands.
+    pub fn cluster_status(&self) -> v1::ClusterStatusResponse {
+        let cell = self.cell.lock();
+        let now = now_ms();
+        let mut members_per_disk: HashMap<&str, u32> = HashMap::new();
+        for v in cell.volumes.values() {
+            if v.state == STATE_RETIRED {
+                continue;
+            }
+            for m in &v.members {
+                *members_per_disk.entry(m.disk_id.as_str()).or_default() += 1;
+            }
+        }
+        let nodes = cell
+            .nodes
+            .iter()
+            .map(|(id, n)| v1::NodeInfo {
+                node_id: id.clone(),
+                address: n.address.clone(),
+                labels: n.labels.clone(),
+                last_heartbeat_unix_ms: n.last_heartbeat_unix_ms,
+                state: if self.node_up(n, now) { "up" } else { "down" }.into(),
+            })
+            .collect();
+        let disks = cell
+            .disks
+            .iter()
+            .map(|(id, d)| v1::DiskStatus {
+                disk: Some(v1::DiskInfo {
+                    disk_id: id.clone(),
+                    path: d.path.clone(),
+                    capacity_bytes: d.capacity_bytes,
+                    used_bytes: d.used_bytes,
+                    free_bytes: d.free_bytes,
+                    state: d.state.clone(),
+                    extents: d.extents,
+                }),
+                node_id: d.node_id.clone(),
+                members: members_per_disk.get(id.as_str()).copied().unwrap_or(0),
+            })
+            .collect();
+        let volumes: Vec<v1::VolumeInfo> = cell
+            .volumes
+            .iter()
+            .map(|(id, v)| self.volume_info(&cell, *id, v, now))
+            .collect();
+        v1::ClusterStatusResponse {
+            cluster_id: cell.cluster_id.clone(),
+            nodes,
+            disks,
+            blocks: cell.volumes.values().map(|v| v.blocks).sum(),
+            bytes: cell.volumes.values().map(|v| v.bytes).sum(),
+            volumes,
+        }
+    }
+}
+
+impl Drop for MetaState {
+    fn drop(&mut self) {
+        self.commits.lock().take();
+    }
+}
+
+fn committer_loop(state: std::sync::Weak<MetaState>, rx: mpsc::Receiver<CommitJob>) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < 1024 {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        state.commit_batch(jobs);
+    }
+}
+
+/// Encodes a value for tests and tools outside this module.
+pub fn encode_row<M: prost::Message>(m: &M) -> Vec<u8> {
+    records::encode(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::MemEngine;
+    use futures::future::BoxFuture;
+    use std::collections::HashSet;
+
+    /// Volume servers that accept every extent, except on disks listed in `broken`.
+    #[derive(Default)]
+    struct FakeOps {
+        broken: Mutex<HashSet<String>>,
+        created: Mutex<Vec<(String, v1::CreateExtentRequest)>>,
+    }
+
+    impl VolumeOps for FakeOps {
+        fn create_extent(
+            &self,
+            address: String,
+            req: v1::CreateExtentRequest,
+        ) -> BoxFuture<'static, Result<(), String>> {
+            let res = if self.broken.lock().contains(&req.disk_id) {
+                Err("disk on fire".to_string())
+            } else {
+                self.created.lock().push((address, req));
+                Ok(())
+            };
+            Box::pin(async move { res })
+        }
+    }
+
+    fn cell(nodes: usize, disks: usize) -> (Arc<MetaState>, Arc<FakeOps>) {
+        let ops = Arc::new(FakeOps::default());
+        let cfg = MetaConfig {
+            extent_capacity: 1 << 20,
+            ..Default::default()
+        };
+        let state = MetaState::open(Arc::new(MemEngine::new()), cfg, ops.clone()).unwrap();
+        for n in 0..nodes {
+            state
+                .heartbeat(&v1::HeartbeatRequest {
+                    node_id: format!("n{n}"),
+                    address: format!("127.0.0.1:{}", 9000 + n),
+                    labels: Default::default(),
+                    disks: (0..disks)
+                        .map(|d| v1::DiskInfo {
+                            disk_id: format!("d{n}-{d}"),
+                            path: format!("/d{d}"),
+                            capacity_bytes: 1 << 30,
+                            used_bytes: 0,
+                            free_bytes: 1 << 30,
+                            state: "ok".into(),
+                            extents: 0,
+                        })
+                        .collect(),
+                })
+                .unwrap();
+        }
+        (state, ops)
+    }
+
+    fn loc(volume: VolumeId, offset: u64, len: u64) -> BlockLocation {
+        let g = Geometry::DEFAULT;
+        BlockLocation {
+            volume,
+            offset,
+            frag_len: g.frag_len(len),
+            block_len: len,
+            crcs: vec![0; 9],
+        }
+    }
+
+    #[tokio::test]
+    async fn acquire_creates_a_placed_volume_and_leases_it() {
+        let (state, ops) = cell(4, 3);
+        let (info, epoch) = state.acquire_volume("fe-1", &[]).await.unwrap();
+        assert_eq!(epoch, 1);
+        assert_eq!(info.state, STATE_OPEN);
+        assert_eq!(info.members.len(), 9);
+        assert_eq!(ops.created.lock().len(), 9);
+        // A second holder gets a different volume; the first volume's lease is taken.
+        let (other, _) = state.acquire_volume("fe-2", &[]).await.unwrap();
+        assert_ne!(other.id, info.id);
+        // A released lease is granted again with a higher epoch.
+        assert!(!state.renew_lease("fe-1", info.id, 1, true).unwrap());
+        let (again, epoch) = state.acquire_volume("fe-3", &[]).await.unwrap();
+        assert_eq!(again.id, info.id);
+        assert_eq!(epoch, 2);
+        assert!(!state.renew_lease("fe-1", info.id, 1, false).unwrap());
+        assert!(state.renew_lease("fe-3", info.id, 2, false).unwrap());
+    }
+
+    #[tokio::test]
+    async fn too_few_disks_is_unavailable_with_numbers() {
+        let (state, _) = cell(2, 2);
+        let err = state.acquire_volume("fe", &[]).await.unwrap_err();
+        assert_eq!(err.to_status().code(), tonic::Code::Unavailable);
+        assert!(err.to_string().contains("need 9"), "{err}");
+        assert!(err.to_string().contains("4 healthy"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn failed_extent_creation_retries_on_other_disks() {
+        let (state, ops) = cell(5, 3);
+        ops.broken.lock().insert("d0-0".into());
+        ops.broken.lock().insert("d1-0".into());
+        let (info, _) = state.acquire_volume("fe", &[]).await.unwrap();
+        assert!(
+            info.members
+                .iter()
+                .all(|m| m.disk_id != "d0-0" && m.disk_id != "d1-0")
+        );
+        assert!(info.id > 1, "the failed attempt's volume id is not reused");
+    }
+
+    #[tokio::test]
+    async fn commit_is_insert_if_absent_and_counts() {
+        let (state, _) = cell(4, 3);
+        let (info, _) = state.acquire_volume("fe", &[]).await.unwrap();
+        let h = BlockHash::of(b"one");
+        assert_eq!(
+            state.commit(h, loc(info.id, 0, 100)).await.unwrap(),
+            CommitOutcome::Inserted
+        );
+        let again = state.commit(h, loc(info.id, 64, 100)).await.unwrap();
+        assert_eq!(again, CommitOutcome::Exists(loc(info.id, 0, 100)));
+        let found = state.lookup(&[h, BlockHash::of(b"two")]).unwrap();
+        assert_eq!(found[0].as_ref().unwrap().0, loc(info.id, 0, 100));
+        assert!(found[1].is_none());
+        let v = state.volume(info.id).unwrap();
+        assert_eq!((v.blocks, v.bytes), (1, 100));
+        // Concurrent commits of distinct blocks all land.
+        let mut tasks = Vec::new();
+        for i in 0..200u64 {
+            let s = Arc::clone(&state);
+            tasks.push(tokio::spawn(async move {
+                s.commit(
+                    BlockHash::of(&i.to_le_bytes()),
+                    loc(info.id, 128 + i * 64, 10),
+                )
+                .await
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap(), CommitOutcome::Inserted);
+        }
+        assert_eq!(state.volume(info.id).unwrap().blocks, 201);
+    }
+
+    #[tokio::test]
+    async fn commit_rejects_bad_locations() {
+        let (state, _) = cell(4, 3);
+        let (info, _) = state.acquire_volume("fe", &[]).await.unwrap();
+        let h = BlockHash::of(b"x");
+        let mut bad = loc(info.id, 0, 100);
+        bad.crcs.pop();
+        assert!(matches!(
+            state.commit(h, bad).await,
+            Err(MetaError::Invalid(_))
+        ));
+        assert!(matches!(
+            state.commit(h, loc(info.id + 100, 0, 100)).await,
+            Err(MetaError::NoVolume(_))
+        ));
+        assert!(matches!(
+            state.commit(h, loc(info.id, 1 << 20, 100)).await,
+            Err(MetaError::Invalid(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn reported_volume_is_sealed_and_not_leased_again() {
+        let (state, _) = cell(4, 3);
+        let (info, _) = state.acquire_volume("fe", &[]).await.unwrap();
+        state
+            .report_volume(info.id, Some(2), "write_failed", "boom")
+            .unwrap();
+        assert_eq!(state.volume(info.id).unwrap().state, STATE_SEALED);
+        assert!(!state.renew_lease("fe", info.id, 1, false).unwrap());
+        let (next, _) = state.acquire_volume("fe", &[]).await.unwrap();
+        assert_ne!(next.id, info.id);
+    }
+
+    #[tokio::test]
+    async fn state_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let ops = Arc::new(FakeOps::default());
+        let cfg = MetaConfig::default();
+        let h = BlockHash::of(b"persist");
+        let (vid, cluster) = {
+            let engine = Arc::new(crate::engine::RocksEngine::open(dir.path()).unwrap());
+            let state = MetaState::open(engine, cfg.clone(), ops.clone()).unwrap();
+            for n in 0..3 {
+                state
+                    .heartbeat(&v1::HeartbeatRequest {
+                        node_id: format!("n{n}"),
+                        address: "a".into(),
+                        labels: Default::default(),
+                        disks: (0..3)
+                            .map(|d| v1::DiskInfo {
+                                disk_id: format!("d{n}{d}"),
+                                state: "ok".into(),
+                                free_bytes: 10 << 30,
+                                capacity_bytes: 10 << 30,
+                                ..Default::default()
+                            })
+                            .collect(),
+                    })
+                    .unwrap();
+            }
+            let (info, _) = state.acquire_volume("fe", &[]).await.unwrap();
+            state.commit(h, loc(info.id, 0, 100)).await.unwrap();
+            state.shutdown();
+            (info.id, state.cluster_id())
+        };
+        let engine = Arc::new(crate::engine::RocksEngine::open(dir.path()).unwrap());
+        let state = MetaState::open(engine, cfg, ops).unwrap();
+        assert_eq!(state.cluster_id(), cluster);
+        assert_eq!(
+            state.lookup(&[h]).unwrap()[0].as_ref().unwrap().0.volume,
+            vid
+        );
+        assert_eq!(state.volume(vid).unwrap().blocks, 1);
+        let (next, epoch) = state.acquire_volume("fe2", &[]).await.unwrap();
+        // The old lease has not expired yet, so a fresh volume with a new id is created.
+        assert!(next.id > vid || epoch > 1);
+    }
+}

@@ -1,0 +1,51 @@
+//! Generated gRPC code for Hoard's services, and conversions between wire messages and domain types.
+//!
+//! Wire values are validated once, here, on receive: the rest of the code works with `hoard_types`.
+
+#[allow(clippy::all, clippy::pedantic)]
+pub mod v1 {
+    tonic::include_proto!("hoard.v1");
+}
+
+/// The encoded file descriptor set of every Hoard service, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("hoard_descriptor");
+
+/// Largest gRPC message any Hoard role sends or accepts: a whole block plus headroom.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+use hoard_types::{BlockHash, BlockLocation, TypeError};
+
+impl v1::BlockLocation {
+    pub fn from_domain(hash: &BlockHash, loc: &BlockLocation, created_unix_ms: u64) -> Self {
+        v1::BlockLocation {
+            hash: bytes::Bytes::copy_from_slice(hash.as_bytes()),
+            volume: loc.volume,
+            offset: loc.offset,
+            frag_len: loc.frag_len as u32,
+            block_len: loc.block_len as u32,
+            crcs: loc.crcs.clone(),
+            created_unix_ms,
+        }
+    }
+
+    pub fn to_domain(&self) -> Result<(BlockHash, BlockLocation), TypeError> {
+        let hash = BlockHash::from_slice(&self.hash)?;
+        Ok((
+            hash,
+            BlockLocation {
+                volume: self.volume,
+                offset: self.offset,
+                frag_len: self.frag_len as u64,
+                block_len: self.block_len as u64,
+                crcs: self.crcs.clone(),
+            },
+        ))
+    }
+}
+
+/// Parses a hex hash from a request into a [`BlockHash`], or a gRPC `INVALID_ARGUMENT` naming it.
+#[allow(clippy::result_large_err)]
+pub fn parse_hash(s: &str) -> Result<BlockHash, tonic::Status> {
+    s.parse()
+        .map_err(|e: TypeError| tonic::Status::invalid_argument(e.to_string()))
+}

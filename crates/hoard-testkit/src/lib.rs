@@ -1,0 +1,400 @@
+//! A multi-process cluster harness for tests: real `hoard` processes on 127.0.0.1 with port 0, each
+//! role its own process, killed with SIGKILL and restarted on the same data.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use bytes::Bytes;
+use rand::{RngCore, SeedableRng};
+
+pub use hoard_client::Client;
+
+/// One running `hoard` process.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub addrs: Vec<(String, SocketAddr)>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `bin args...`, waits for `expect` "<role> listening on ADDR" lines on stdout, and keeps
+    /// draining stdout. stderr goes to `log`.
+    pub fn start(
+        bin: &Path,
+        name: &str,
+        args: &[&str],
+        log: &Path,
+        expect: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Proc> {
+        let stderr = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("log {}", log.display()))?;
+        let mut cmd = Command::new(bin);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?;
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let mut addrs = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while addrs.len() < expect.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some((role, addr)) = parse_listening(&line) {
+                        addrs.push((role, addr));
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let status = child.wait().ok();
+                    let tail = std::fs::read_to_string(log).unwrap_or_default();
+                    bail!(
+                        "{name} did not report listening ({status:?}); log:\n{}",
+                        tail.lines()
+                            .rev()
+                            .take(30)
+                            .collect::<Vec<_>>()
+                            .into_iter()
+                            .rev()
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    );
+                }
+            }
+        }
+        // Keep draining so that the child never blocks on a full pipe.
+        std::thread::spawn(move || while rx.recv().is_ok() {});
+        Ok(Proc {
+            name: name.to_string(),
+            child,
+            addrs,
+            log: log.to_path_buf(),
+        })
+    }
+
+    pub fn addr(&self, role: &str) -> SocketAddr {
+        self.addrs
+            .iter()
+            .find(|(r, _)| r == role)
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| panic!("{} has no {role} address", self.name))
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        // SAFETY: sending a signal to our own child process by pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = self.child.try_wait()? {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                bail!("{} did not exit within 30s of SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Parses "hoard ROLE listening on ADDR" and "hoard dev: client endpoint http://ADDR".
+fn parse_listening(line: &str) -> Option<(String, SocketAddr)> {
+    if let Some(rest) = line.strip_prefix("hoard dev: client endpoint http://") {
+        return Some(("endpoint".into(), rest.trim().parse().ok()?));
+    }
+    if let Some(rest) = line.strip_prefix("hoard dev: admin on http://") {
+        return Some(("admin".into(), rest.trim().parse().ok()?));
+    }
+    let rest = line.strip_prefix("hoard ")?;
+    let (role, addr) = rest.split_once(" listening on ")?;
+    Some((role.to_string(), addr.trim().parse().ok()?))
+}
+
+/// Shape and settings of a test cell.
+#[derive(Clone, Debug)]
+pub struct ClusterOpts {
+    pub volume_servers: usize,
+    pub disks_per_server: usize,
+    pub ec: String,
+    pub extent_size: String,
+    pub lease: String,
+    pub heartbeat_grace: String,
+    pub failure_domain: String,
+}
+
+impl Default for ClusterOpts {
+    fn default() -> Self {
+        ClusterOpts {
+            volume_servers: 4,
+            disks_per_server: 3,
+            ec: "6+3".into(),
+            extent_size: "8MiB".into(),
+            lease: "3s".into(),
+            heartbeat_grace: "15m".into(),
+            failure_domain: "node".into(),
+        }
+    }
+}
+
+/// A cell of separate processes: one meta, one frontend, N volume servers.
+pub struct Cluster {
+    pub bin: PathBuf,
+    pub opts: ClusterOpts,
+    pub dir: tempfile::TempDir,
+    pub meta: Option<Proc>,
+    pub frontend: Option<Proc>,
+    pub volumes: Vec<Option<Proc>>,
+    meta_url: String,
+}
+
+impl Cluster {
+    pub fn start(bin: &Path, opts: ClusterOpts) -> anyhow::Result<Cluster> {
+        let dir = tempfile::Builder::new().prefix("hoard-test-").tempdir()?;
+        let mut c = Cluster {
+            bin: bin.to_path_buf(),
+            volumes: (0..opts.volume_servers).map(|_| None).collect(),
+            opts,
+            dir,
+            meta: None,
+            frontend: None,
+            meta_url: String::new(),
+        };
+        c.start_meta()?;
+        for i in 0..c.volumes.len() {
+            c.start_volume(i)?;
+        }
+        c.start_frontend()?;
+        Ok(c)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn write_config(&self, name: &str, body: &str) -> anyhow::Result<PathBuf> {
+        let p = self.path().join(format!("{name}.toml"));
+        std::fs::write(&p, body)?;
+        Ok(p)
+    }
+
+    fn spawn(&self, name: &str, config: &Path, role: &str) -> anyhow::Result<Proc> {
+        let log = self.path().join(format!("{name}.log"));
+        Proc::start(
+            &self.bin,
+            name,
+            &["server", "--config", config.to_str().expect("utf-8 path")],
+            &log,
+            &[role],
+            &[("RUST_LOG", "info")],
+        )
+    }
+
+    pub fn start_meta(&mut self) -> anyhow::Result<()> {
+        let o = &self.opts;
+        let cfg = format!(
+            "[meta]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nec = \"{}\"\nextent_size = \"{}\"\nlease = \"{}\"\nheartbeat_grace = \"{}\"\nfailure_domain = \"{}\"\n",
+            self.path().join("meta").display(),
+            o.ec,
+            o.extent_size,
+            o.lease,
+            o.heartbeat_grace,
+            o.failure_domain
+        );
+        let p = self.write_config("meta", &cfg)?;
+        let proc = self.spawn("meta", &p, "meta")?;
+        self.meta_url = format!("http://{}", proc.addr("meta"));
+        self.meta = Some(proc);
+        Ok(())
+    }
+
+    pub fn disk_dirs(&self, server: usize) -> Vec<PathBuf> {
+        (0..self.opts.disks_per_server)
+            .map(|d| {
+                self.path()
+                    .join(format!("vol-{server}"))
+                    .join(format!("disk-{d}"))
+            })
+            .collect()
+    }
+
+    pub fn start_volume(&mut self, i: usize) -> anyhow::Result<()> {
+        let disks: Vec<String> = self
+            .disk_dirs(i)
+            .iter()
+            .map(|d| format!("\"{}\"", d.display()))
+            .collect();
+        let cfg = format!(
+            "[node]\nid = \"vol-{i}\"\n[volume]\nlisten = \"127.0.0.1:0\"\nmeta = \"{}\"\ndisks = [{}]\nheartbeat = \"500ms\"\nlabels = {{ host = \"vol-{i}\" }}\n",
+            self.meta_url,
+            disks.join(", ")
+        );
+        let p = self.write_config(&format!("vol-{i}"), &cfg)?;
+        self.volumes[i] = Some(self.spawn(&format!("vol-{i}"), &p, "volume")?);
+        Ok(())
+    }
+
+    pub fn start_frontend(&mut self) -> anyhow::Result<()> {
+        let cfg = format!(
+            "[frontend]\nlisten = \"127.0.0.1:0\"\nmeta = \"{}\"\n",
+            self.meta_url
+        );
+        let p = self.write_config("frontend", &cfg)?;
+        self.frontend = Some(self.spawn("frontend", &p, "frontend")?);
+        Ok(())
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!(
+            "http://{}",
+            self.frontend
+                .as_ref()
+                .expect("frontend running")
+                .addr("frontend")
+        )
+    }
+
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        Client::connect(&self.endpoint())
+            .await
+            .map_err(|e| anyhow!("{e}"))
+    }
+
+    pub fn kill_volume(&mut self, i: usize) {
+        if let Some(mut p) = self.volumes[i].take() {
+            p.kill();
+        }
+    }
+
+    /// SIGKILL every process of the cell at once.
+    pub fn kill_all(&mut self) {
+        let mut all: Vec<Proc> = Vec::new();
+        all.extend(self.frontend.take());
+        all.extend(self.volumes.iter_mut().filter_map(Option::take));
+        all.extend(self.meta.take());
+        // Signal all first, so that none outlives the others by more than a moment.
+        for p in &all {
+            // SAFETY: signalling our own child processes by pid.
+            unsafe {
+                libc::kill(p.child.id() as i32, libc::SIGKILL);
+            }
+        }
+        for mut p in all {
+            p.kill();
+        }
+    }
+
+    /// Starts every role again on the same data (new ports).
+    pub fn restart_all(&mut self) -> anyhow::Result<()> {
+        self.start_meta()?;
+        for i in 0..self.volumes.len() {
+            self.start_volume(i)?;
+        }
+        self.start_frontend()
+    }
+
+    /// Bytes in all files under the cell's disk directories.
+    pub fn disk_usage(&self) -> u64 {
+        (0..self.volumes.len())
+            .flat_map(|i| self.disk_dirs(i))
+            .map(|d| dir_size(&d))
+            .sum()
+    }
+
+    /// The tail of every process log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        if let Ok(rd) = std::fs::read_dir(self.path()) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "log") {
+                    let text = std::fs::read_to_string(&p).unwrap_or_default();
+                    let lines: Vec<&str> = text.lines().collect();
+                    out.push_str(&format!("==== {} ====\n", p.display()));
+                    for l in &lines[lines.len().saturating_sub(40)..] {
+                        out.push_str(l);
+                        out.push('\n');
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+pub fn dir_size(p: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(p) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Deterministic pseudo-random bytes: the same seed gives the same block, so tests need not keep
+/// blocks in memory to check them later.
+pub fn block(seed: u64, len: usize) -> Bytes {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut v = vec![0u8; len];
+    rng.fill_bytes(&mut v);
+    Bytes::from(v)
+}
+
+/// Polls `f` until it returns `Some`, or fails after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

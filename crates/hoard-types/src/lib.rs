@@ -1,0 +1,222 @@
+//! Domain types shared by every Hoard crate: block hashes, identifiers, stripe geometry and sizes.
+//!
+//! No I/O lives here. Values that arrive from the network or from disk are parsed into these types once,
+//! at the edge, so that the rest of the code works with values that are already known to be valid.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Largest block a client may put: 4 MiB.
+pub const MAX_BLOCK_LEN: u64 = 4 * 1024 * 1024;
+
+/// Fragments are padded to a multiple of this many bytes, so that every fragment of a volume starts on an
+/// aligned offset in every member.
+pub const FRAGMENT_ALIGN: u64 = 64;
+
+/// Errors from parsing or validating domain values.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TypeError {
+    #[error("malformed block hash {0:?}: expected 64 hex characters")]
+    MalformedHash(String),
+    #[error("malformed block hash: expected 32 bytes, got {0}")]
+    HashLength(usize),
+    #[error(
+        "invalid erasure geometry {0:?}: expected K+M with K in 1..=32, M in 0..=16 and K+M <= 48"
+    )]
+    Geometry(String),
+}
+
+/// A block's key: the BLAKE3-256 hash of its bytes. Shown as 64 lowercase hex characters.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlockHash([u8; 32]);
+
+impl BlockHash {
+    pub const LEN: usize = 32;
+
+    /// Hashes `data` with BLAKE3.
+    pub fn of(data: &[u8]) -> Self {
+        BlockHash(*blake3::hash(data).as_bytes())
+    }
+
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        BlockHash(bytes)
+    }
+
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, TypeError> {
+        let arr: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| TypeError::HashLength(bytes.len()))?;
+        Ok(BlockHash(arr))
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// The first 12 hex characters, for logs and spans.
+    pub fn short(&self) -> String {
+        hex::encode(&self.0[..6])
+    }
+}
+
+impl FromStr for BlockHash {
+    type Err = TypeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() != 64 {
+            return Err(TypeError::MalformedHash(s.to_string()));
+        }
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).map_err(|_| TypeError::MalformedHash(s.to_string()))?;
+        Ok(BlockHash(out))
+    }
+}
+
+impl fmt::Display for BlockHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for BlockHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BlockHash({})", self.short())
+    }
+}
+
+/// A volume: one stripe group of `k + m` members. Allocated by meta, never reused.
+pub type VolumeId = u64;
+
+/// A member index inside a volume, `0..k+m`. Members `0..k` hold data, `k..k+m` parity.
+pub type MemberIndex = u32;
+
+/// Reed-Solomon geometry of a volume: `k` data and `m` parity members.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Geometry {
+    pub k: u32,
+    pub m: u32,
+}
+
+impl Geometry {
+    pub const DEFAULT: Geometry = Geometry { k: 6, m: 3 };
+
+    pub fn new(k: u32, m: u32) -> Result<Self, TypeError> {
+        if !(1..=32).contains(&k) || m > 16 || k + m > 48 {
+            return Err(TypeError::Geometry(format!("{k}+{m}")));
+        }
+        Ok(Geometry { k, m })
+    }
+
+    /// Members in a volume.
+    pub fn width(&self) -> u32 {
+        self.k + self.m
+    }
+
+    /// Bytes of one fragment of a block of `block_len` bytes: `ceil(block_len / k)`, rounded up to
+    /// [`FRAGMENT_ALIGN`].
+    pub fn frag_len(&self, block_len: u64) -> u64 {
+        let per = block_len.div_ceil(self.k as u64);
+        per.div_ceil(FRAGMENT_ALIGN).max(1) * FRAGMENT_ALIGN
+    }
+}
+
+impl FromStr for Geometry {
+    type Err = TypeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || TypeError::Geometry(s.to_string());
+        let (k, m) = s.split_once('+').ok_or_else(bad)?;
+        let k = k.trim().parse().map_err(|_| bad())?;
+        let m = m.trim().parse().map_err(|_| bad())?;
+        Geometry::new(k, m).map_err(|_| bad())
+    }
+}
+
+impl fmt::Display for Geometry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}+{}", self.k, self.m)
+    }
+}
+
+/// Where a block lives: its volume, its offset inside every member's data region, and its sizes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockLocation {
+    pub volume: VolumeId,
+    pub offset: u64,
+    pub frag_len: u64,
+    pub block_len: u64,
+    /// crc32c of every fragment, data members first, then parity.
+    pub crcs: Vec<u32>,
+}
+
+/// A generated identifier: a prefix and 16 random hex characters, e.g. `disk-1f0c...`.
+pub fn random_id(prefix: &str) -> String {
+    format!("{prefix}-{:016x}", rand::random::<u64>())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_round_trips_through_hex() {
+        let h = BlockHash::of(b"hello");
+        let parsed: BlockHash = h.to_hex().parse().unwrap();
+        assert_eq!(h, parsed);
+        assert_eq!(h.to_hex().len(), 64);
+        let upper: BlockHash = h.to_hex().to_uppercase().parse().unwrap();
+        assert_eq!(h, upper);
+    }
+
+    #[test]
+    fn malformed_hashes_are_rejected() {
+        assert!("abc".parse::<BlockHash>().is_err());
+        assert!("z".repeat(64).parse::<BlockHash>().is_err());
+        assert!("a".repeat(65).parse::<BlockHash>().is_err());
+    }
+
+    #[test]
+    fn frag_len_covers_block_and_is_aligned() {
+        let g = Geometry::DEFAULT;
+        for len in [
+            1u64,
+            63,
+            64,
+            65,
+            383,
+            384,
+            385,
+            1000,
+            MAX_BLOCK_LEN - 1,
+            MAX_BLOCK_LEN,
+        ] {
+            let f = g.frag_len(len);
+            assert_eq!(f % FRAGMENT_ALIGN, 0);
+            assert!(f * g.k as u64 >= len, "len {len}");
+            assert!((f - FRAGMENT_ALIGN) * (g.k as u64) < len || f == FRAGMENT_ALIGN);
+        }
+        assert_eq!(g.frag_len(MAX_BLOCK_LEN), 699_072);
+    }
+
+    #[test]
+    fn geometry_parses() {
+        assert_eq!("6+3".parse::<Geometry>().unwrap(), Geometry { k: 6, m: 3 });
+        assert!("0+3".parse::<Geometry>().is_err());
+        assert!("6-3".parse::<Geometry>().is_err());
+        assert!("40+10".parse::<Geometry>().is_err());
+    }
+}

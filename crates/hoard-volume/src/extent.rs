@@ -1,0 +1,669 @@
+//! One extent: a member of one volume on one disk, as a `.dat` shard file and an `.idx` record log.
+//!
+//! Appends `pwrite` a fragment at its offset in `.dat` and append its record to `.idx`; they return only
+//! once both are durable. Concurrent appends share one `fdatasync` per file (group commit): the first
+//! waiter to find no sync running syncs everything written so far, and the ones that queued behind it
+//! usually find their bytes already covered.
+//!
+//! Nothing per block is held in memory: an extent keeps a few counters, whatever its size.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use hoard_types::{MemberIndex, VolumeId};
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+
+use crate::VolumeError;
+use crate::format::{
+    self, BlockRecord, DAT_HEADER_LEN, ExtentHeader, IDX_HEADER_LEN, read_checked_toml,
+    write_checked_toml,
+};
+
+/// `member.toml`: what an extent is. Rewritten (durably) when the writer epoch changes.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemberFile {
+    pub format: u32,
+    pub volume: VolumeId,
+    pub member: MemberIndex,
+    pub k: u32,
+    pub m: u32,
+    pub generation: u64,
+    pub epoch: u64,
+    pub capacity: u64,
+    pub disk_id: String,
+    pub created_unix_ms: u64,
+}
+
+/// What a scan of the `.idx` found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IdxScan {
+    /// Valid records.
+    pub records: u64,
+    /// Record slots that failed their checks before the last valid record (rot, not a torn tail).
+    pub bad_slots: Vec<u64>,
+    /// Bytes of a torn tail that were cut off.
+    pub cut_bytes: u64,
+    /// End of the furthest fragment any valid record points at.
+    pub max_end: u64,
+}
+
+struct IdxWriter {
+    /// Byte position of the next record slot.
+    end: u64,
+}
+
+pub struct Extent {
+    pub volume: VolumeId,
+    pub member: MemberIndex,
+    pub dir: PathBuf,
+    header: ExtentHeader,
+    /// Held shared by appends for their check-and-write, exclusively by a fence, so that once a fence
+    /// returns no append of an older epoch can land.
+    meta: RwLock<MemberFile>,
+    dat: File,
+    idx: File,
+    idx_writer: Mutex<IdxWriter>,
+    record_len: u64,
+    /// Furthest byte of the data region that an append has written.
+    data_end: AtomicU64,
+    records: AtomicU64,
+    written_seq: AtomicU64,
+    synced_seq: AtomicU64,
+    sync_lock: tokio::sync::Mutex<()>,
+    failed: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for Extent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Extent({}/{})", self.volume, self.member)
+    }
+}
+
+pub fn dat_path(dir: &Path, member: MemberIndex) -> PathBuf {
+    dir.join(format!("{member}.dat"))
+}
+
+pub fn idx_path(dir: &Path, member: MemberIndex) -> PathBuf {
+    dir.join(format!("{member}.idx"))
+}
+
+impl Extent {
+    /// Creates an extent durably. It appears under `final_dir` only once complete: it is built in
+    /// `staging_dir`, synced, and renamed into place.
+    pub fn create(
+        staging_dir: &Path,
+        final_dir: &Path,
+        mf: MemberFile,
+    ) -> Result<Arc<Extent>, VolumeError> {
+        let io = |p: &Path| {
+            let p = p.to_path_buf();
+            move |e| VolumeError::io(&p, e)
+        };
+        if staging_dir.exists() {
+            fs::remove_dir_all(staging_dir).map_err(io(staging_dir))?;
+        }
+        fs::create_dir_all(staging_dir).map_err(io(staging_dir))?;
+        let header = ExtentHeader {
+            volume: mf.volume,
+            member: mf.member,
+            generation: mf.generation,
+            k: mf.k,
+            m: mf.m,
+        };
+        for (path, bytes) in [
+            (dat_path(staging_dir, mf.member), header.encode_dat()),
+            (idx_path(staging_dir, mf.member), header.encode_idx()),
+        ] {
+            let f = File::create(&path).map_err(io(&path))?;
+            f.write_all_at(&bytes, 0).map_err(io(&path))?;
+            f.sync_all().map_err(io(&path))?;
+        }
+        write_checked_toml(&staging_dir.join("member.toml"), &mf)?;
+        format::sync_dir(staging_dir)?;
+        if let Some(parent) = final_dir.parent() {
+            fs::create_dir_all(parent).map_err(io(parent))?;
+        }
+        fs::rename(staging_dir, final_dir).map_err(io(final_dir))?;
+        if let Some(parent) = final_dir.parent() {
+            format::sync_dir(parent)?;
+        }
+        let (extent, _) = Extent::open(final_dir)?;
+        Ok(extent)
+    }
+
+    /// Opens an extent: checks both headers against `member.toml`, scans `.idx`, and cuts a torn tail.
+    pub fn open(dir: &Path) -> Result<(Arc<Extent>, IdxScan), VolumeError> {
+        let mf: MemberFile = read_checked_toml(&dir.join("member.toml"))?;
+        let header = ExtentHeader {
+            volume: mf.volume,
+            member: mf.member,
+            generation: mf.generation,
+            k: mf.k,
+            m: mf.m,
+        };
+        let dat_p = dat_path(dir, mf.member);
+        let idx_p = idx_path(dir, mf.member);
+        let open = |p: &Path| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(p)
+                .map_err(|e| VolumeError::io(p, e))
+        };
+        let dat = open(&dat_p)?;
+        let idx = open(&idx_p)?;
+        let bad = |p: &Path, problem: String| VolumeError::Format {
+            path: p.to_path_buf(),
+            problem,
+        };
+        let mut hb = vec![0u8; DAT_HEADER_LEN as usize];
+        read_exact_at(&dat, &mut hb, 0).map_err(|e| VolumeError::io(&dat_p, e))?;
+        let dh = ExtentHeader::decode_dat(&hb).map_err(|p| bad(&dat_p, p))?;
+        let mut hb = vec![0u8; IDX_HEADER_LEN as usize];
+        read_exact_at(&idx, &mut hb, 0).map_err(|e| VolumeError::io(&idx_p, e))?;
+        let ih = ExtentHeader::decode_idx(&hb).map_err(|p| bad(&idx_p, p))?;
+        if dh != header || ih != header {
+            return Err(bad(
+                dir,
+                format!("headers {dh:?} / {ih:?} do not match member.toml {header:?}"),
+            ));
+        }
+        let width = mf.k + mf.m;
+        let record_len = BlockRecord::encoded_len(width) as u64;
+        let scan = scan_idx(&idx, width, |_, _| {}).map_err(|e| VolumeError::io(&idx_p, e))?;
+        let valid_end = IDX_HEADER_LEN + (scan.records + scan.bad_slots.len() as u64) * record_len;
+        if scan.cut_bytes > 0 {
+            tracing::warn!(
+                volume = mf.volume,
+                member = mf.member,
+                cut_bytes = scan.cut_bytes,
+                "cutting torn tail of .idx"
+            );
+            idx.set_len(valid_end)
+                .and_then(|_| idx.sync_all())
+                .map_err(|e| VolumeError::io(&idx_p, e))?;
+        }
+        if !scan.bad_slots.is_empty() {
+            tracing::warn!(
+                volume = mf.volume,
+                member = mf.member,
+                bad = scan.bad_slots.len(),
+                "damaged .idx records found"
+            );
+        }
+        let dat_len = dat
+            .metadata()
+            .map_err(|e| VolumeError::io(&dat_p, e))?
+            .len()
+            .saturating_sub(DAT_HEADER_LEN);
+        let extent = Arc::new(Extent {
+            volume: mf.volume,
+            member: mf.member,
+            dir: dir.to_path_buf(),
+            header,
+            dat,
+            idx,
+            idx_writer: Mutex::new(IdxWriter { end: valid_end }),
+            record_len,
+            data_end: AtomicU64::new(dat_len.max(scan.max_end)),
+            records: AtomicU64::new(scan.records),
+            written_seq: AtomicU64::new(0),
+            synced_seq: AtomicU64::new(0),
+            sync_lock: tokio::sync::Mutex::new(()),
+            failed: Mutex::new(None),
+            meta: RwLock::new(mf),
+        });
+        Ok((extent, scan))
+    }
+
+    pub fn member_file(&self) -> MemberFile {
+        self.meta.read().clone()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.header.generation
+    }
+
+    pub fn data_len(&self) -> u64 {
+        self.data_end.load(Ordering::Acquire)
+    }
+
+    /// Bytes this extent takes on disk (both files, headers included).
+    pub fn disk_bytes(&self) -> u64 {
+        DAT_HEADER_LEN + self.data_len() + self.idx_writer.lock().end
+    }
+
+    pub fn records(&self) -> u64 {
+        self.records.load(Ordering::Relaxed)
+    }
+
+    pub fn failure(&self) -> Option<String> {
+        self.failed.lock().clone()
+    }
+
+    fn fail(&self, why: String) -> VolumeError {
+        tracing::error!(
+            volume = self.volume,
+            member = self.member,
+            "extent failed: {why}"
+        );
+        let mut f = self.failed.lock();
+        if f.is_none() {
+            *f = Some(why.clone());
+        }
+        VolumeError::ExtentFailed {
+            volume: self.volume,
+            member: self.member,
+            reason: why,
+        }
+    }
+
+    fn check_usable(&self, generation: u64) -> Result<(), VolumeError> {
+        if let Some(why) = self.failure() {
+            return Err(VolumeError::ExtentFailed {
+                volume: self.volume,
+                member: self.member,
+                reason: why,
+            });
+        }
+        if generation != self.header.generation {
+            return Err(VolumeError::StaleGeneration {
+                volume: self.volume,
+                member: self.member,
+                have: self.header.generation,
+                asked: generation,
+            });
+        }
+        Ok(())
+    }
+
+    /// Raises the writer epoch to `epoch` (durably) and returns the data length a new writer continues
+    /// from. Waits for appends already past their epoch check.
+    pub fn fence(&self, generation: u64, epoch: u64) -> Result<u64, VolumeError> {
+        self.check_usable(generation)?;
+        let mut meta = self.meta.write();
+        if epoch < meta.epoch {
+            return Err(VolumeError::Fenced {
+                volume: self.volume,
+                member: self.member,
+                have: meta.epoch,
+                asked: epoch,
+            });
+        }
+        if epoch > meta.epoch {
+            let mut next = meta.clone();
+            next.epoch = epoch;
+            write_checked_toml(&self.dir.join("member.toml"), &next)?;
+            *meta = next;
+        }
+        Ok(self.data_len())
+    }
+
+    /// Writes one fragment and its record; returns once both are durable.
+    pub async fn append(
+        self: &Arc<Self>,
+        generation: u64,
+        epoch: u64,
+        record: BlockRecord,
+        fragment: Bytes,
+    ) -> Result<(), VolumeError> {
+        self.check_usable(generation)?;
+        let width = self.header.k + self.header.m;
+        if record.crcs.len() != width as usize {
+            return Err(VolumeError::BadRequest(format!(
+                "record has {} crcs, volume has {width} members",
+                record.crcs.len()
+            )));
+        }
+        if fragment.len() != record.frag_len as usize {
+            return Err(VolumeError::BadRequest(format!(
+                "fragment has {} bytes, record says {}",
+                fragment.len(),
+                record.frag_len
+            )));
+        }
+        let want = record.crcs[self.member as usize];
+        if crc32c::crc32c(&fragment) != want {
+            return Err(VolumeError::BadRequest(
+                "fragment does not match its crc32c in the record".into(),
+            ));
+        }
+        let this = Arc::clone(self);
+        let seq =
+            tokio::task::spawn_blocking(move || this.write_blocking(epoch, &record, &fragment))
+                .await
+                .map_err(|e| VolumeError::Internal(e.to_string()))??;
+        self.sync_to(seq).await
+    }
+
+    fn write_blocking(
+        &self,
+        epoch: u64,
+        record: &BlockRecord,
+        fragment: &[u8],
+    ) -> Result<u64, VolumeError> {
+        let meta = self.meta.read();
+        if epoch != meta.epoch {
+            return Err(VolumeError::Fenced {
+                volume: self.volume,
+                member: self.member,
+                have: meta.epoch,
+                asked: epoch,
+            });
+        }
+        if record.end() > meta.capacity {
+            return Err(VolumeError::BadRequest(format!(
+                "append at {}+{} passes the extent capacity {}",
+                record.offset, record.frag_len, meta.capacity
+            )));
+        }
+        if let Err(e) = self
+            .dat
+            .write_all_at(fragment, DAT_HEADER_LEN + record.offset)
+        {
+            return Err(self.fail(format!("write .dat: {e}")));
+        }
+        let encoded = record.encode();
+        {
+            let mut w = self.idx_writer.lock();
+            if let Err(e) = self.idx.write_all_at(&encoded, w.end) {
+                return Err(self.fail(format!("write .idx: {e}")));
+            }
+            w.end += self.record_len;
+        }
+        self.data_end.fetch_max(record.end(), Ordering::AcqRel);
+        self.records.fetch_add(1, Ordering::Relaxed);
+        drop(meta);
+        Ok(self.written_seq.fetch_add(1, Ordering::AcqRel) + 1)
+    }
+
+    /// Waits until every write numbered up to `seq` is durable, syncing if nobody else is.
+    async fn sync_to(self: &Arc<Self>, seq: u64) -> Result<(), VolumeError> {
+        loop {
+            if self.synced_seq.load(Ordering::Acquire) >= seq {
+                return Ok(());
+            }
+            let _leader = self.sync_lock.lock().await;
+            if self.synced_seq.load(Ordering::Acquire) >= seq {
+                return Ok(());
+            }
+            if let Some(why) = self.failure() {
+                return Err(VolumeError::ExtentFailed {
+                    volume: self.volume,
+                    member: self.member,
+                    reason: why,
+                });
+            }
+            // Everything numbered up to `target` finished its writes before it was numbered.
+            let target = self.written_seq.load(Ordering::Acquire);
+            let this = Arc::clone(self);
+            let res = tokio::task::spawn_blocking(move || {
+                this.dat.sync_data()?;
+                this.idx.sync_data()
+            })
+            .await
+            .map_err(|e| VolumeError::Internal(e.to_string()))?;
+            if let Err(e) = res {
+                // After a failed fsync the page cache can no longer be trusted: fail the extent.
+                return Err(self.fail(format!("fdatasync: {e}")));
+            }
+            self.synced_seq.fetch_max(target, Ordering::AcqRel);
+        }
+    }
+
+    /// Reads one fragment and checks its crc32c.
+    pub fn read_fragment(
+        &self,
+        generation: u64,
+        offset: u64,
+        frag_len: u32,
+        expected_crc: u32,
+    ) -> Result<Vec<u8>, VolumeError> {
+        self.check_usable(generation)?;
+        let mut buf = vec![0u8; frag_len as usize];
+        match read_exact_at(&self.dat, &mut buf, DAT_HEADER_LEN + offset) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(VolumeError::Corrupt {
+                    volume: self.volume,
+                    member: self.member,
+                    offset,
+                    problem: "fragment lies past the end of .dat".into(),
+                });
+            }
+            Err(e) => return Err(self.fail(format!("read .dat: {e}"))),
+        }
+        if crc32c::crc32c(&buf) != expected_crc {
+            metrics::counter!("hoard_volume_fragment_crc_failures_total").increment(1);
+            return Err(VolumeError::Corrupt {
+                volume: self.volume,
+                member: self.member,
+                offset,
+                problem: "crc32c mismatch".into(),
+            });
+        }
+        Ok(buf)
+    }
+
+    /// Visits every valid record of the `.idx`, in slot order.
+    pub fn for_each_record(
+        &self,
+        f: impl FnMut(u64, &BlockRecord),
+    ) -> Result<IdxScan, VolumeError> {
+        let width = self.header.k + self.header.m;
+        scan_idx(&self.idx, width, f)
+            .map_err(|e| VolumeError::io(&idx_path(&self.dir, self.member), e))
+    }
+}
+
+fn read_exact_at(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    f.read_exact_at(buf, offset)
+}
+
+/// Reads the record slots of an `.idx` file in order. A bad slot followed by a valid one is rot and is
+/// reported; bad or partial slots after the last valid one are a torn tail.
+pub fn scan_idx(
+    idx: &File,
+    width: u32,
+    mut visit: impl FnMut(u64, &BlockRecord),
+) -> std::io::Result<IdxScan> {
+    let record_len = BlockRecord::encoded_len(width);
+    let file_len = idx.metadata()?.len();
+    let mut scan = IdxScan::default();
+    let mut pending_bad: Vec<u64> = Vec::new();
+    let mut last_valid_end = IDX_HEADER_LEN;
+    // Read whole slots in large positioned reads: the file's shared cursor is never touched, so scans
+    // may run beside appends and other scans.
+    let slots_per_read = ((1usize << 20) / record_len).max(1);
+    let mut buf = vec![0u8; slots_per_read * record_len];
+    let total_slots = (file_len.saturating_sub(IDX_HEADER_LEN)) / record_len as u64;
+    let mut slot: u64 = 0;
+    while slot < total_slots {
+        let n = (total_slots - slot).min(slots_per_read as u64) as usize;
+        let chunk = &mut buf[..n * record_len];
+        idx.read_exact_at(chunk, IDX_HEADER_LEN + slot * record_len as u64)?;
+        for (j, bytes) in chunk.chunks_exact(record_len).enumerate() {
+            let index = slot + j as u64;
+            match BlockRecord::decode(bytes, width) {
+                Ok(Some(rec)) => {
+                    scan.bad_slots.append(&mut pending_bad);
+                    scan.records += 1;
+                    scan.max_end = scan.max_end.max(rec.end());
+                    visit(index, &rec);
+                    last_valid_end = IDX_HEADER_LEN + (index + 1) * record_len as u64;
+                }
+                Ok(None) | Err(_) => pending_bad.push(index),
+            }
+        }
+        slot += n as u64;
+    }
+    scan.cut_bytes = file_len - last_valid_end;
+    Ok(scan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hoard_types::BlockHash;
+    use std::io::Write;
+
+    fn member(volume: VolumeId, m: MemberIndex) -> MemberFile {
+        MemberFile {
+            format: 1,
+            volume,
+            member: m,
+            k: 2,
+            m: 1,
+            generation: 1,
+            epoch: 0,
+            capacity: 1 << 20,
+            disk_id: "disk-t".into(),
+            created_unix_ms: 0,
+        }
+    }
+
+    fn rec(i: u64, frag: &[u8]) -> BlockRecord {
+        BlockRecord {
+            hash: BlockHash::of(&i.to_le_bytes()),
+            offset: i * 64,
+            frag_len: frag.len() as u32,
+            block_len: 100,
+            crcs: vec![crc32c::crc32c(frag); 3],
+        }
+    }
+
+    fn create(dir: &Path) -> Arc<Extent> {
+        Extent::create(&dir.join("staging"), &dir.join("extents/7"), member(7, 0)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn appends_are_readable_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = create(dir.path());
+        assert_eq!(e.fence(1, 1).unwrap(), 0);
+        let frag = Bytes::from(vec![5u8; 64]);
+        let mut tasks = Vec::new();
+        for i in 0..50u64 {
+            let (e, frag) = (Arc::clone(&e), frag.clone());
+            tasks.push(tokio::spawn(async move {
+                e.append(1, 1, rec(i, &frag), frag).await
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(e.records(), 50);
+        let crc = crc32c::crc32c(&frag);
+        assert_eq!(e.read_fragment(1, 49 * 64, 64, crc).unwrap(), frag.to_vec());
+        assert!(matches!(
+            e.read_fragment(1, 0, 64, crc ^ 1),
+            Err(VolumeError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            e.read_fragment(2, 0, 64, crc),
+            Err(VolumeError::StaleGeneration { .. })
+        ));
+        drop(e);
+        let (e, scan) = Extent::open(&dir.path().join("extents/7")).unwrap();
+        assert_eq!(scan.records, 50);
+        assert_eq!(scan.cut_bytes, 0);
+        assert_eq!(e.data_len(), 50 * 64);
+        let mut seen = 0;
+        e.for_each_record(|_, r| {
+            assert_eq!(r.frag_len, 64);
+            seen += 1;
+        })
+        .unwrap();
+        assert_eq!(seen, 50);
+    }
+
+    #[tokio::test]
+    async fn a_torn_idx_tail_is_cut_and_rot_in_the_middle_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = create(dir.path());
+        e.fence(1, 1).unwrap();
+        let frag = Bytes::from(vec![9u8; 64]);
+        for i in 0..5u64 {
+            e.append(1, 1, rec(i, &frag), frag.clone()).await.unwrap();
+        }
+        drop(e);
+        let ext = dir.path().join("extents/7");
+        let idx = idx_path(&ext, 0);
+        let rl = BlockRecord::encoded_len(3) as u64;
+        // Half a record at the end: a crash mid-append.
+        let mut f = std::fs::OpenOptions::new().append(true).open(&idx).unwrap();
+        f.write_all(&rec(5, &frag).encode()[..30]).unwrap();
+        drop(f);
+        // A flipped byte in record 2: rot.
+        let f = std::fs::OpenOptions::new().write(true).open(&idx).unwrap();
+        f.write_all_at(&[0xff], IDX_HEADER_LEN + 2 * rl + 45)
+            .unwrap();
+        drop(f);
+        let (e, scan) = Extent::open(&ext).unwrap();
+        assert_eq!(scan.records, 4);
+        assert_eq!(scan.bad_slots, vec![2]);
+        assert_eq!(scan.cut_bytes, 30);
+        assert_eq!(
+            std::fs::metadata(&idx).unwrap().len(),
+            IDX_HEADER_LEN + 5 * rl
+        );
+        // New appends go after the surviving slots, and reopen finds them.
+        e.fence(1, 2).unwrap();
+        e.append(1, 2, rec(9, &frag), frag.clone()).await.unwrap();
+        drop(e);
+        let (_, scan) = Extent::open(&ext).unwrap();
+        assert_eq!(scan.records, 5);
+        assert_eq!(scan.cut_bytes, 0);
+    }
+
+    #[tokio::test]
+    async fn fencing_refuses_older_writers_and_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = create(dir.path());
+        e.fence(1, 3).unwrap();
+        let frag = Bytes::from(vec![1u8; 64]);
+        let old = e.append(1, 2, rec(0, &frag), frag.clone()).await;
+        assert!(matches!(
+            old,
+            Err(VolumeError::Fenced {
+                have: 3,
+                asked: 2,
+                ..
+            })
+        ));
+        e.append(1, 3, rec(0, &frag), frag.clone()).await.unwrap();
+        assert!(matches!(e.fence(1, 2), Err(VolumeError::Fenced { .. })));
+        // The fence answers the furthest byte written, for the next writer to continue from.
+        assert_eq!(e.fence(1, 4).unwrap(), 64);
+        drop(e);
+        let (e, _) = Extent::open(&dir.path().join("extents/7")).unwrap();
+        assert_eq!(e.member_file().epoch, 4);
+        assert!(e.append(1, 3, rec(1, &frag), frag.clone()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn appends_with_bad_fragments_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = create(dir.path());
+        e.fence(1, 1).unwrap();
+        let frag = Bytes::from(vec![1u8; 64]);
+        let mut r = rec(0, &frag);
+        r.crcs[0] ^= 1;
+        assert!(matches!(
+            e.append(1, 1, r, frag.clone()).await,
+            Err(VolumeError::BadRequest(_))
+        ));
+        let mut r = rec(0, &frag);
+        r.offset = (1 << 20) - 32;
+        assert!(matches!(
+            e.append(1, 1, r, frag.clone()).await,
+            Err(VolumeError::BadRequest(_))
+        ));
+        assert_eq!(e.records(), 0);
+    }
+}

@@ -1,0 +1,71 @@
+//! Heartbeats: the volume server announces its address, labels and disks to meta, and learns the
+//! cluster id, which it writes into its disk labels.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hoard_proto::v1::{self, meta_client::MetaClient};
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+use crate::service::disk_info;
+use crate::store::VolumeStore;
+
+pub struct HeartbeatConfig {
+    pub advertise: String,
+    pub labels: HashMap<String, String>,
+    pub interval: Duration,
+}
+
+/// Sends one heartbeat. Used at start (so that the node is known before it serves) and by the loop.
+pub async fn beat(
+    client: &mut MetaClient<Channel>,
+    store: &VolumeStore,
+    cfg: &HeartbeatConfig,
+) -> Result<(), tonic::Status> {
+    let disks = store.disk_reports().iter().map(disk_info).collect();
+    let resp = client
+        .heartbeat(v1::HeartbeatRequest {
+            node_id: store.node_id.clone(),
+            address: cfg.advertise.clone(),
+            labels: cfg.labels.clone(),
+            disks,
+        })
+        .await?
+        .into_inner();
+    if !resp.cluster_id.is_empty() {
+        store.adopt_cluster(&resp.cluster_id);
+    }
+    Ok(())
+}
+
+/// Heartbeats until `stop` turns true. Failures are logged and retried at the next beat.
+pub async fn run(
+    mut client: MetaClient<Channel>,
+    store: Arc<VolumeStore>,
+    cfg: HeartbeatConfig,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut failing = false;
+    loop {
+        match beat(&mut client, &store, &cfg).await {
+            Ok(()) => {
+                if failing {
+                    tracing::info!("meta reachable again");
+                }
+                failing = false;
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!("heartbeat to meta failed: {}", e.message());
+                }
+                failing = true;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(cfg.interval) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The internal `Volume` gRPC service.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hoard_proto::v1::{self, volume_server::Volume};
+use hoard_types::BlockHash;
+use tonic::{Request, Response, Status};
+
+use crate::VolumeError;
+use crate::extent::MemberFile;
+use crate::format::BlockRecord;
+use crate::store::VolumeStore;
+
+#[derive(Clone)]
+pub struct VolumeService {
+    store: Arc<VolumeStore>,
+}
+
+impl VolumeService {
+    pub fn new(store: Arc<VolumeStore>) -> Self {
+        VolumeService { store }
+    }
+}
+
+fn extent_ref(r: Option<v1::ExtentRef>) -> Result<v1::ExtentRef, Status> {
+    r.ok_or_else(|| Status::invalid_argument("missing extent"))
+}
+
+fn record_from_wire(r: v1::BlockRecord) -> Result<BlockRecord, Status> {
+    Ok(BlockRecord {
+        hash: BlockHash::from_slice(&r.hash)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?,
+        offset: r.offset,
+        frag_len: r.frag_len,
+        block_len: r.block_len,
+        crcs: r.crcs,
+    })
+}
+
+pub fn disk_info(d: &crate::store::DiskReport) -> v1::DiskInfo {
+    v1::DiskInfo {
+        disk_id: d.disk_id.clone(),
+        path: d.path.clone(),
+        capacity_bytes: d.capacity_bytes,
+        used_bytes: d.used_bytes,
+        free_bytes: d.free_bytes,
+        state: d.state.clone(),
+        extents: d.extents,
+    }
+}
+
+#[tonic::async_trait]
+impl Volume for VolumeService {
+    async fn create_extent(
+        &self,
+        req: Request<v1::CreateExtentRequest>,
+    ) -> Result<Response<v1::CreateExtentResponse>, Status> {
+        let req = req.into_inner();
+        let e = extent_ref(req.extent)?;
+        if req.k == 0 || e.member >= req.k + req.m {
+            return Err(Status::invalid_argument(format!(
+                "member {} does not fit geometry {}+{}",
+                e.member, req.k, req.m
+            )));
+        }
+        let mf = MemberFile {
+            format: 1,
+            volume: e.volume,
+            member: e.member,
+            k: req.k,
+            m: req.m,
+            generation: e.generation,
+            epoch: 0,
+            capacity: req.capacity,
+            disk_id: req.disk_id,
+            created_unix_ms: hoard_types::now_ms(),
+        };
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || store.create_extent(mf))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(v1::CreateExtentResponse {}))
+    }
+
+    async fn fence(
+        &self,
+        req: Request<v1::FenceRequest>,
+    ) -> Result<Response<v1::FenceResponse>, Status> {
+        let req = req.into_inner();
+        let e = extent_ref(req.extent)?;
+        let extent = self.store.extent(e.volume, e.member)?;
+        let data_len = tokio::task::spawn_blocking(move || extent.fence(e.generation, req.epoch))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(v1::FenceResponse { data_len }))
+    }
+
+    async fn append(
+        &self,
+        req: Request<v1::AppendRequest>,
+    ) -> Result<Response<v1::AppendResponse>, Status> {
+        let req = req.into_inner();
+        let e = extent_ref(req.extent)?;
+        let record = record_from_wire(
+            req.record
+                .ok_or_else(|| Status::invalid_argument("missing record"))?,
+        )?;
+        let extent = self.store.extent(e.volume, e.member)?;
+        let n = req.fragment.len() as u64;
+        extent
+            .append(e.generation, req.epoch, record, req.fragment)
+            .await
+            .map_err(|err| {
+                tracing::warn!(volume = e.volume, member = e.member, "append failed: {err}");
+                err
+            })?;
+        metrics::counter!("hoard_volume_append_bytes_total").increment(n);
+        Ok(Response::new(v1::AppendResponse {}))
+    }
+
+    async fn read_fragment(
+        &self,
+        req: Request<v1::ReadFragmentRequest>,
+    ) -> Result<Response<v1::ReadFragmentResponse>, Status> {
+        let req = req.into_inner();
+        let e = extent_ref(req.extent)?;
+        let extent = self.store.extent(e.volume, e.member)?;
+        let res = tokio::task::spawn_blocking(move || {
+            extent.read_fragment(e.generation, req.offset, req.frag_len, req.expected_crc)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        match res {
+            Ok(buf) => {
+                metrics::counter!("hoard_volume_read_bytes_total").increment(buf.len() as u64);
+                Ok(Response::new(v1::ReadFragmentResponse {
+                    fragment: Bytes::from(buf),
+                }))
+            }
+            Err(err) => {
+                if matches!(err, VolumeError::Corrupt { .. }) {
+                    let hash = BlockHash::from_slice(&req.hash)
+                        .map(|h| h.short())
+                        .unwrap_or_default();
+                    tracing::warn!(volume = e.volume, member = e.member, block = %hash, "{err}");
+                }
+                Err(err.into())
+            }
+        }
+    }
+
+    async fn inventory(
+        &self,
+        _req: Request<v1::InventoryRequest>,
+    ) -> Result<Response<v1::InventoryResponse>, Status> {
+        let disks = self.store.disk_reports().iter().map(disk_info).collect();
+        let extents = self
+            .store
+            .extents()
+            .into_iter()
+            .map(|(e, d)| {
+                let mf = e.member_file();
+                v1::ExtentInfo {
+                    extent: Some(v1::ExtentRef {
+                        volume: e.volume,
+                        member: e.member,
+                        generation: mf.generation,
+                    }),
+                    disk_id: d.id.clone(),
+                    data_len: e.data_len(),
+                    k: mf.k,
+                    m: mf.m,
+                    epoch: mf.epoch,
+                }
+            })
+            .collect();
+        Ok(Response::new(v1::InventoryResponse {
+            node_id: self.store.node_id.clone(),
+            disks,
+            extents,
+        }))
+    }
+}

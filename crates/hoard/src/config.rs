@@ -1,0 +1,342 @@
+//! The TOML configuration of `hoard server`, validated once at start into typed values.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use hoard_types::Geometry;
+use serde::{Deserialize, Deserializer};
+
+/// A size in bytes, written as an integer or with a unit: `4MiB`, `1 GiB`, `512k`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl FromStr for Size {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        let split = t
+            .find(|c: char| !c.is_ascii_digit() && c != '_')
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num
+            .replace('_', "")
+            .parse()
+            .map_err(|_| format!("invalid size {s:?}: expected a number with an optional unit"))?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1_000,
+            "kib" => 1 << 10,
+            "m" | "mb" => 1_000_000,
+            "mib" => 1 << 20,
+            "g" | "gb" => 1_000_000_000,
+            "gib" => 1 << 30,
+            "t" | "tb" => 1_000_000_000_000,
+            "tib" => 1 << 40,
+            u => return Err(format!("invalid size {s:?}: unknown unit {u:?}")),
+        };
+        n.checked_mul(mult)
+            .map(Size)
+            .ok_or_else(|| format!("invalid size {s:?}: too large"))
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", human_bytes(self.0))
+    }
+}
+
+/// `1.5 GiB`-style rendering of a byte count.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(Size(n)),
+            Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid duration {s:?}: {e} (e.g. \"30s\", \"15m\")"
+        ))
+    })
+}
+
+fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration(d).map(Some)
+}
+
+fn de_geometry<'de, D: Deserializer<'de>>(d: D) -> Result<Geometry, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
+}
+
+fn de_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse()
+        .map_err(|_| serde::de::Error::custom(format!("invalid address {s:?}: expected IP:PORT")))
+}
+
+fn de_opt_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    de_addr(d).map(Some)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub node: NodeSection,
+    pub meta: Option<MetaSection>,
+    pub frontend: Option<FrontendSection>,
+    pub volume: Option<VolumeSection>,
+    pub admin: Option<AdminSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// This process's name in the cell; the volume role needs one.
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetaSection {
+    #[serde(deserialize_with = "de_addr")]
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    #[serde(default = "default_geometry", deserialize_with = "de_geometry")]
+    pub ec: Geometry,
+    #[serde(default = "default_extent_size")]
+    pub extent_size: Size,
+    #[serde(default = "default_lease", deserialize_with = "de_duration")]
+    pub lease: Duration,
+    #[serde(default = "default_grace", deserialize_with = "de_duration")]
+    pub heartbeat_grace: Duration,
+    #[serde(default)]
+    pub failure_domain: FailureDomain,
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureDomain {
+    /// At most `m` members of a volume per node.
+    #[default]
+    Node,
+    /// Distinct disks only (single-node cells).
+    Disk,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrontendSection {
+    #[serde(deserialize_with = "de_addr")]
+    pub listen: SocketAddr,
+    /// Meta's URL, e.g. `http://10.0.0.1:7701`.
+    pub meta: String,
+    #[serde(default = "default_open_volumes")]
+    pub open_volumes: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSection {
+    #[serde(deserialize_with = "de_addr")]
+    pub listen: SocketAddr,
+    /// The address other roles reach this server at; the listen address when absent.
+    #[serde(default, deserialize_with = "de_opt_addr")]
+    pub advertise: Option<SocketAddr>,
+    pub meta: String,
+    pub disks: Vec<PathBuf>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub heartbeat: Option<Duration>,
+    /// Capacity to report per disk; the filesystem's size when absent.
+    pub disk_capacity: Option<Size>,
+    #[serde(default)]
+    pub labels: HashMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    #[serde(deserialize_with = "de_addr")]
+    pub listen: SocketAddr,
+}
+
+fn default_geometry() -> Geometry {
+    Geometry::DEFAULT
+}
+fn default_extent_size() -> Size {
+    Size(1 << 30)
+}
+fn default_lease() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_grace() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+fn default_open_volumes() -> usize {
+    4
+}
+
+/// 1-based line of byte offset `at` in `text`.
+fn line_of(text: &str, at: usize) -> usize {
+    text[..at.min(text.len())].matches('\n').count() + 1
+}
+
+impl Config {
+    /// Parses and validates a config file. Errors are one line naming the file, the line and the key.
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("config {}: cannot read: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("config {}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let msg = e.message().trim().replace('\n', " ");
+            match e.span() {
+                Some(span) => format!("line {}: {msg}", line_of(text, span.start)),
+                None => msg,
+            }
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.meta.is_none() && self.frontend.is_none() && self.volume.is_none() {
+            return Err("no role configured: add a [meta], [frontend] or [volume] section".into());
+        }
+        if let Some(m) = &self.meta {
+            if m.extent_size.0 < 1 << 20 {
+                return Err(format!(
+                    "meta.extent_size {} is below the 1 MiB minimum",
+                    m.extent_size
+                ));
+            }
+            if m.lease < Duration::from_secs(1) {
+                return Err("meta.lease must be at least 1s".into());
+            }
+        }
+        if let Some(v) = &self.volume {
+            if v.disks.is_empty() {
+                return Err("volume.disks is empty: list at least one disk directory".into());
+            }
+            if self.node.id.as_deref().unwrap_or("").is_empty() {
+                return Err("node.id is missing: the volume role needs a node id".into());
+            }
+            check_url("volume.meta", &v.meta)?;
+        }
+        if let Some(f) = &self.frontend {
+            check_url("frontend.meta", &f.meta)?;
+            if f.open_volumes == 0 {
+                return Err("frontend.open_volumes must be at least 1".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_url(key: &str, url: &str) -> Result<(), String> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!(
+            "{key} {url:?} is not a URL: expected http://HOST:PORT"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!("4MiB".parse::<Size>().unwrap(), Size(4 << 20));
+        assert_eq!("1 GiB".parse::<Size>().unwrap(), Size(1 << 30));
+        assert_eq!("512".parse::<Size>().unwrap(), Size(512));
+        assert!("4 parsecs".parse::<Size>().is_err());
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let cfg = Config::parse(
+            r#"
+            [node]
+            id = "vol-1"
+            [meta]
+            listen = "127.0.0.1:7701"
+            data_dir = "/tmp/meta"
+            ec = "4+2"
+            extent_size = "64MiB"
+            lease = "10s"
+            [volume]
+            listen = "127.0.0.1:7702"
+            meta = "http://127.0.0.1:7701"
+            disks = ["/tmp/d1"]
+            labels = { zone = "a" }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.meta.unwrap().ec, Geometry::new(4, 2).unwrap());
+        assert_eq!(cfg.volume.unwrap().labels["zone"], "a");
+    }
+
+    #[test]
+    fn deploy_examples_are_valid() {
+        for text in [
+            include_str!("../../../deploy/config/meta.toml"),
+            include_str!("../../../deploy/config/volume.toml"),
+            include_str!("../../../deploy/config/frontend.toml"),
+        ] {
+            Config::parse(text).unwrap();
+        }
+    }
+
+    #[test]
+    fn errors_name_key_and_line() {
+        let e = Config::parse("[meta]\nlisten = \"127.0.0.1:1\"\ndata_dir = \"/x\"\nbogus = 1\n")
+            .unwrap_err();
+        assert!(e.contains("line 4") && e.contains("bogus"), "{e}");
+        let e = Config::parse("[meta]\nlisten = \"nope\"\ndata_dir = \"/x\"\n").unwrap_err();
+        assert!(e.contains("line 2") && e.contains("nope"), "{e}");
+        let e = Config::parse("[meta]\nlisten = \"127.0.0.1:1\"\n").unwrap_err();
+        assert!(e.contains("data_dir"), "{e}");
+        let e = Config::parse(
+            "[volume]\nlisten = \"127.0.0.1:1\"\nmeta = \"http://x:1\"\ndisks = [\"/d\"]\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("node.id"), "{e}");
+        assert!(!e.contains('\n'));
+    }
+}

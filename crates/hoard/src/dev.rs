@@ -1,0 +1,137 @@
+//! `hoard dev`: a whole cell in one process on loopback: meta, N volume servers with D disk directories
+//! each, and a frontend on the client endpoint. Started again on the same `--data`, it serves every block
+//! it acknowledged before.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use hoard_frontend::FrontendConfig;
+use hoard_meta::MetaConfig;
+use hoard_types::Geometry;
+
+use crate::config::Size;
+use crate::roles::{self, ProcessAdmin, Stop, VolumeRoleConfig};
+
+#[derive(clap::Args, Debug)]
+pub struct DevArgs {
+    /// Where the cell keeps its metadata and disk directories.
+    #[arg(long, default_value = "hoard-dev-data")]
+    pub data: PathBuf,
+    /// Client endpoint (the frontend's gRPC address).
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub listen: SocketAddr,
+    /// Admin HTTP address (metrics, health, status).
+    #[arg(long, default_value = "127.0.0.1:7780")]
+    pub admin: SocketAddr,
+    /// Volume servers.
+    #[arg(long, default_value_t = 4)]
+    pub nodes: usize,
+    /// Disk directories per volume server.
+    #[arg(long, default_value_t = 3)]
+    pub disks_per_node: usize,
+    /// Reed-Solomon geometry of new volumes, K+M.
+    #[arg(long, default_value = "6+3")]
+    pub ec: Geometry,
+    /// Data bytes per member of a volume.
+    #[arg(long, default_value = "256MiB")]
+    pub extent_size: Size,
+    /// A volume server silent for longer is down.
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    pub heartbeat_grace: Duration,
+    /// Write-lease duration.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub lease: Duration,
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
+    if args.nodes == 0 || args.disks_per_node == 0 {
+        return Err(anyhow!("--nodes and --disks-per-node must be at least 1"));
+    }
+    let width = args.ec.width() as usize;
+    if args.nodes * args.disks_per_node < width {
+        return Err(anyhow!(
+            "--ec {} needs {} disks, but {} nodes x {} disks make {}",
+            args.ec,
+            width,
+            args.nodes,
+            args.disks_per_node,
+            args.nodes * args.disks_per_node
+        ));
+    }
+    // With too few nodes to keep at most m members per node, fall back to distinct disks only.
+    let node_domain = args.nodes * (args.ec.m.max(1) as usize) >= width;
+    if !node_domain {
+        tracing::warn!(
+            "{} nodes cannot hold a {} volume with at most {} members per node; placing on distinct disks only",
+            args.nodes,
+            args.ec,
+            args.ec.m
+        );
+    }
+    let prometheus = crate::telemetry::init_metrics();
+    let stop = Stop::new();
+    let loopback: SocketAddr = "127.0.0.1:0".parse().expect("valid");
+    let meta_cfg = MetaConfig {
+        geometry: args.ec,
+        extent_capacity: args.extent_size.0,
+        lease: args.lease,
+        heartbeat_grace: args.heartbeat_grace,
+        node_failure_domain: node_domain,
+    };
+    let (meta_role, meta) =
+        roles::start_meta(loopback, &args.data.join("meta"), meta_cfg, &stop).await?;
+    let meta_url = format!("http://{}", meta_role.addr);
+    let mut tasks = vec![meta_role];
+    let mut admin = ProcessAdmin {
+        meta: Some(meta),
+        ..Default::default()
+    };
+    for n in 1..=args.nodes {
+        let node_dir = args.data.join(format!("node-{n}"));
+        let cfg = VolumeRoleConfig {
+            node_id: format!("node-{n}"),
+            listen: loopback,
+            advertise: None,
+            meta_url: meta_url.clone(),
+            disks: (1..=args.disks_per_node)
+                .map(|d| node_dir.join(format!("disk-{d}")))
+                .collect(),
+            disk_capacity: None,
+            labels: [("host".to_string(), format!("node-{n}"))].into(),
+            heartbeat: Duration::from_secs(2),
+        };
+        let (role, store) = roles::start_volume(cfg, &stop).await?;
+        tracing::info!(node = n, addr = %role.addr, "volume server up");
+        admin.volumes.push(store);
+        tasks.push(role);
+    }
+    let (fe_role, fe) =
+        roles::start_frontend(args.listen, &meta_url, FrontendConfig::default(), &stop).await?;
+    let endpoint = format!("http://{}", fe_role.addr);
+    tasks.push(fe_role);
+    admin.frontend = Some(fe);
+    let admin_role = roles::start_admin(args.admin, admin, prometheus, &stop).await?;
+    println!(
+        "hoard dev: cell of {} nodes x {} disks, RS {}, data in {}",
+        args.nodes,
+        args.disks_per_node,
+        args.ec,
+        args.data.display()
+    );
+    println!("hoard dev: admin on http://{}", admin_role.addr);
+    println!("hoard dev: client endpoint {endpoint}");
+    tasks.push(admin_role);
+
+    roles::shutdown_signal().await;
+    println!("hoard dev: stopping");
+    stop.trigger();
+    let clean = roles::join_all(tasks, "hoard dev").await;
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,191 @@
+//! `hoard`: the one binary. Roles (`server`, `dev`) and client commands.
+
+mod admin_json;
+mod cli;
+mod config;
+mod dev;
+mod roles;
+mod server;
+mod telemetry;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "hoard",
+    version,
+    about = "Hoard: a content-addressed, erasure-coded block store"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the roles a config file names (meta, frontend, volume).
+    Server {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run a whole cell in one process on loopback.
+    Dev(dev::DevArgs),
+    /// Store one block (at most 4 MiB) from FILE or stdin (-); prints its hash.
+    Put {
+        /// File to store, or - for stdin.
+        file: String,
+        /// Fail unless the bytes hash to this.
+        #[arg(long)]
+        expect: Option<String>,
+        #[command(flatten)]
+        ep: cli::EndpointArg,
+    },
+    /// Read a block to stdout or a file.
+    Get {
+        hash: String,
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// First byte of a range.
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+        /// Bytes of a range (0: to the end).
+        #[arg(long, default_value_t = 0)]
+        length: u64,
+        #[command(flatten)]
+        ep: cli::EndpointArg,
+    },
+    /// Show where a block lives and how large it is.
+    Stat {
+        hash: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        ep: cli::EndpointArg,
+    },
+    /// Print those of the given hashes that the cell does not hold.
+    Missing {
+        #[arg(required = true)]
+        hashes: Vec<String>,
+        #[command(flatten)]
+        ep: cli::EndpointArg,
+    },
+    /// Store a file of any size as 4 MiB blocks; prints the manifest (one hash per line, in order).
+    Upload {
+        file: PathBuf,
+        /// Write the manifest here instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Blocks in flight at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        #[command(flatten)]
+        ep: cli::EndpointArg,
+    },
+    /// Rebuild a file from a manifest written by `upload`.
+    Download {
+        manifest: PathBuf,
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        #[command(flatten)]
+        ep: cli::EndpointArg,
+    },
+    /// Configuration files.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Validate a config file; names every problem with its line.
+    Check { file: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let is_role = matches!(cli.cmd, Cmd::Server { .. } | Cmd::Dev(_));
+    telemetry::init_logs(&cli.log_format, if is_role { "info" } else { "warn" });
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hoard: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let res = rt.block_on(run(cli.cmd));
+    // Blocking tasks (file writes) finish or are abandoned; nothing acknowledged depends on them.
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("hoard: error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes on one line.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut s = e.to_string();
+    for c in e.chain().skip(1) {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+    }
+    s.replace('\n', " ")
+}
+
+async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Cmd::Server { config } => server::run(&config).await,
+        Cmd::Dev(args) => dev::run(args).await,
+        Cmd::Put { file, expect, ep } => cli::put(&ep, &file, expect.as_deref()).await,
+        Cmd::Get {
+            hash,
+            output,
+            offset,
+            length,
+            ep,
+        } => cli::get(&ep, &hash, output.as_deref(), offset, length).await,
+        Cmd::Stat { hash, json, ep } => cli::stat(&ep, &hash, json).await,
+        Cmd::Missing { hashes, ep } => cli::missing(&ep, &hashes).await,
+        Cmd::Upload {
+            file,
+            output,
+            concurrency,
+            ep,
+        } => cli::upload(&ep, &file, output.as_deref(), concurrency).await,
+        Cmd::Download {
+            manifest,
+            output,
+            concurrency,
+            ep,
+        } => cli::download(&ep, &manifest, output.as_deref(), concurrency).await,
+        Cmd::Config {
+            cmd: ConfigCmd::Check { file },
+        } => match config::Config::load(&file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("hoard: {e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+    }
+}

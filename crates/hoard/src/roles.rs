@@ -1,0 +1,378 @@
+//! Starting and stopping the roles: meta, volume and frontend, each a gRPC server with health and
+//! reflection, plus the admin HTTP surface of the process.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use futures::future::BoxFuture;
+use hoard_admin::AdminSource;
+use hoard_frontend::{BlockStoreService, Frontend, FrontendConfig};
+use hoard_meta::{MetaConfig, MetaService, MetaState, RocksEngine};
+use hoard_proto::MAX_MESSAGE_BYTES;
+use hoard_proto::v1::block_store_server::BlockStoreServer;
+use hoard_proto::v1::meta_client::MetaClient;
+use hoard_proto::v1::meta_server::MetaServer;
+use hoard_proto::v1::volume_server::VolumeServer;
+use hoard_volume::heartbeat::{self, HeartbeatConfig};
+use hoard_volume::{VolumeService, VolumeStore, VolumeStoreConfig};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::Server;
+
+/// Tells every role of the process to stop.
+#[derive(Clone)]
+pub struct Stop {
+    tx: Arc<watch::Sender<bool>>,
+}
+
+impl Stop {
+    pub fn new() -> Self {
+        Stop {
+            tx: Arc::new(watch::channel(false).0),
+        }
+    }
+
+    pub fn trigger(&self) {
+        let _ = self.tx.send(true);
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.tx.subscribe()
+    }
+
+    /// Completes once `trigger` was called.
+    pub fn wait(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.subscribe();
+        async move {
+            let _ = rx.wait_for(|v| *v).await;
+        }
+    }
+}
+
+/// A running role.
+pub struct Role {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    pub task: JoinHandle<anyhow::Result<()>>,
+}
+
+async fn bind(role: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow!("{role}: cannot listen on {addr}: {e}"))
+}
+
+/// A gRPC server builder tuned for moving megabytes.
+fn grpc_server() -> Server {
+    Server::builder()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(32 << 20))
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+}
+
+/// Health (all serving) and reflection services for a role.
+async fn health_and_reflection() -> anyhow::Result<(
+    tonic_health::server::HealthReporter,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+)> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(hoard_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building gRPC reflection")?;
+    Ok((reporter, health, reflection))
+}
+
+fn incoming(l: TcpListener) -> tokio_stream::wrappers::TcpListenerStream {
+    tokio_stream::wrappers::TcpListenerStream::new(l)
+}
+
+pub async fn start_meta(
+    listen: SocketAddr,
+    data_dir: &Path,
+    cfg: MetaConfig,
+    stop: &Stop,
+) -> anyhow::Result<(Role, Arc<MetaState>)> {
+    std::fs::create_dir_all(data_dir).map_err(|e| {
+        anyhow!(
+            "meta: cannot create data directory {}: {e}",
+            data_dir.display()
+        )
+    })?;
+    let engine = RocksEngine::open(data_dir).map_err(|e| anyhow!("meta: {e}"))?;
+    let ops = Arc::new(hoard_meta::volume_ops::GrpcVolumeOps::default());
+    let state = MetaState::open(Arc::new(engine), cfg, ops).map_err(|e| anyhow!("meta: {e}"))?;
+    let listener = bind("meta", listen).await?;
+    let addr = listener.local_addr()?;
+    let (reporter, health, reflection) = health_and_reflection().await?;
+    reporter.set_serving::<MetaServer<MetaService>>().await;
+    let svc = MetaServer::new(MetaService::new(Arc::clone(&state)))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let shutdown = stop.wait();
+    let st = Arc::clone(&state);
+    let task = tokio::spawn(async move {
+        grpc_server()
+            .add_service(health)
+            .add_service(reflection)
+            .add_service(svc)
+            .serve_with_incoming_shutdown(incoming(listener), shutdown)
+            .await
+            .context("meta server")?;
+        st.shutdown();
+        Ok(())
+    });
+    Ok((
+        Role {
+            name: "meta",
+            addr,
+            task,
+        },
+        state,
+    ))
+}
+
+pub struct VolumeRoleConfig {
+    pub node_id: String,
+    pub listen: SocketAddr,
+    pub advertise: Option<SocketAddr>,
+    pub meta_url: String,
+    pub disks: Vec<PathBuf>,
+    pub disk_capacity: Option<u64>,
+    pub labels: HashMap<String, String>,
+    pub heartbeat: Duration,
+}
+
+pub async fn start_volume(
+    cfg: VolumeRoleConfig,
+    stop: &Stop,
+) -> anyhow::Result<(Role, Arc<VolumeStore>)> {
+    let store_cfg = VolumeStoreConfig {
+        node_id: cfg.node_id.clone(),
+        disks: cfg.disks.clone(),
+        disk_capacity: cfg.disk_capacity,
+    };
+    let store = tokio::task::spawn_blocking(move || VolumeStore::open(&store_cfg))
+        .await?
+        .map_err(|e| anyhow!("volume {}: {e}", cfg.node_id))?;
+    let store = Arc::new(store);
+    let listener = bind("volume", cfg.listen).await?;
+    let addr = listener.local_addr()?;
+    let advertise = cfg.advertise.unwrap_or(addr);
+    let ep = hoard_frontend::endpoint(&cfg.meta_url)
+        .map_err(|e| anyhow!("volume: bad meta URL {:?}: {e}", cfg.meta_url))?
+        .timeout(Duration::from_secs(10));
+    let mut meta = MetaClient::new(ep.connect_lazy());
+    let hb = HeartbeatConfig {
+        advertise: advertise.to_string(),
+        labels: cfg.labels.clone(),
+        interval: cfg.heartbeat,
+    };
+    // Announce ourselves before serving, so that meta can place volumes here at once; a meta that is not
+    // up yet hears from us at the next beat.
+    if let Err(e) = heartbeat::beat(&mut meta, &store, &hb).await {
+        tracing::warn!(node = %cfg.node_id, "meta not reachable yet: {}", e.message());
+    }
+    tokio::spawn(heartbeat::run(
+        meta,
+        Arc::clone(&store),
+        hb,
+        stop.subscribe(),
+    ));
+    let (reporter, health, reflection) = health_and_reflection().await?;
+    reporter.set_serving::<VolumeServer<VolumeService>>().await;
+    let svc = VolumeServer::new(VolumeService::new(Arc::clone(&store)))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let shutdown = stop.wait();
+    let task = tokio::spawn(async move {
+        grpc_server()
+            .add_service(health)
+            .add_service(reflection)
+            .add_service(svc)
+            .serve_with_incoming_shutdown(incoming(listener), shutdown)
+            .await
+            .context("volume server")?;
+        Ok(())
+    });
+    Ok((
+        Role {
+            name: "volume",
+            addr,
+            task,
+        },
+        store,
+    ))
+}
+
+pub async fn start_frontend(
+    listen: SocketAddr,
+    meta_url: &str,
+    cfg: FrontendConfig,
+    stop: &Stop,
+) -> anyhow::Result<(Role, Arc<Frontend>)> {
+    let fe = Frontend::new(cfg, meta_url).map_err(|e| anyhow!("frontend: {e}"))?;
+    let listener = bind("frontend", listen).await?;
+    let addr = listener.local_addr()?;
+    let (reporter, health, reflection) = health_and_reflection().await?;
+    reporter
+        .set_serving::<BlockStoreServer<BlockStoreService>>()
+        .await;
+    let svc = BlockStoreServer::new(BlockStoreService::new(Arc::clone(&fe)))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let shutdown = stop.wait();
+    let f = Arc::clone(&fe);
+    let task = tokio::spawn(async move {
+        grpc_server()
+            .add_service(health)
+            .add_service(reflection)
+            .add_service(svc)
+            .serve_with_incoming_shutdown(incoming(listener), shutdown)
+            .await
+            .context("frontend server")?;
+        // Hand our open volumes back, so that the next frontend can continue them at once.
+        f.release_leases().await;
+        Ok(())
+    });
+    Ok((
+        Role {
+            name: "frontend",
+            addr,
+            task,
+        },
+        fe,
+    ))
+}
+
+/// The admin surface of one process: whatever roles it runs.
+#[derive(Default, Clone)]
+pub struct ProcessAdmin {
+    pub meta: Option<Arc<MetaState>>,
+    pub frontend: Option<Arc<Frontend>>,
+    pub volumes: Vec<Arc<VolumeStore>>,
+}
+
+impl AdminSource for ProcessAdmin {
+    fn ready(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            if let Some(fe) = &self.frontend {
+                fe.ready().await.map_err(|e| format!("frontend: {e}"))?;
+            }
+            for v in &self.volumes {
+                if v.disks().iter().all(|d| d.failure().is_some()) {
+                    return Err(format!("volume {}: no usable disk", v.node_id));
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn status(&self) -> BoxFuture<'_, serde_json::Value> {
+        Box::pin(async move {
+            let mut out = serde_json::Map::new();
+            out.insert("version".into(), env!("CARGO_PKG_VERSION").into());
+            if let Some(meta) = &self.meta {
+                out.insert(
+                    "cell".into(),
+                    crate::admin_json::cluster(&meta.cluster_status()),
+                );
+            }
+            if !self.volumes.is_empty() {
+                let v: Vec<serde_json::Value> = self
+                    .volumes
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({
+                            "node": s.node_id,
+                            "disks": s.disk_reports().iter().map(|d| serde_json::json!({
+                                "id": d.disk_id, "path": d.path, "state": d.state,
+                                "used_bytes": d.used_bytes, "capacity_bytes": d.capacity_bytes,
+                                "free_bytes": d.free_bytes, "extents": d.extents,
+                            })).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+                out.insert("volume_servers".into(), v.into());
+            }
+            if let Some(fe) = &self.frontend {
+                out.insert(
+                    "frontend".into(),
+                    serde_json::json!({ "holder": fe.config().holder }),
+                );
+            }
+            out.into()
+        })
+    }
+}
+
+/// Serves the admin HTTP surface on `addr` until `stop`.
+pub async fn start_admin(
+    addr: SocketAddr,
+    admin: ProcessAdmin,
+    prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    stop: &Stop,
+) -> anyhow::Result<Role> {
+    let listener = bind("admin", addr).await?;
+    let addr = listener.local_addr()?;
+    let router = hoard_admin::router(prometheus, Arc::new(admin));
+    let shutdown = stop.wait();
+    let task = tokio::spawn(async move {
+        hoard_admin::serve(listener, router, shutdown)
+            .await
+            .context("admin server")
+    });
+    Ok(Role {
+        name: "admin",
+        addr,
+        task,
+    })
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Waits up to 10 s for each role to stop; reports those that failed. True when all stopped cleanly.
+pub async fn join_all(tasks: Vec<Role>, who: &str) -> bool {
+    let mut clean = true;
+    for t in tasks {
+        match tokio::time::timeout(Duration::from_secs(10), t.task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => {
+                eprintln!("{who}: {} stopped with an error: {e:#}", t.name);
+                clean = false;
+            }
+            Ok(Err(e)) => {
+                eprintln!("{who}: {} panicked: {e}", t.name);
+                clean = false;
+            }
+            Err(_) => {
+                eprintln!("{who}: {} did not stop within 10s", t.name);
+                clean = false;
+            }
+        }
+    }
+    clean
+}

@@ -1,0 +1,74 @@
+//! `hoard server --config FILE`: the roles a config file names, in one process.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use hoard_frontend::FrontendConfig;
+use hoard_meta::MetaConfig;
+
+use crate::config::{Config, FailureDomain};
+use crate::roles::{self, ProcessAdmin, Stop, VolumeRoleConfig};
+
+pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(path).map_err(|e| anyhow!(e))?;
+    let prometheus = crate::telemetry::init_metrics();
+    let stop = Stop::new();
+    let mut tasks = Vec::new();
+    let mut admin = ProcessAdmin::default();
+    // Meta first, so that volume servers and frontends of the same process find it.
+    if let Some(m) = &cfg.meta {
+        let mc = MetaConfig {
+            geometry: m.ec,
+            extent_capacity: m.extent_size.0,
+            lease: m.lease,
+            heartbeat_grace: m.heartbeat_grace,
+            node_failure_domain: m.failure_domain == FailureDomain::Node,
+        };
+        let (role, state) = roles::start_meta(m.listen, &m.data_dir, mc, &stop).await?;
+        println!("hoard meta listening on {}", role.addr);
+        admin.meta = Some(state);
+        tasks.push(role);
+    }
+    if let Some(v) = &cfg.volume {
+        let vc = VolumeRoleConfig {
+            node_id: cfg.node.id.clone().unwrap_or_default(),
+            listen: v.listen,
+            advertise: v.advertise,
+            meta_url: v.meta.clone(),
+            disks: v.disks.clone(),
+            disk_capacity: v.disk_capacity.map(|s| s.0),
+            labels: v.labels.clone(),
+            heartbeat: v.heartbeat.unwrap_or(Duration::from_secs(5)),
+        };
+        let (role, store) = roles::start_volume(vc, &stop).await?;
+        println!("hoard volume listening on {}", role.addr);
+        admin.volumes.push(store);
+        tasks.push(role);
+    }
+    if let Some(f) = &cfg.frontend {
+        let fc = FrontendConfig {
+            open_volumes: f.open_volumes,
+            ..Default::default()
+        };
+        let (role, fe) = roles::start_frontend(f.listen, &f.meta, fc, &stop).await?;
+        println!("hoard frontend listening on {}", role.addr);
+        admin.frontend = Some(fe);
+        tasks.push(role);
+    }
+    if let Some(a) = &cfg.admin {
+        let role = roles::start_admin(a.listen, admin, prometheus, &stop).await?;
+        println!("hoard admin listening on {}", role.addr);
+        tasks.push(role);
+    }
+
+    roles::shutdown_signal().await;
+    stop.trigger();
+    let clean = roles::join_all(tasks, "hoard").await;
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,356 @@
+//! Cluster tests of the core write and read paths: separate meta, frontend and volume-server processes
+//! on 127.0.0.1, killed with SIGKILL where the test says so.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use hoard_testkit::{Client, Cluster, ClusterOpts, block};
+use hoard_types::{BlockHash, MAX_BLOCK_LEN};
+use rand::{Rng, SeedableRng};
+use tonic::Code;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_hoard"))
+}
+
+fn start(opts: ClusterOpts) -> Cluster {
+    Cluster::start(bin(), opts).expect("cluster starts")
+}
+
+/// Block sizes for the round trip: the edges, then log-uniform random sizes from 1 B to 4 MiB.
+fn sizes(n: usize, seed: u64) -> Vec<usize> {
+    let max = MAX_BLOCK_LEN as usize;
+    let mut v = vec![
+        1,
+        2,
+        63,
+        64,
+        65,
+        383,
+        384,
+        385,
+        6 * 64 + 1,
+        1 << 20,
+        max - 1,
+        max,
+        max,
+    ];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    while v.len() < n {
+        let exp: f64 = rng.random_range(0.0..(max as f64).ln());
+        v.push((exp.exp() as usize).clamp(1, max));
+    }
+    v
+}
+
+async fn put_all(client: &Client, blocks: &[(u64, usize)]) -> Vec<BlockHash> {
+    futures::stream::iter(blocks.iter().copied())
+        .map(|(seed, len)| {
+            let c = client.clone();
+            async move {
+                let data = block(seed, len);
+                let put = c
+                    .put(data.clone())
+                    .await
+                    .unwrap_or_else(|e| panic!("put of {len} B: {e}"));
+                assert_eq!(put.hash, BlockHash::of(&data));
+                put.hash
+            }
+        })
+        .buffered(8)
+        .collect()
+        .await
+}
+
+async fn check_all(client: &Client, blocks: &[(u64, usize)], hashes: &[BlockHash]) {
+    futures::stream::iter(blocks.iter().copied().zip(hashes.iter().copied()))
+        .for_each_concurrent(8, |((seed, len), h)| {
+            let c = client.clone();
+            async move {
+                let got = c
+                    .get(&h)
+                    .await
+                    .unwrap_or_else(|e| panic!("get {h} ({len} B): {e}"));
+                assert!(
+                    got == block(seed, len),
+                    "block {h} of {len} B came back different"
+                );
+            }
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn round_trip_of_500_random_blocks_is_byte_exact() {
+    let cluster = start(ClusterOpts::default());
+    let client = cluster.client().await.unwrap();
+    let blocks: Vec<(u64, usize)> = sizes(500, 7)
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| (i as u64, l))
+        .collect();
+    assert!(blocks.iter().any(|&(_, l)| l as u64 == MAX_BLOCK_LEN));
+    assert!(blocks.iter().any(|&(_, l)| l % 6 != 0));
+    let hashes = put_all(&client, &blocks).await;
+    check_all(&client, &blocks, &hashes).await;
+
+    // Ranges, including ones that cross fragment boundaries and the last byte.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(99);
+    for (&(seed, len), h) in blocks.iter().zip(&hashes).take(60) {
+        let data = block(seed, len);
+        let off = rng.random_range(0..len as u64);
+        let n = rng.random_range(1..=len as u64 - off);
+        let got = client.get_range(h, off, n).await.unwrap();
+        assert_eq!(
+            &got[..],
+            &data[off as usize..(off + n) as usize],
+            "range {off}+{n} of {len}"
+        );
+    }
+    // Small extents (8 MiB per member) mean many volumes were filled and sealed on the way.
+    let status = client
+        .stat(&hashes[hashes.len() - 1].to_hex())
+        .await
+        .unwrap();
+    assert!(
+        status.volume > 3,
+        "expected rollover to new volumes, last block in volume {}",
+        status.volume
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_bytes_put_twice_are_stored_once() {
+    let cluster = start(ClusterOpts::default());
+    let client = cluster.client().await.unwrap();
+    let data = block(1, 3_000_000);
+    let first = client.put(data.clone()).await.unwrap();
+    assert!(!first.deduplicated);
+    let used = cluster.disk_usage();
+    for _ in 0..3 {
+        let again = client.put(data.clone()).await.unwrap();
+        assert_eq!(again.hash, first.hash);
+        assert!(
+            again.deduplicated,
+            "a second put of the same bytes must be a dedup hit"
+        );
+    }
+    assert_eq!(cluster.disk_usage(), used, "disk usage grew on a dedup put");
+    // Concurrent puts of one new block store it once in the index and answer the same hash.
+    let data2 = block(2, 1_000_000);
+    let puts = futures::future::join_all((0..6).map(|_| client.put(data2.clone()))).await;
+    let hashes: Vec<BlockHash> = puts.into_iter().map(|p| p.unwrap().hash).collect();
+    assert!(hashes.iter().all(|h| *h == BlockHash::of(&data2)));
+    assert_eq!(client.get(&hashes[0]).await.unwrap(), data2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_and_writes_survive_a_killed_volume_server() {
+    let mut cluster = start(ClusterOpts::default());
+    let client = cluster.client().await.unwrap();
+    let blocks: Vec<(u64, usize)> = sizes(60, 11)
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| (1000 + i as u64, l))
+        .collect();
+    let hashes = put_all(&client, &blocks).await;
+
+    // 4 servers x 3 disks with RS 6+3: placement puts at most 3 (= m) members of a volume on one server.
+    cluster.kill_volume(1);
+    check_all(&client, &blocks, &hashes).await;
+    // Ranges that need a lost data fragment are decoded from parity too.
+    for (&(seed, len), h) in blocks.iter().zip(&hashes).take(20) {
+        let data = block(seed, len);
+        let off = len / 2;
+        let got = client
+            .get_range(h, off as u64, (len - off) as u64)
+            .await
+            .unwrap();
+        assert_eq!(&got[..], &data[off..]);
+    }
+    // New puts go to volumes on the three servers left.
+    let more: Vec<(u64, usize)> = (0..20)
+        .map(|i| (5000 + i, 200_000 + i as usize * 1000))
+        .collect();
+    let more_hashes = put_all(&client, &more).await;
+    check_all(&client, &more, &more_hashes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_puts_survive_sigkill_of_the_whole_cell() {
+    let mut cluster = start(ClusterOpts::default());
+    let client = cluster.client().await.unwrap();
+    let acked = Arc::new(Acked::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicU64::new(0));
+    let mut writers = Vec::new();
+    for _ in 0..6 {
+        let (c, acked, stop, next) = (client.clone(), acked.clone(), stop.clone(), next.clone());
+        writers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let seed = 10_000 + next.fetch_add(1, Ordering::Relaxed);
+                let len = 1 + (seed as usize * 7919) % (MAX_BLOCK_LEN as usize);
+                if let Ok(put) = c.put(block(seed, len)).await {
+                    acked.push(put.hash, seed, len);
+                }
+            }
+        }));
+    }
+    // Let a good number of puts be acknowledged, then kill everything mid-stream.
+    hoard_testkit::wait_for("40 acknowledged puts", Duration::from_secs(120), || {
+        let n = acked.len();
+        async move { (n >= 40).then_some(()) }
+    })
+    .await
+    .unwrap();
+    cluster.kill_all();
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        let _ = w.await;
+    }
+    let acked = acked.take();
+    assert!(acked.len() >= 40);
+
+    cluster.restart_all().unwrap();
+    let client = cluster.client().await.unwrap();
+    for (h, (seed, len)) in &acked {
+        let got = client.get(h).await.unwrap_or_else(|e| {
+            panic!(
+                "acknowledged block {h} lost after restart: {e}\n{}",
+                cluster.logs()
+            )
+        });
+        assert!(
+            got == block(*seed, *len),
+            "acknowledged block {h} came back different"
+        );
+    }
+    // The restarted cell takes new writes.
+    let fresh = block(1, 12345);
+    let put = client.put(fresh.clone()).await.unwrap();
+    assert_eq!(client.get(&put.hash).await.unwrap(), fresh);
+}
+
+/// Acknowledged puts: hash -> (seed, length) of the bytes.
+#[derive(Default)]
+struct Acked(std::sync::Mutex<HashMap<BlockHash, (u64, usize)>>);
+
+impl Acked {
+    fn push(&self, h: BlockHash, seed: u64, len: usize) {
+        self.0.lock().unwrap().insert(h, (seed, len));
+    }
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+    fn take(&self) -> HashMap<BlockHash, (u64, usize)> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+fn code_of(e: hoard_client::ClientError) -> (Code, String) {
+    match e {
+        hoard_client::ClientError::Status(s) => (s.code(), s.message().to_string()),
+        other => panic!("expected a gRPC status, got {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_is_refused_with_the_right_status_and_nothing_is_stored() {
+    let cluster = start(ClusterOpts::default());
+    let client = cluster.client().await.unwrap();
+    let before = cluster.disk_usage();
+
+    let (code, msg) = code_of(
+        client
+            .put(Bytes::from(vec![7u8; MAX_BLOCK_LEN as usize + 1]))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, Code::InvalidArgument);
+    assert!(msg.contains("4 MiB"), "{msg}");
+
+    let (code, msg) = code_of(client.put(Bytes::new()).await.unwrap_err());
+    assert_eq!(code, Code::InvalidArgument);
+    assert!(msg.contains("empty"), "{msg}");
+
+    let data = block(3, 1000);
+    let wrong = BlockHash::of(b"something else");
+    let (code, msg) = code_of(
+        client
+            .put_checked(data.clone(), Some(wrong))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, Code::InvalidArgument);
+    assert!(
+        msg.contains(&wrong.to_hex()) && msg.contains("expected"),
+        "{msg}"
+    );
+    let missing = client
+        .find_missing(&[BlockHash::of(&data).to_hex()])
+        .await
+        .unwrap();
+    assert_eq!(missing.len(), 1, "a refused put must store nothing");
+
+    for bad in ["xyz", "", &"g".repeat(64), &"a".repeat(63)] {
+        let (code, msg) = code_of(client.get_raw(bad, 0, 0).await.unwrap_err());
+        assert_eq!(code, Code::InvalidArgument, "hash {bad:?}");
+        assert!(msg.contains("64 hex"), "{msg}");
+    }
+    let (code, _) = code_of(client.stat("nope").await.unwrap_err());
+    assert_eq!(code, Code::InvalidArgument);
+    let (code, _) = code_of(
+        client
+            .find_missing(&["nope".to_string()])
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, Code::InvalidArgument);
+
+    let unknown = BlockHash::of(b"never stored");
+    let (code, msg) = code_of(client.get(&unknown).await.unwrap_err());
+    assert_eq!(code, Code::NotFound);
+    assert!(msg.contains(&unknown.to_hex()), "{msg}");
+    let (code, _) = code_of(client.stat(&unknown.to_hex()).await.unwrap_err());
+    assert_eq!(code, Code::NotFound);
+
+    // Ranges past the end.
+    let put = client.put(data.clone()).await.unwrap();
+    let (code, _) = code_of(client.get_range(&put.hash, 1000, 1).await.unwrap_err());
+    assert_eq!(code, Code::OutOfRange);
+    let (code, _) = code_of(client.get_range(&put.hash, 10, 991).await.unwrap_err());
+    assert_eq!(code, Code::OutOfRange);
+    assert!(cluster.disk_usage() > before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn too_few_disks_answers_unavailable_with_the_numbers() {
+    let cluster = start(ClusterOpts {
+        volume_servers: 2,
+        disks_per_server: 2,
+        ..Default::default()
+    });
+    let client = cluster.client().await.unwrap();
+    let (code, msg) = code_of(client.put(block(1, 100)).await.unwrap_err());
+    assert_eq!(code, Code::Unavailable, "{msg}");
+    assert!(msg.contains("need 9") && msg.contains("4 healthy"), "{msg}");
+
+    // Enough disks but too few servers to keep at most 3 members on each.
+    let cluster = start(ClusterOpts {
+        volume_servers: 2,
+        disks_per_server: 6,
+        ..Default::default()
+    });
+    let client = cluster.client().await.unwrap();
+    let (code, msg) = code_of(client.put(block(1, 100)).await.unwrap_err());
+    assert_eq!(code, Code::Unavailable, "{msg}");
+    assert!(
+        msg.contains("need 3 node") && msg.contains("2 exist"),
+        "{msg}"
+    );
+}
