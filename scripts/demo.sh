@@ -8,7 +8,8 @@ once=0
 [ "${1:-}" = "--once" ] && once=1
 ./scripts/setup.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/hoard-target}"
-cargo build --release --locked -p hoard
+# Built exactly as the test command builds it (same profile, same features), so the two share one build.
+cargo test --release --workspace --locked --no-run
 hoard="$CARGO_TARGET_DIR/release/hoard"
 
 data="${HOARD_DEMO_DATA:-$(mktemp -d /tmp/hoard-demo.XXXXXX)}"

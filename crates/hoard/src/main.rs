@@ -1,6 +1,7 @@
 //! `hoard`: the one binary. Roles (`server`, `dev`) and client commands.
 
 mod admin_json;
+mod bench;
 mod cli;
 mod config;
 mod dev;
@@ -97,6 +98,8 @@ enum Cmd {
         #[command(flatten)]
         ep: cli::EndpointArg,
     },
+    /// Load generator: put, get or mixed blocks against a cell and report throughput and latency.
+    Bench(bench::BenchArgs),
     /// Configuration files.
     Config {
         #[command(subcommand)]
@@ -175,6 +178,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             concurrency,
             ep,
         } => cli::download(&ep, &manifest, output.as_deref(), concurrency).await,
+        Cmd::Bench(args) => bench::run(args).await,
         Cmd::Config {
             cmd: ConfigCmd::Check { file },
         } => match config::Config::load(&file) {
