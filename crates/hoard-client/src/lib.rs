@@ -8,8 +8,9 @@ use hoard_types::BlockHash;
 use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 
-/// Bytes per message when streaming a block to the cell.
-pub const PUT_CHUNK: usize = 1 << 20;
+/// Bytes per message when streaming a block to the cell. A whole block fits one message, which the
+/// frontend then uses without reassembling it.
+pub const PUT_CHUNK: usize = hoard_types::MAX_BLOCK_LEN as usize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -94,12 +94,15 @@ impl Writer {
             let frag_len = vol.geometry.frag_len(block_len);
             let offset = {
                 let mut next = vol.next.lock();
-                if *next + frag_len > vol.info.capacity {
+                // Page-sized fragments go to page-aligned offsets, so that they can be written with
+                // O_DIRECT; the gap before them is never read.
+                let align = hoard_types::fragment_align(frag_len);
+                let at = next.div_ceil(align) * align;
+                if at + frag_len > vol.info.capacity {
                     None
                 } else {
-                    let o = *next;
-                    *next += frag_len;
-                    Some(o)
+                    *next = at + frag_len;
+                    Some(at)
                 }
             };
             match offset {

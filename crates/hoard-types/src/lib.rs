@@ -15,6 +15,16 @@ pub const MAX_BLOCK_LEN: u64 = 4 * 1024 * 1024;
 /// aligned offset in every member.
 pub const FRAGMENT_ALIGN: u64 = 64;
 
+/// Large fragments are padded to whole pages instead, and placed at page-aligned offsets, so that volume
+/// servers can write them with O_DIRECT: no copy through the page cache, which costs more CPU than
+/// hashing and encoding the block together.
+pub const DIRECT_ALIGN: u64 = 4096;
+
+/// Fragments of at least this many bytes (before padding) are page aligned; smaller ones are 64-byte
+/// aligned so that small blocks do not take a page per fragment. The padding costs at most 1/16 of a
+/// fragment, and under 0.2% for 4 MiB blocks.
+pub const DIRECT_MIN_FRAGMENT: u64 = 64 * 1024;
+
 /// Errors from parsing or validating domain values.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TypeError {
@@ -119,12 +129,24 @@ impl Geometry {
     }
 
     /// Bytes of one fragment of a block of `block_len` bytes: `ceil(block_len / k)`, rounded up to
-    /// [`FRAGMENT_ALIGN`].
+    /// [`FRAGMENT_ALIGN`], or to [`DIRECT_ALIGN`] from [`DIRECT_MIN_FRAGMENT`] on.
     pub fn frag_len(&self, block_len: u64) -> u64 {
         let per = block_len.div_ceil(self.k as u64);
-        per.div_ceil(FRAGMENT_ALIGN).max(1) * FRAGMENT_ALIGN
+        let align = fragment_align(per);
+        per.div_ceil(align).max(1) * align
     }
 }
+
+/// The alignment of a fragment of `len` bytes (padded or not), and of its offset inside a member.
+pub fn fragment_align(len: u64) -> u64 {
+    if len >= DIRECT_MIN_FRAGMENT {
+        DIRECT_ALIGN
+    } else {
+        FRAGMENT_ALIGN
+    }
+}
+
+impl Geometry {}
 
 impl FromStr for Geometry {
     type Err = TypeError;
@@ -205,11 +227,19 @@ mod tests {
             MAX_BLOCK_LEN,
         ] {
             let f = g.frag_len(len);
-            assert_eq!(f % FRAGMENT_ALIGN, 0);
+            let align = fragment_align(f);
+            assert_eq!(f % align, 0);
             assert!(f * g.k as u64 >= len, "len {len}");
-            assert!((f - FRAGMENT_ALIGN) * (g.k as u64) < len || f == FRAGMENT_ALIGN);
+            assert!((f - align) * (g.k as u64) < len || f == align);
         }
-        assert_eq!(g.frag_len(MAX_BLOCK_LEN), 699_072);
+        // 4 MiB blocks: 699,051 bytes per fragment, padded to 171 pages.
+        assert_eq!(g.frag_len(MAX_BLOCK_LEN), 700_416);
+        assert_eq!(g.frag_len(MAX_BLOCK_LEN) % DIRECT_ALIGN, 0);
+        // Just below the threshold stays 64-byte aligned.
+        assert_eq!(
+            g.frag_len(6 * (DIRECT_MIN_FRAGMENT - 64)),
+            DIRECT_MIN_FRAGMENT - 64
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::VolumeError;
+use crate::aligned;
 use crate::format::{
     self, BlockRecord, DAT_HEADER_LEN, ExtentHeader, IDX_HEADER_LEN, read_checked_toml,
     write_checked_toml,
@@ -66,6 +67,9 @@ pub struct Extent {
     /// returns no append of an older epoch can land.
     meta: RwLock<MemberFile>,
     dat: File,
+    /// The same `.dat` opened with O_DIRECT, for page-aligned fragments; `None` where the filesystem
+    /// refuses O_DIRECT.
+    dat_direct: Option<File>,
     idx: File,
     idx_writer: Mutex<IdxWriter>,
     record_len: u64,
@@ -74,7 +78,7 @@ pub struct Extent {
     records: AtomicU64,
     written_seq: AtomicU64,
     synced_seq: AtomicU64,
-    sync_lock: tokio::sync::Mutex<()>,
+    sync_lock: Mutex<()>,
     failed: Mutex<Option<String>>,
 }
 
@@ -157,6 +161,14 @@ impl Extent {
         };
         let dat = open(&dat_p)?;
         let idx = open(&idx_p)?;
+        let dat_direct = {
+            use std::os::unix::fs::OpenOptionsExt;
+            OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(&dat_p)
+                .ok()
+        };
         let bad = |p: &Path, problem: String| VolumeError::Format {
             path: p.to_path_buf(),
             problem,
@@ -207,6 +219,7 @@ impl Extent {
             dir: dir.to_path_buf(),
             header,
             dat,
+            dat_direct,
             idx,
             idx_writer: Mutex::new(IdxWriter { end: valid_end }),
             record_len,
@@ -214,7 +227,7 @@ impl Extent {
             records: AtomicU64::new(scan.records),
             written_seq: AtomicU64::new(0),
             synced_seq: AtomicU64::new(0),
-            sync_lock: tokio::sync::Mutex::new(()),
+            sync_lock: Mutex::new(()),
             failed: Mutex::new(None),
             meta: RwLock::new(mf),
         });
@@ -328,17 +341,19 @@ impl Extent {
             )));
         }
         let want = record.crcs[self.member as usize];
-        if crc32c::crc32c(&fragment) != want {
-            return Err(VolumeError::BadRequest(
-                "fragment does not match its crc32c in the record".into(),
-            ));
-        }
         let this = Arc::clone(self);
-        let seq =
-            tokio::task::spawn_blocking(move || this.write_blocking(epoch, &record, &fragment))
-                .await
-                .map_err(|e| VolumeError::Internal(e.to_string()))??;
-        self.sync_to(seq).await
+        // One trip to the blocking pool per append: check, write, then join (or lead) a group sync.
+        tokio::task::spawn_blocking(move || {
+            if crc32c::crc32c(&fragment) != want {
+                return Err(VolumeError::BadRequest(
+                    "fragment does not match its crc32c in the record".into(),
+                ));
+            }
+            let seq = this.write_blocking(epoch, &record, &fragment)?;
+            this.sync_to(seq)
+        })
+        .await
+        .map_err(|e| VolumeError::Internal(e.to_string()))?
     }
 
     fn write_blocking(
@@ -362,10 +377,19 @@ impl Extent {
                 record.offset, record.frag_len, meta.capacity
             )));
         }
-        if let Err(e) = self
-            .dat
-            .write_all_at(fragment, DAT_HEADER_LEN + record.offset)
-        {
+        let at = DAT_HEADER_LEN + record.offset;
+        let res = match &self.dat_direct {
+            Some(direct)
+                if at % aligned::ALIGN as u64 == 0 && fragment.len() % aligned::ALIGN == 0 =>
+            {
+                let buf = aligned::AlignedBuf::copy_of(fragment);
+                let r = direct.write_all_at(buf.as_slice(), at);
+                aligned::recycle(buf);
+                r
+            }
+            _ => self.dat.write_all_at(fragment, at),
+        };
+        if let Err(e) = res {
             return Err(self.fail(format!("write .dat: {e}")));
         }
         let encoded = record.encode();
@@ -382,13 +406,14 @@ impl Extent {
         Ok(self.written_seq.fetch_add(1, Ordering::AcqRel) + 1)
     }
 
-    /// Waits until every write numbered up to `seq` is durable, syncing if nobody else is.
-    async fn sync_to(self: &Arc<Self>, seq: u64) -> Result<(), VolumeError> {
+    /// Waits until every write numbered up to `seq` is durable, syncing if nobody else is. Threads that
+    /// queue behind a running sync usually find their writes covered by it when it ends.
+    fn sync_to(&self, seq: u64) -> Result<(), VolumeError> {
         loop {
             if self.synced_seq.load(Ordering::Acquire) >= seq {
                 return Ok(());
             }
-            let _leader = self.sync_lock.lock().await;
+            let _leader = self.sync_lock.lock();
             if self.synced_seq.load(Ordering::Acquire) >= seq {
                 return Ok(());
             }
@@ -401,14 +426,7 @@ impl Extent {
             }
             // Everything numbered up to `target` finished its writes before it was numbered.
             let target = self.written_seq.load(Ordering::Acquire);
-            let this = Arc::clone(self);
-            let res = tokio::task::spawn_blocking(move || {
-                this.dat.sync_data()?;
-                this.idx.sync_data()
-            })
-            .await
-            .map_err(|e| VolumeError::Internal(e.to_string()))?;
-            if let Err(e) = res {
+            if let Err(e) = self.dat.sync_data().and_then(|_| self.idx.sync_data()) {
                 // After a failed fsync the page cache can no longer be trusted: fail the extent.
                 return Err(self.fail(format!("fdatasync: {e}")));
             }

@@ -1,5 +1,6 @@
 //! The volume server: disks, extents (`.dat` + `.idx`), and the internal `Volume` gRPC service.
 
+mod aligned;
 pub mod disk;
 pub mod extent;
 pub mod format;

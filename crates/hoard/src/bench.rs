@@ -160,7 +160,10 @@ async fn run_ops(
                     }
                     Err(e) => {
                         tally.errors.fetch_add(1, Ordering::Relaxed);
-                        tally.first_error.lock().get_or_insert_with(|| e.to_string());
+                        tally
+                            .first_error
+                            .lock()
+                            .get_or_insert_with(|| e.to_string());
                     }
                 }
                 pb.inc(1);
@@ -258,15 +261,30 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut readable: Vec<BlockHash> = Vec::new();
     if args.mode != "put" {
         if let Some(p) = &args.hashes {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
             for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                readable.push(line.trim().parse().map_err(|e| anyhow!("{}: {e}", p.display()))?);
+                readable.push(
+                    line.trim()
+                        .parse()
+                        .map_err(|e| anyhow!("{}: {e}", p.display()))?,
+                );
             }
         } else {
-            let n = if args.mode == "get" { args.count } else { args.count.div_ceil(2) };
+            let n = if args.mode == "get" {
+                args.count
+            } else {
+                args.count.div_ceil(2)
+            };
             let ops = (0..n).map(Op::Put).collect();
-            let (tally, elapsed, stored) =
-                run_ops(&client, Arc::clone(&source), ops, args.concurrency, "put (setup)").await;
+            let (tally, elapsed, stored) = run_ops(
+                &client,
+                Arc::clone(&source),
+                ops,
+                args.concurrency,
+                "put (setup)",
+            )
+            .await;
             let mut r = report("put", &args, tally, elapsed);
             r["mode"] = "put*".into();
             rows.push(r);
@@ -294,8 +312,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             })
             .collect(),
     };
-    let (tally, elapsed, stored) =
-        run_ops(&client, Arc::clone(&source), ops, args.concurrency, &args.mode).await;
+    let (tally, elapsed, stored) = run_ops(
+        &client,
+        Arc::clone(&source),
+        ops,
+        args.concurrency,
+        &args.mode,
+    )
+    .await;
     let errors = tally.errors.load(Ordering::Relaxed);
     rows.push(report(&args.mode, &args, tally, elapsed));
     if let Some(p) = &args.save_hashes {
