@@ -380,7 +380,8 @@ impl Extent {
         let at = DAT_HEADER_LEN + record.offset;
         let res = match &self.dat_direct {
             Some(direct)
-                if at % aligned::ALIGN as u64 == 0 && fragment.len() % aligned::ALIGN == 0 =>
+                if at.is_multiple_of(aligned::ALIGN as u64)
+                    && fragment.len().is_multiple_of(aligned::ALIGN) =>
             {
                 let buf = aligned::AlignedBuf::copy_of(fragment);
                 let r = direct.write_all_at(buf.as_slice(), at);
