@@ -63,12 +63,9 @@ impl Client {
     }
 
     fn endpoint(url: &str) -> Result<Endpoint, ClientError> {
-        Ok(Endpoint::from_shared(url.to_string())
-            .map_err(|e| ClientError::Endpoint(url.to_string(), e.to_string()))?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .initial_stream_window_size(Some(8 << 20))
-            .initial_connection_window_size(Some(32 << 20)))
+        hoard_proto::endpoint(url)
+            .map(|e| e.connect_timeout(Duration::from_secs(5)))
+            .map_err(|e| ClientError::Endpoint(url.to_string(), e.to_string()))
     }
 
     fn from_channel(channel: Channel) -> Client {

@@ -169,29 +169,39 @@ impl Codec {
     }
 }
 
-/// Joins the data fragments covering `[offset, offset + len)` of a block back into those bytes.
+/// The bytes `[offset, offset + len)` of a block as zero-copy slices of its data fragments, in order.
 ///
 /// `first` is the index of the first fragment in `data`; `data` holds consecutive data fragments of
 /// `frag_len` bytes each.
-pub fn assemble(data: &[Bytes], first: usize, frag_len: usize, offset: u64, len: u64) -> Bytes {
-    let start = offset as usize - first * frag_len;
-    let len = len as usize;
-    if data.len() == 1 || start + len <= frag_len {
-        let i = start / frag_len;
-        let s = start % frag_len;
-        return data[i].slice(s..s + len);
-    }
-    let mut out = BytesMut::with_capacity(len);
-    let mut pos = start;
-    let end = start + len;
+pub fn slices(data: &[Bytes], first: usize, frag_len: usize, offset: u64, len: u64) -> Vec<Bytes> {
+    let mut out = Vec::with_capacity(data.len());
+    let mut pos = offset as usize - first * frag_len;
+    let end = pos + len as usize;
     while pos < end {
         let i = pos / frag_len;
         let s = pos % frag_len;
         let take = (frag_len - s).min(end - pos);
-        out.extend_from_slice(&data[i][s..s + take]);
+        out.push(data[i].slice(s..s + take));
         pos += take;
     }
+    out
+}
+
+/// Joins slices into one buffer; without a copy when there is only one.
+pub fn join(parts: &[Bytes]) -> Bytes {
+    if parts.len() == 1 {
+        return parts[0].clone();
+    }
+    let mut out = BytesMut::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        out.extend_from_slice(p);
+    }
     out.freeze()
+}
+
+/// The bytes `[offset, offset + len)` of a block, in one buffer. See [`slices`].
+pub fn assemble(data: &[Bytes], first: usize, frag_len: usize, offset: u64, len: u64) -> Bytes {
+    join(&slices(data, first, frag_len, offset, len))
 }
 
 /// The data fragment indices `[first, last]` that cover `[offset, offset + len)` of a block.

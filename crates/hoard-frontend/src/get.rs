@@ -85,14 +85,14 @@ impl Frontend {
         Ok(missing)
     }
 
-    /// Reads `[offset, offset + len)` of a block (`len` 0: to its end). Returns the bytes and the block's
-    /// whole length.
+    /// Reads `[offset, offset + len)` of a block (`len` 0: to its end). Returns the bytes, as slices of
+    /// the fragments read (no copy), and the block's whole length.
     pub async fn get(
         self: &Arc<Self>,
         hash: BlockHash,
         offset: u64,
         len: u64,
-    ) -> Result<(Bytes, u64), FrontendError> {
+    ) -> Result<(Vec<Bytes>, u64), FrontendError> {
         let started = Instant::now();
         let located = self.locate(&hash).await?;
         let loc = &located.location;
@@ -116,10 +116,16 @@ impl Frontend {
         let whole = offset == 0 && len == loc.block_len;
         let bytes = self.read_range(&hash, &located, offset, len).await?;
         if whole {
-            let b = bytes.clone();
-            let actual = tokio::task::spawn_blocking(move || BlockHash::of(&b))
-                .await
-                .map_err(|e| FrontendError::Internal(e.to_string()))?;
+            let parts = bytes.clone();
+            let actual = tokio::task::spawn_blocking(move || {
+                let mut h = blake3::Hasher::new();
+                for p in &parts {
+                    h.update(p);
+                }
+                BlockHash::from_bytes(*h.finalize().as_bytes())
+            })
+            .await
+            .map_err(|e| FrontendError::Internal(e.to_string()))?;
             if actual != hash {
                 metrics::counter!("hoard_frontend_hash_mismatches_total").increment(1);
                 return Err(FrontendError::DataLoss {
@@ -185,7 +191,7 @@ impl Frontend {
         located: &Located,
         offset: u64,
         len: u64,
-    ) -> Result<Bytes, FrontendError> {
+    ) -> Result<Vec<Bytes>, FrontendError> {
         let vol = &located.volume;
         let loc = &located.location;
         let g = Geometry::new(vol.k, vol.m).map_err(|e| FrontendError::Internal(e.to_string()))?;
@@ -221,7 +227,7 @@ impl Frontend {
                 .iter()
                 .map(|&i| slots[i].clone().expect("checked"))
                 .collect();
-            return Ok(hoard_erasure::assemble(&data, first, frag_len, offset, len));
+            return Ok(hoard_erasure::slices(&data, first, frag_len, offset, len));
         }
 
         // Degraded: gather any k fragments, parity first (they are not needed otherwise), then decode.
@@ -262,7 +268,7 @@ impl Frontend {
                 hash: *hash,
                 detail: e.to_string(),
             })?;
-        Ok(hoard_erasure::assemble(
+        Ok(hoard_erasure::slices(
             &data[first..=last],
             first,
             frag_len,

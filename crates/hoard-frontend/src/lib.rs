@@ -15,7 +15,7 @@ use hoard_erasure::Codec;
 use hoard_proto::v1::{meta_client::MetaClient, volume_client::VolumeClient};
 use hoard_types::{BlockHash, Geometry};
 use parking_lot::Mutex;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 pub use service::BlockStoreService;
 
@@ -102,17 +102,7 @@ pub struct VolumeClients {
     clients: Mutex<HashMap<String, VolumeClient<Channel>>>,
 }
 
-/// An endpoint tuned for moving megabytes: large HTTP/2 windows, no Nagle.
-pub fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(url.to_string())?
-        .connect_timeout(Duration::from_secs(3))
-        .tcp_nodelay(true)
-        .initial_stream_window_size(Some(8 << 20))
-        .initial_connection_window_size(Some(32 << 20))
-        .http2_adaptive_window(false)
-        .keep_alive_while_idle(true)
-        .http2_keep_alive_interval(Duration::from_secs(20)))
-}
+pub use hoard_proto::endpoint;
 
 impl VolumeClients {
     pub fn get(&self, address: &str) -> Result<VolumeClient<Channel>, FrontendError> {

@@ -141,17 +141,17 @@ impl BlockStore for BlockStoreService {
                 log_failure("get", &e);
                 e.to_status()
             })?;
-        let mut msgs = Vec::with_capacity(bytes.len().div_ceil(GET_CHUNK).max(1));
-        let mut at = 0;
-        loop {
-            let end = (at + GET_CHUNK).min(bytes.len());
-            msgs.push(Ok(v1::GetResponse {
-                block_len: if at == 0 { block_len } else { 0 },
-                data: bytes.slice(at..end),
-            }));
-            at = end;
-            if at >= bytes.len() {
-                break;
+        // Each fragment slice goes out as its own message (split further past GET_CHUNK): no copy.
+        let mut msgs = Vec::new();
+        for part in bytes {
+            let mut at = 0;
+            while at < part.len() {
+                let end = (at + GET_CHUNK).min(part.len());
+                msgs.push(Ok(v1::GetResponse {
+                    block_len: if msgs.is_empty() { block_len } else { 0 },
+                    data: part.slice(at..end),
+                }));
+                at = end;
             }
         }
         Ok(Response::new(Box::pin(tokio_stream::iter(msgs))))

@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use hoard_proto::v1::{self, volume_client::VolumeClient};
 use parking_lot::Mutex;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 pub trait VolumeOps: Send + Sync + 'static {
     /// Creates one extent on the volume server at `address`.
@@ -29,9 +29,8 @@ impl GrpcVolumeOps {
         if let Some(c) = clients.get(address) {
             return Ok(c.clone());
         }
-        let ep = Endpoint::from_shared(format!("http://{address}"))
+        let ep = hoard_proto::endpoint(&format!("http://{address}"))
             .map_err(|e| format!("bad volume server address {address:?}: {e}"))?
-            .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(30));
         let c = VolumeClient::new(ep.connect_lazy());
         clients.insert(address.to_string(), c.clone());

@@ -22,7 +22,6 @@ use hoard_volume::{VolumeService, VolumeStore, VolumeStoreConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::Server;
 
 /// Tells every role of the process to stop.
 #[derive(Clone)]
@@ -65,15 +64,6 @@ async fn bind(role: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow!("{role}: cannot listen on {addr}: {e}"))
-}
-
-/// A gRPC server builder tuned for moving megabytes.
-fn grpc_server() -> Server {
-    Server::builder()
-        .tcp_nodelay(true)
-        .initial_stream_window_size(Some(8 << 20))
-        .initial_connection_window_size(Some(32 << 20))
-        .http2_keepalive_interval(Some(Duration::from_secs(20)))
 }
 
 /// Health (all serving) and reflection services for a role.
@@ -122,7 +112,7 @@ pub async fn start_meta(
     let shutdown = stop.wait();
     let st = Arc::clone(&state);
     let task = tokio::spawn(async move {
-        grpc_server()
+        hoard_proto::server()
             .add_service(health)
             .add_service(reflection)
             .add_service(svc)
@@ -196,7 +186,7 @@ pub async fn start_volume(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let shutdown = stop.wait();
     let task = tokio::spawn(async move {
-        grpc_server()
+        hoard_proto::server()
             .add_service(health)
             .add_service(reflection)
             .add_service(svc)
@@ -234,7 +224,7 @@ pub async fn start_frontend(
     let shutdown = stop.wait();
     let f = Arc::clone(&fe);
     let task = tokio::spawn(async move {
-        grpc_server()
+        hoard_proto::server()
             .add_service(health)
             .add_service(reflection)
             .add_service(svc)
