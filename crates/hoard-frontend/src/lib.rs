@@ -96,32 +96,15 @@ impl From<FrontendError> for tonic::Status {
     }
 }
 
-/// Lazily connected gRPC channels to volume servers, one per address.
-#[derive(Default)]
-pub struct VolumeClients {
-    clients: Mutex<HashMap<String, VolumeClient<Channel>>>,
-}
-
 pub use hoard_proto::endpoint;
+
+/// Volume-server clients, mapping a missing address to `UNAVAILABLE`.
+#[derive(Default)]
+pub struct VolumeClients(hoard_proto::VolumeClients);
 
 impl VolumeClients {
     pub fn get(&self, address: &str) -> Result<VolumeClient<Channel>, FrontendError> {
-        let mut clients = self.clients.lock();
-        if let Some(c) = clients.get(address) {
-            return Ok(c.clone());
-        }
-        if address.is_empty() {
-            return Err(FrontendError::Unavailable(
-                "volume server address unknown".into(),
-            ));
-        }
-        let ep = endpoint(&format!("http://{address}"))
-            .map_err(|e| FrontendError::Internal(format!("bad address {address:?}: {e}")))?;
-        let c = VolumeClient::new(ep.connect_lazy())
-            .max_decoding_message_size(hoard_proto::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(hoard_proto::MAX_MESSAGE_BYTES);
-        clients.insert(address.to_string(), c.clone());
-        Ok(c)
+        self.0.get(address).map_err(FrontendError::Unavailable)
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod engine;
 pub mod placement;
 pub mod records;
+pub mod repair;
 pub mod service;
 pub mod state;
 pub mod volume_ops;

@@ -14,6 +14,9 @@ pub struct Candidate {
     pub zone: String,
     pub rack: String,
     pub free_bytes: u64,
+    /// Members of any volume the disk holds already: among equals, the emptiest disk wins, so that
+    /// volumes created together do not pile onto the same disks.
+    pub members: u32,
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -41,6 +44,17 @@ pub fn place(
     width: usize,
     per_node_cap: Option<usize>,
 ) -> Result<Vec<usize>, PlacementError> {
+    place_more(&[], cands, width, per_node_cap)
+}
+
+/// Chooses `width` more candidates for a volume whose other members sit on `existing`, spreading the
+/// whole volume by the same rules (repair targets, moves).
+pub fn place_more(
+    existing: &[Candidate],
+    cands: &[Candidate],
+    width: usize,
+    per_node_cap: Option<usize>,
+) -> Result<Vec<usize>, PlacementError> {
     if cands.len() < width {
         return Err(PlacementError::TooFewDisks {
             width,
@@ -50,6 +64,13 @@ pub fn place(
     let mut zone_n: HashMap<&str, usize> = HashMap::new();
     let mut rack_n: HashMap<(&str, &str), usize> = HashMap::new();
     let mut node_n: HashMap<&str, usize> = HashMap::new();
+    for c in existing {
+        *zone_n.entry(c.zone.as_str()).or_default() += 1;
+        *rack_n
+            .entry((c.zone.as_str(), c.rack.as_str()))
+            .or_default() += 1;
+        *node_n.entry(c.node_id.as_str()).or_default() += 1;
+    }
     let mut chosen: Vec<usize> = Vec::with_capacity(width);
     let mut taken = vec![false; cands.len()];
     while chosen.len() < width {
@@ -70,6 +91,7 @@ pub fn place(
                         .copied()
                         .unwrap_or(0),
                     node_n.get(c.node_id.as_str()).copied().unwrap_or(0),
+                    c.members,
                     std::cmp::Reverse(c.free_bytes),
                 )
             })
@@ -79,10 +101,11 @@ pub fn place(
             nodes.sort_unstable();
             nodes.dedup();
             let cap = per_node_cap.unwrap_or(width);
+            let total = width + existing.len();
             return Err(PlacementError::TooFewNodes {
-                width,
+                width: total,
                 cap,
-                need: width.div_ceil(cap),
+                need: total.div_ceil(cap),
                 nodes: nodes.len(),
                 healthy: cands.len(),
             });
@@ -113,6 +136,7 @@ mod tests {
                     zone: String::new(),
                     rack: String::new(),
                     free_bytes: 1000 + d as u64,
+                    members: 0,
                 });
             }
         }
@@ -169,6 +193,40 @@ mod tests {
         ));
         // Without the cap, one node may hold many members.
         assert_eq!(place(&c, 9, None).unwrap().len(), 9);
+    }
+
+    #[test]
+    fn more_members_respect_the_existing_ones() {
+        let c = cell(4, 3);
+        let existing: Vec<Candidate> = vec![c[0].clone(), c[1].clone(), c[3].clone()];
+        let rest: Vec<Candidate> = c
+            .iter()
+            .filter(|x| !existing.contains(x))
+            .cloned()
+            .collect();
+        // Node n0 already holds 2 members: with a cap of 3 it takes at most 1 more.
+        let p = place_more(&existing, &rest, 6, Some(3)).unwrap();
+        let mut all = existing.clone();
+        all.extend(p.iter().map(|&i| rest[i].clone()));
+        let mut per = HashMap::new();
+        for x in &all {
+            *per.entry(x.node_id.clone()).or_insert(0) += 1;
+        }
+        assert!(per.values().all(|&n| n <= 3), "{per:?}");
+    }
+
+    #[test]
+    fn spreads_volumes_over_disks() {
+        let mut c = cell(6, 3);
+        let first = place(&c, 9, Some(3)).unwrap();
+        for &i in &first {
+            c[i].members += 1;
+        }
+        let second = place(&c, 9, Some(3)).unwrap();
+        assert!(
+            first.iter().all(|i| !second.contains(i)),
+            "{first:?} {second:?}"
+        );
     }
 
     #[test]

@@ -93,6 +93,59 @@ pub struct VolumeRow {
     pub seal_reason: String,
     #[prost(uint64, tag = "12")]
     pub created_unix_ms: u64,
+    /// When the volume first fell below full redundancy; 0 while it is whole.
+    #[prost(uint64, tag = "13")]
+    pub degraded_since_unix_ms: u64,
+    /// The last generation handed out for any member of this volume; every rebuild takes a new one.
+    #[prost(uint64, tag = "14")]
+    pub generation_seq: u64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct RepairOutputRow {
+    #[prost(uint32, tag = "1")]
+    pub member: u32,
+    #[prost(uint64, tag = "2")]
+    pub generation: u64,
+    #[prost(string, tag = "3")]
+    pub disk_id: String,
+}
+
+/// A planned or running rebuild of a volume's lost members (table `repair`, key: volume id).
+#[derive(Clone, PartialEq, Message)]
+pub struct RepairRow {
+    #[prost(message, repeated, tag = "1")]
+    pub outputs: Vec<RepairOutputRow>,
+    #[prost(uint32, repeated, tag = "2")]
+    pub sources: Vec<u32>,
+    #[prost(uint64, tag = "3")]
+    pub started_unix_ms: u64,
+    #[prost(string, tag = "4")]
+    pub session: String,
+    #[prost(uint64, tag = "5")]
+    pub done_bytes: u64,
+    #[prost(uint64, tag = "6")]
+    pub total_bytes: u64,
+}
+
+/// The live repair knobs (table `config`, key `repair_knobs`).
+#[derive(Clone, PartialEq, Message)]
+pub struct KnobsRow {
+    #[prost(bool, tag = "1")]
+    pub paused: bool,
+    #[prost(uint64, tag = "2")]
+    pub bytes_per_sec: u64,
+    #[prost(uint32, tag = "3")]
+    pub concurrency: u32,
+}
+
+/// Lifetime repair counters (table `config`, key `repair_counters`).
+#[derive(Clone, PartialEq, Message)]
+pub struct RepairCountersRow {
+    #[prost(uint64, tag = "1")]
+    pub bytes_rebuilt: u64,
+    #[prost(uint64, tag = "2")]
+    pub volumes_repaired: u64,
 }
 
 #[derive(Clone, PartialEq, Message)]

@@ -25,8 +25,8 @@ impl Meta for MetaService {
         &self,
         req: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
-        let cluster_id = self.state.heartbeat(req.get_ref())?;
-        Ok(Response::new(v1::HeartbeatResponse { cluster_id }))
+        let (cluster_id, retire) = self.state.heartbeat(req.get_ref())?;
+        Ok(Response::new(v1::HeartbeatResponse { cluster_id, retire }))
     }
 
     async fn lookup(
@@ -137,5 +137,71 @@ impl Meta for MetaService {
         _req: Request<v1::ClusterStatusRequest>,
     ) -> Result<Response<v1::ClusterStatusResponse>, Status> {
         Ok(Response::new(self.state.cluster_status()))
+    }
+
+    async fn repair_queue(
+        &self,
+        _req: Request<v1::RepairQueueRequest>,
+    ) -> Result<Response<v1::RepairQueueResponse>, Status> {
+        Ok(Response::new(self.state.repair_queue()))
+    }
+
+    async fn plan_repair(
+        &self,
+        req: Request<v1::PlanRepairRequest>,
+    ) -> Result<Response<v1::RepairPlan>, Status> {
+        let req = req.into_inner();
+        let state = Arc::clone(&self.state);
+        let plan =
+            tokio::task::spawn_blocking(move || state.plan_repair(req.volume, &req.avoid_disks))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(plan))
+    }
+
+    async fn repair_progress(
+        &self,
+        req: Request<v1::RepairProgressRequest>,
+    ) -> Result<Response<v1::RepairProgressResponse>, Status> {
+        let r = req.into_inner();
+        let current =
+            self.state
+                .repair_progress(r.volume, &r.session, r.done_bytes, r.total_bytes)?;
+        Ok(Response::new(v1::RepairProgressResponse { current }))
+    }
+
+    async fn commit_repair(
+        &self,
+        req: Request<v1::CommitRepairRequest>,
+    ) -> Result<Response<v1::CommitRepairResponse>, Status> {
+        let r = req.into_inner();
+        let state = Arc::clone(&self.state);
+        tokio::task::spawn_blocking(move || state.commit_repair(r.volume, &r.outputs, r.bytes))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(v1::CommitRepairResponse {}))
+    }
+
+    async fn abort_repair(
+        &self,
+        req: Request<v1::AbortRepairRequest>,
+    ) -> Result<Response<v1::AbortRepairResponse>, Status> {
+        let r = req.into_inner();
+        self.state.abort_repair(r.volume, &r.reason)?;
+        Ok(Response::new(v1::AbortRepairResponse {}))
+    }
+
+    async fn set_repair_knobs(
+        &self,
+        req: Request<v1::SetRepairKnobsRequest>,
+    ) -> Result<Response<v1::RepairKnobs>, Status> {
+        Ok(Response::new(self.state.set_knobs(req.get_ref())?))
+    }
+
+    async fn repair_status(
+        &self,
+        _req: Request<v1::RepairStatusRequest>,
+    ) -> Result<Response<v1::RepairStatusResponse>, Status> {
+        Ok(Response::new(self.state.repair_status()))
     }
 }

@@ -26,6 +26,10 @@ pub const STATE_CREATING: &str = "creating";
 pub const STATE_OPEN: &str = "open";
 pub const STATE_SEALED: &str = "sealed";
 pub const STATE_RETIRED: &str = "retired";
+pub const STATE_DEGRADED: &str = "degraded";
+pub const STATE_LOST: &str = "lost";
+pub const MEMBER_OK: &str = "ok";
+pub const MEMBER_LOST: &str = "lost";
 
 const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
 const KEY_NEXT_VOLUME: &[u8] = b"next_volume";
@@ -57,15 +61,21 @@ impl Default for MetaConfig {
 }
 
 #[derive(Default)]
-struct Cell {
-    cluster_id: String,
-    next_volume: VolumeId,
-    volumes: BTreeMap<VolumeId, VolumeRow>,
-    disks: BTreeMap<String, DiskRow>,
-    nodes: BTreeMap<String, NodeRow>,
+pub(crate) struct Cell {
+    pub(crate) cluster_id: String,
+    pub(crate) next_volume: VolumeId,
+    pub(crate) volumes: BTreeMap<VolumeId, VolumeRow>,
+    pub(crate) disks: BTreeMap<String, DiskRow>,
+    pub(crate) nodes: BTreeMap<String, NodeRow>,
+    /// Planned and running rebuilds, by volume.
+    pub(crate) repairs: BTreeMap<VolumeId, crate::records::RepairRow>,
+    pub(crate) knobs: crate::records::KnobsRow,
+    pub(crate) counters: crate::records::RepairCountersRow,
+    /// (time, bytes) of recent rebuild commits, for the rate.
+    pub(crate) recent: std::collections::VecDeque<(u64, u64)>,
     /// Disks a frontend reported failing since their node's last heartbeat: no new members go there
     /// until the node proves itself alive again. Memory only.
-    suspect: std::collections::HashSet<String>,
+    pub(crate) suspect: std::collections::HashSet<String>,
 }
 
 /// Result of a block commit.
@@ -165,8 +175,33 @@ impl MetaState {
             }
             true
         })?;
+        engine.scan(Cf::Repair, b"", &mut |k, v| {
+            match (
+                k.try_into().map(u64::from_be_bytes),
+                decode::<crate::records::RepairRow>("repair", v),
+            ) {
+                (Ok(id), Ok(row)) => {
+                    cell.repairs.insert(id, row);
+                }
+                (_, Err(e)) => err = Some(e),
+                (Err(_), _) => {
+                    err = Some(MetaError::Corrupt {
+                        table: "repair".into(),
+                        problem: "bad key".into(),
+                    })
+                }
+            }
+            true
+        })?;
         if let Some(e) = err {
             return Err(e);
+        }
+        cell.knobs = match engine.get(Cf::Config, crate::repair::KEY_KNOBS)? {
+            Some(b) => decode("config", &b)?,
+            None => crate::repair::default_knobs(),
+        };
+        if let Some(b) = engine.get(Cf::Config, crate::repair::KEY_COUNTERS)? {
+            cell.counters = decode("config", &b)?;
         }
         // Volume ids are never reused, even if the counter row was lost.
         if let Some((&max, _)) = cell.volumes.iter().next_back() {
@@ -199,6 +234,10 @@ impl MetaState {
         }
     }
 
+    pub(crate) fn cell_lock(&self) -> parking_lot::MutexGuard<'_, Cell> {
+        self.cell.lock()
+    }
+
     pub fn config(&self) -> &MetaConfig {
         &self.cfg
     }
@@ -212,7 +251,7 @@ impl MetaState {
     }
 
     /// Changes cell rows in memory and writes the rows that `f` put into the batch, in change order.
-    fn mutate_cell<R>(
+    pub(crate) fn mutate_cell<R>(
         &self,
         sync: bool,
         f: impl FnOnce(&mut Cell, &mut WriteBatch) -> R,
@@ -380,8 +419,12 @@ impl MetaState {
 
     // ---- nodes and disks ----
 
-    /// Records a volume server's heartbeat: its address, labels and disks.
-    pub fn heartbeat(&self, req: &v1::HeartbeatRequest) -> Result<String, MetaError> {
+    /// Records a volume server's heartbeat: its address, labels and disks. Answers the cluster id and
+    /// the reported extents that a newer generation has replaced.
+    pub fn heartbeat(
+        &self,
+        req: &v1::HeartbeatRequest,
+    ) -> Result<(String, Vec<v1::ExtentRef>), MetaError> {
         if req.node_id.is_empty() {
             return Err(MetaError::Invalid("heartbeat without node id".into()));
         }
@@ -412,17 +455,38 @@ impl MetaState {
                 b.put(Cf::Disks, d.disk_id.as_bytes(), encode(&row));
                 cell.disks.insert(d.disk_id.clone(), row);
             }
-            cell.cluster_id.clone()
+            // Only what meta knows to be superseded: an extent of a volume meta has never heard of is
+            // left alone (meta may have lost its data; the disks are then the truth).
+            let retire = req
+                .extents
+                .iter()
+                .filter(|e| match cell.volumes.get(&e.volume) {
+                    None => false,
+                    Some(v) if v.state == STATE_RETIRED => true,
+                    Some(v) => v
+                        .members
+                        .get(e.member as usize)
+                        .is_some_and(|m| m.generation > e.generation),
+                })
+                .cloned()
+                .collect();
+            (cell.cluster_id.clone(), retire)
         })
     }
 
-    fn node_up(&self, node: &NodeRow, now: u64) -> bool {
+    pub(crate) fn node_up(&self, node: &NodeRow, now: u64) -> bool {
         now.saturating_sub(node.last_heartbeat_unix_ms)
             <= self.cfg.heartbeat_grace.as_millis() as u64
     }
 
     /// Disks that may take a new member now.
-    fn candidates(&self, cell: &Cell, now: u64) -> Vec<Candidate> {
+    pub(crate) fn candidates(&self, cell: &Cell, now: u64) -> Vec<Candidate> {
+        let mut members: HashMap<&str, u32> = HashMap::new();
+        for v in cell.volumes.values().filter(|v| v.state != STATE_RETIRED) {
+            for m in &v.members {
+                *members.entry(m.disk_id.as_str()).or_default() += 1;
+            }
+        }
         cell.disks
             .iter()
             .filter(|(id, d)| {
@@ -438,6 +502,7 @@ impl MetaState {
                     zone: node.labels.get("zone").cloned().unwrap_or_default(),
                     rack: node.labels.get("rack").cloned().unwrap_or_default(),
                     free_bytes: d.free_bytes,
+                    members: members.get(id.as_str()).copied().unwrap_or(0),
                 })
             })
             .collect()
@@ -445,7 +510,13 @@ impl MetaState {
 
     // ---- volumes ----
 
-    fn volume_info(&self, cell: &Cell, id: VolumeId, row: &VolumeRow, now: u64) -> v1::VolumeInfo {
+    pub(crate) fn volume_info(
+        &self,
+        cell: &Cell,
+        id: VolumeId,
+        row: &VolumeRow,
+        now: u64,
+    ) -> v1::VolumeInfo {
         let members = row
             .members
             .iter()
@@ -860,6 +931,7 @@ mod tests {
                     node_id: format!("n{n}"),
                     address: format!("127.0.0.1:{}", 9000 + n),
                     labels: Default::default(),
+                    extents: Vec::new(),
                     disks: (0..disks)
                         .map(|d| v1::DiskInfo {
                             disk_id: format!("d{n}-{d}"),
@@ -1014,6 +1086,7 @@ mod tests {
                         node_id: format!("n{n}"),
                         address: "a".into(),
                         labels: Default::default(),
+                        extents: Vec::new(),
                         disks: (0..3)
                             .map(|d| v1::DiskInfo {
                                 disk_id: format!("d{n}{d}"),

@@ -1,12 +1,7 @@
 //! What meta asks of volume servers, behind a trait so that the meta logic can be tested without them.
 
-use std::collections::HashMap;
-use std::time::Duration;
-
 use futures::future::BoxFuture;
-use hoard_proto::v1::{self, volume_client::VolumeClient};
-use parking_lot::Mutex;
-use tonic::transport::Channel;
+use hoard_proto::v1;
 
 pub trait VolumeOps: Send + Sync + 'static {
     /// Creates one extent on the volume server at `address`.
@@ -17,25 +12,10 @@ pub trait VolumeOps: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<(), String>>;
 }
 
-/// [`VolumeOps`] over gRPC, one lazily connected channel per volume server.
+/// [`VolumeOps`] over gRPC.
 #[derive(Default)]
 pub struct GrpcVolumeOps {
-    clients: Mutex<HashMap<String, VolumeClient<Channel>>>,
-}
-
-impl GrpcVolumeOps {
-    fn client(&self, address: &str) -> Result<VolumeClient<Channel>, String> {
-        let mut clients = self.clients.lock();
-        if let Some(c) = clients.get(address) {
-            return Ok(c.clone());
-        }
-        let ep = hoard_proto::endpoint(&format!("http://{address}"))
-            .map_err(|e| format!("bad volume server address {address:?}: {e}"))?
-            .timeout(Duration::from_secs(30));
-        let c = VolumeClient::new(ep.connect_lazy());
-        clients.insert(address.to_string(), c.clone());
-        Ok(c)
-    }
+    clients: hoard_proto::VolumeClients,
 }
 
 impl VolumeOps for GrpcVolumeOps {
@@ -44,10 +24,12 @@ impl VolumeOps for GrpcVolumeOps {
         address: String,
         req: v1::CreateExtentRequest,
     ) -> BoxFuture<'static, Result<(), String>> {
-        let client = self.client(&address);
+        let client = self.clients.get(&address);
         Box::pin(async move {
             let mut c = client?;
-            c.create_extent(req)
+            let mut r = tonic::Request::new(req);
+            r.set_timeout(std::time::Duration::from_secs(30));
+            c.create_extent(r)
                 .await
                 .map(|_| ())
                 .map_err(|s| format!("{address}: {}", s.message()))

@@ -35,6 +35,39 @@ pub fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
         .http2_keep_alive_interval(Duration::from_secs(20)))
 }
 
+/// Lazily connected clients of volume servers, one channel per address, shared by every caller.
+#[derive(Default)]
+pub struct VolumeClients {
+    clients: std::sync::Mutex<
+        std::collections::HashMap<
+            String,
+            v1::volume_client::VolumeClient<tonic::transport::Channel>,
+        >,
+    >,
+}
+
+impl VolumeClients {
+    pub fn get(
+        &self,
+        address: &str,
+    ) -> Result<v1::volume_client::VolumeClient<tonic::transport::Channel>, String> {
+        if address.is_empty() {
+            return Err("volume server address unknown".into());
+        }
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = clients.get(address) {
+            return Ok(c.clone());
+        }
+        let ep = endpoint(&format!("http://{address}"))
+            .map_err(|e| format!("bad volume server address {address:?}: {e}"))?;
+        let c = v1::volume_client::VolumeClient::new(ep.connect_lazy())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        clients.insert(address.to_string(), c.clone());
+        Ok(c)
+    }
+}
+
 /// A gRPC server builder tuned the same way.
 pub fn server() -> Server {
     Server::builder()

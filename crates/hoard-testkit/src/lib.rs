@@ -143,6 +143,9 @@ fn parse_listening(line: &str) -> Option<(String, SocketAddr)> {
     if let Some(rest) = line.strip_prefix("hoard dev: admin on http://") {
         return Some(("admin".into(), rest.trim().parse().ok()?));
     }
+    if line.trim() == "hoard repair running" {
+        return Some(("repair".into(), "0.0.0.0:0".parse().ok()?));
+    }
     let rest = line.strip_prefix("hoard ")?;
     let (role, addr) = rest.split_once(" listening on ")?;
     Some((role.to_string(), addr.trim().parse().ok()?))
@@ -158,6 +161,10 @@ pub struct ClusterOpts {
     pub lease: String,
     pub heartbeat_grace: String,
     pub failure_domain: String,
+    /// Volumes the frontend keeps open at once.
+    pub open_volumes: usize,
+    /// Run the repair daemon as its own process.
+    pub repair: bool,
 }
 
 impl Default for ClusterOpts {
@@ -170,6 +177,8 @@ impl Default for ClusterOpts {
             lease: "3s".into(),
             heartbeat_grace: "15m".into(),
             failure_domain: "node".into(),
+            open_volumes: 4,
+            repair: true,
         }
     }
 }
@@ -182,6 +191,7 @@ pub struct Cluster {
     pub meta: Option<Proc>,
     pub frontend: Option<Proc>,
     pub volumes: Vec<Option<Proc>>,
+    pub repair: Option<Proc>,
     meta_url: String,
 }
 
@@ -195,6 +205,7 @@ impl Cluster {
             dir,
             meta: None,
             frontend: None,
+            repair: None,
             meta_url: String::new(),
         };
         c.start_meta()?;
@@ -202,6 +213,9 @@ impl Cluster {
             c.start_volume(i)?;
         }
         c.start_frontend()?;
+        if c.opts.repair {
+            c.start_repair()?;
+        }
         Ok(c)
     }
 
@@ -215,14 +229,14 @@ impl Cluster {
         Ok(p)
     }
 
-    fn spawn(&self, name: &str, config: &Path, role: &str) -> anyhow::Result<Proc> {
+    fn spawn(&self, name: &str, config: &Path, roles: &[&str]) -> anyhow::Result<Proc> {
         let log = self.path().join(format!("{name}.log"));
         Proc::start(
             &self.bin,
             name,
             &["server", "--config", config.to_str().expect("utf-8 path")],
             &log,
-            &[role],
+            roles,
             &[("RUST_LOG", "info")],
         )
     }
@@ -230,7 +244,7 @@ impl Cluster {
     pub fn start_meta(&mut self) -> anyhow::Result<()> {
         let o = &self.opts;
         let cfg = format!(
-            "[meta]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nec = \"{}\"\nextent_size = \"{}\"\nlease = \"{}\"\nheartbeat_grace = \"{}\"\nfailure_domain = \"{}\"\n",
+            "[meta]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nec = \"{}\"\nextent_size = \"{}\"\nlease = \"{}\"\nheartbeat_grace = \"{}\"\nfailure_domain = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
             self.path().join("meta").display(),
             o.ec,
             o.extent_size,
@@ -239,7 +253,7 @@ impl Cluster {
             o.failure_domain
         );
         let p = self.write_config("meta", &cfg)?;
-        let proc = self.spawn("meta", &p, "meta")?;
+        let proc = self.spawn("meta", &p, &["meta", "admin"])?;
         self.meta_url = format!("http://{}", proc.addr("meta"));
         self.meta = Some(proc);
         Ok(())
@@ -267,18 +281,57 @@ impl Cluster {
             disks.join(", ")
         );
         let p = self.write_config(&format!("vol-{i}"), &cfg)?;
-        self.volumes[i] = Some(self.spawn(&format!("vol-{i}"), &p, "volume")?);
+        self.volumes[i] = Some(self.spawn(&format!("vol-{i}"), &p, &["volume"])?);
         Ok(())
     }
 
     pub fn start_frontend(&mut self) -> anyhow::Result<()> {
         let cfg = format!(
-            "[frontend]\nlisten = \"127.0.0.1:0\"\nmeta = \"{}\"\n",
-            self.meta_url
+            "[frontend]\nlisten = \"127.0.0.1:0\"\nmeta = \"{}\"\nopen_volumes = {}\n",
+            self.meta_url, self.opts.open_volumes
         );
         let p = self.write_config("frontend", &cfg)?;
-        self.frontend = Some(self.spawn("frontend", &p, "frontend")?);
+        self.frontend = Some(self.spawn("frontend", &p, &["frontend"])?);
         Ok(())
+    }
+
+    pub fn start_repair(&mut self) -> anyhow::Result<()> {
+        let cfg = format!("[repair]\nmeta = \"{}\"\n", self.meta_url);
+        let p = self.write_config("repair", &cfg)?;
+        self.repair = Some(self.spawn("repair", &p, &["repair"])?);
+        Ok(())
+    }
+
+    pub fn kill_repair(&mut self) {
+        if let Some(mut p) = self.repair.take() {
+            p.kill();
+        }
+    }
+
+    /// The admin HTTP API of the meta process.
+    pub fn admin_url(&self) -> String {
+        format!(
+            "http://{}",
+            self.meta.as_ref().expect("meta running").addr("admin")
+        )
+    }
+
+    /// GET a JSON document from the admin API.
+    pub async fn admin_get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        hoard_admin::http_json(&self.admin_url(), "GET", path, None)
+            .await
+            .map_err(|e| anyhow!(e))
+    }
+
+    /// POST to the admin API.
+    pub async fn admin_post(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
+        hoard_admin::http_json(&self.admin_url(), "POST", path, Some(&body))
+            .await
+            .map_err(|e| anyhow!(e))
     }
 
     pub fn endpoint(&self) -> String {
@@ -307,6 +360,7 @@ impl Cluster {
     pub fn kill_all(&mut self) {
         let mut all: Vec<Proc> = Vec::new();
         all.extend(self.frontend.take());
+        all.extend(self.repair.take());
         all.extend(self.volumes.iter_mut().filter_map(Option::take));
         all.extend(self.meta.take());
         // Signal all first, so that none outlives the others by more than a moment.
@@ -327,7 +381,26 @@ impl Cluster {
         for i in 0..self.volumes.len() {
             self.start_volume(i)?;
         }
-        self.start_frontend()
+        self.start_frontend()?;
+        if self.opts.repair {
+            self.start_repair()?;
+        }
+        Ok(())
+    }
+
+    /// What every running volume server holds (disks and extents in service).
+    pub async fn inventories(&self) -> anyhow::Result<Vec<hoard_proto::v1::InventoryResponse>> {
+        let mut out = Vec::new();
+        for p in self.volumes.iter().flatten() {
+            let url = format!("http://{}", p.addr("volume"));
+            let mut c = hoard_proto::v1::volume_client::VolumeClient::connect(url).await?;
+            out.push(
+                c.inventory(hoard_proto::v1::InventoryRequest {})
+                    .await?
+                    .into_inner(),
+            );
+        }
+        Ok(out)
     }
 
     /// Bytes in all files under the cell's disk directories.

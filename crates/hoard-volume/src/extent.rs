@@ -104,6 +104,12 @@ impl Extent {
         final_dir: &Path,
         mf: MemberFile,
     ) -> Result<Arc<Extent>, VolumeError> {
+        Extent::stage(staging_dir, &mf)?;
+        Extent::publish(staging_dir, final_dir)
+    }
+
+    /// Writes an empty extent (headers and `member.toml`, synced) into `staging_dir`.
+    pub fn stage(staging_dir: &Path, mf: &MemberFile) -> Result<(), VolumeError> {
         let io = |p: &Path| {
             let p = p.to_path_buf();
             move |e| VolumeError::io(&p, e)
@@ -127,7 +133,16 @@ impl Extent {
             f.write_all_at(&bytes, 0).map_err(io(&path))?;
             f.sync_all().map_err(io(&path))?;
         }
-        write_checked_toml(&staging_dir.join("member.toml"), &mf)?;
+        write_checked_toml(&staging_dir.join("member.toml"), mf)?;
+        format::sync_dir(staging_dir)
+    }
+
+    /// Renames a complete staging directory into service and opens it.
+    pub fn publish(staging_dir: &Path, final_dir: &Path) -> Result<Arc<Extent>, VolumeError> {
+        let io = |p: &Path| {
+            let p = p.to_path_buf();
+            move |e| VolumeError::io(&p, e)
+        };
         format::sync_dir(staging_dir)?;
         if let Some(parent) = final_dir.parent() {
             fs::create_dir_all(parent).map_err(io(parent))?;
@@ -467,6 +482,69 @@ impl Extent {
             });
         }
         Ok(buf)
+    }
+
+    /// Reads raw bytes of the data region (no checks: the caller checks fragments against records).
+    /// Bytes past the end of the file read as zeros, as they were never written.
+    pub fn read_range(
+        &self,
+        generation: u64,
+        offset: u64,
+        len: u32,
+    ) -> Result<Vec<u8>, VolumeError> {
+        self.check_usable(generation)?;
+        let mut buf = vec![0u8; len as usize];
+        let mut done = 0;
+        while done < buf.len() {
+            match self
+                .dat
+                .read_at(&mut buf[done..], DAT_HEADER_LEN + offset + done as u64)
+            {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.fail(format!("read .dat: {e}"))),
+            }
+        }
+        Ok(buf)
+    }
+
+    /// Rewrites one fragment in place (range repair), after checking it against its record; durable
+    /// before it returns.
+    pub fn repair_fragment(
+        &self,
+        generation: u64,
+        record: &BlockRecord,
+        fragment: &[u8],
+    ) -> Result<(), VolumeError> {
+        self.check_usable(generation)?;
+        let want = record
+            .crcs
+            .get(self.member as usize)
+            .copied()
+            .ok_or_else(|| VolumeError::BadRequest("record lacks this member's crc".into()))?;
+        if fragment.len() != record.frag_len as usize || crc32c::crc32c(fragment) != want {
+            return Err(VolumeError::BadRequest(
+                "repaired fragment does not match its record".into(),
+            ));
+        }
+        if record.end() > self.member_file().capacity {
+            return Err(VolumeError::BadRequest(
+                "repair past the extent capacity".into(),
+            ));
+        }
+        let _one_sync = self.sync_lock.lock();
+        self.dat
+            .write_all_at(fragment, DAT_HEADER_LEN + record.offset)
+            .and_then(|_| self.dat.sync_data())
+            .map_err(|e| self.fail(format!("repair write: {e}")))?;
+        tracing::info!(
+            volume = self.volume,
+            member = self.member,
+            offset = record.offset,
+            "fragment repaired in place"
+        );
+        Ok(())
     }
 
     /// Visits every valid record of the `.idx`, in slot order.

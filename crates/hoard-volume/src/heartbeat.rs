@@ -24,18 +24,32 @@ pub async fn beat(
     store: &VolumeStore,
     cfg: &HeartbeatConfig,
 ) -> Result<(), tonic::Status> {
+    store.check_disks();
     let disks = store.disk_reports().iter().map(disk_info).collect();
+    let extents = store
+        .extents()
+        .iter()
+        .map(|(e, _)| v1::ExtentRef {
+            volume: e.volume,
+            member: e.member,
+            generation: e.generation(),
+        })
+        .collect();
     let resp = client
         .heartbeat(v1::HeartbeatRequest {
             node_id: store.node_id.clone(),
             address: cfg.advertise.clone(),
             labels: cfg.labels.clone(),
             disks,
+            extents,
         })
         .await?
         .into_inner();
     if !resp.cluster_id.is_empty() {
         store.adopt_cluster(&resp.cluster_id);
+    }
+    for e in resp.retire {
+        store.retire(e.volume, e.member, e.generation);
     }
     Ok(())
 }

@@ -5,7 +5,9 @@ pub mod disk;
 pub mod extent;
 pub mod format;
 pub mod heartbeat;
+pub mod rebuild;
 pub mod service;
+pub mod staged;
 pub mod store;
 
 use std::path::{Path, PathBuf};

@@ -50,8 +50,192 @@ pub fn disk_info(d: &crate::store::DiskReport) -> v1::DiskInfo {
     }
 }
 
+type IndexStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<v1::ReadIndexResponse, Status>> + Send>>;
+
+fn blocking_err(e: tokio::task::JoinError) -> Status {
+    Status::internal(e.to_string())
+}
+
 #[tonic::async_trait]
 impl Volume for VolumeService {
+    async fn read_range(
+        &self,
+        req: Request<v1::ReadRangeRequest>,
+    ) -> Result<Response<v1::ReadRangeResponse>, Status> {
+        let req = req.into_inner();
+        let e = extent_ref(req.extent)?;
+        if req.len as usize > hoard_proto::MAX_MESSAGE_BYTES - 1024 {
+            return Err(Status::invalid_argument("range too long for one message"));
+        }
+        let extent = self.store.extent(e.volume, e.member)?;
+        let data = tokio::task::spawn_blocking(move || {
+            extent.read_range(e.generation, req.offset, req.len)
+        })
+        .await
+        .map_err(blocking_err)??;
+        metrics::counter!("hoard_volume_repair_read_bytes_total").increment(data.len() as u64);
+        Ok(Response::new(v1::ReadRangeResponse {
+            data: Bytes::from(data),
+        }))
+    }
+
+    type ReadIndexStream = IndexStream;
+
+    async fn read_index(
+        &self,
+        req: Request<v1::ReadIndexRequest>,
+    ) -> Result<Response<IndexStream>, Status> {
+        let e = extent_ref(req.into_inner().extent)?;
+        let extent = self.store.extent(e.volume, e.member)?;
+        if extent.generation() != e.generation {
+            return Err(VolumeError::StaleGeneration {
+                volume: e.volume,
+                member: e.member,
+                have: extent.generation(),
+                asked: e.generation,
+            }
+            .into());
+        }
+        let (records, bad) = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            let scan = extent.for_each_record(|_, r| out.push(r.clone()))?;
+            Ok::<_, VolumeError>((out, scan.bad_slots.len() as u64))
+        })
+        .await
+        .map_err(blocking_err)??;
+        let mut msgs: Vec<Result<v1::ReadIndexResponse, Status>> = records
+            .chunks(4096)
+            .map(|c| {
+                Ok(v1::ReadIndexResponse {
+                    records: c
+                        .iter()
+                        .map(|r| v1::BlockRecord {
+                            hash: Bytes::copy_from_slice(r.hash.as_bytes()),
+                            offset: r.offset,
+                            frag_len: r.frag_len,
+                            block_len: r.block_len,
+                            crcs: r.crcs.clone(),
+                        })
+                        .collect(),
+                    bad_slots: 0,
+                })
+            })
+            .collect();
+        msgs.push(Ok(v1::ReadIndexResponse {
+            records: Vec::new(),
+            bad_slots: bad,
+        }));
+        Ok(Response::new(Box::pin(tokio_stream::iter(msgs))))
+    }
+
+    async fn begin_rebuild(
+        &self,
+        req: Request<v1::BeginRebuildRequest>,
+    ) -> Result<Response<v1::BeginRebuildResponse>, Status> {
+        Ok(Response::new(
+            self.store.begin_rebuild(req.into_inner()).await?,
+        ))
+    }
+
+    async fn rebuild_step(
+        &self,
+        req: Request<v1::RebuildStepRequest>,
+    ) -> Result<Response<v1::RebuildStepResponse>, Status> {
+        let r = req.into_inner();
+        Ok(Response::new(
+            self.store.rebuild_step(&r.session, r.max_bytes).await?,
+        ))
+    }
+
+    async fn finish_rebuild(
+        &self,
+        req: Request<v1::FinishRebuildRequest>,
+    ) -> Result<Response<v1::FinishRebuildResponse>, Status> {
+        Ok(Response::new(
+            self.store.finish_rebuild(&req.get_ref().session).await?,
+        ))
+    }
+
+    async fn abort_rebuild(
+        &self,
+        req: Request<v1::AbortRebuildRequest>,
+    ) -> Result<Response<v1::AbortRebuildResponse>, Status> {
+        self.store.abort_rebuild(&req.get_ref().session).await;
+        Ok(Response::new(v1::AbortRebuildResponse {}))
+    }
+
+    async fn stage_write(
+        &self,
+        req: Request<v1::StageWriteRequest>,
+    ) -> Result<Response<v1::StageWriteResponse>, Status> {
+        let r = req.into_inner();
+        let e = extent_ref(r.extent)?;
+        let mf = MemberFile {
+            format: 1,
+            volume: e.volume,
+            member: e.member,
+            k: r.k,
+            m: r.m,
+            generation: e.generation,
+            epoch: 0,
+            capacity: r.capacity,
+            disk_id: r.disk_id,
+            created_unix_ms: hoard_types::now_ms(),
+        };
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || {
+            let staged = store.stage(mf)?;
+            if !r.data.is_empty() {
+                staged.write_at(r.offset, &r.data)?;
+            }
+            Ok::<_, VolumeError>(())
+        })
+        .await
+        .map_err(blocking_err)??;
+        Ok(Response::new(v1::StageWriteResponse {}))
+    }
+
+    async fn stage_commit(
+        &self,
+        req: Request<v1::StageCommitRequest>,
+    ) -> Result<Response<v1::StageCommitResponse>, Status> {
+        let r = req.into_inner();
+        let e = extent_ref(r.extent)?;
+        let records = r
+            .records
+            .iter()
+            .map(crate::rebuild::from_wire)
+            .collect::<Result<Vec<_>, _>>()?;
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || {
+            store.commit_staged(e.volume, e.member, e.generation, &records)
+        })
+        .await
+        .map_err(blocking_err)??;
+        Ok(Response::new(v1::StageCommitResponse {}))
+    }
+
+    async fn repair_fragment(
+        &self,
+        req: Request<v1::RepairFragmentRequest>,
+    ) -> Result<Response<v1::RepairFragmentResponse>, Status> {
+        let r = req.into_inner();
+        let e = extent_ref(r.extent)?;
+        let record = crate::rebuild::from_wire(
+            r.record
+                .as_ref()
+                .ok_or_else(|| Status::invalid_argument("missing record"))?,
+        )?;
+        let extent = self.store.extent(e.volume, e.member)?;
+        tokio::task::spawn_blocking(move || {
+            extent.repair_fragment(e.generation, &record, &r.fragment)
+        })
+        .await
+        .map_err(blocking_err)??;
+        Ok(Response::new(v1::RepairFragmentResponse {}))
+    }
+
     async fn create_extent(
         &self,
         req: Request<v1::CreateExtentRequest>,

@@ -11,6 +11,8 @@ use parking_lot::RwLock;
 use crate::VolumeError;
 use crate::disk::Disk;
 use crate::extent::{Extent, MemberFile};
+use crate::format::BlockRecord;
+use crate::staged::StagedExtent;
 
 #[derive(Clone, Debug)]
 pub struct VolumeStoreConfig {
@@ -39,6 +41,12 @@ pub struct VolumeStore {
     pub node_id: String,
     disks: Vec<Arc<Disk>>,
     extents: RwLock<ExtentMap>,
+    /// Extents being rebuilt here, by (volume, member, generation).
+    staged: parking_lot::Mutex<HashMap<(VolumeId, MemberIndex, u64), Arc<StagedExtent>>>,
+    /// Rebuilds this server runs.
+    pub(crate) sessions: crate::rebuild::Sessions,
+    /// Clients of peer volume servers, for rebuilds.
+    pub(crate) peers: hoard_proto::VolumeClients,
 }
 
 impl VolumeStore {
@@ -97,6 +105,9 @@ impl VolumeStore {
             node_id: cfg.node_id.clone(),
             disks,
             extents: RwLock::new(extents),
+            staged: Default::default(),
+            sessions: Default::default(),
+            peers: Default::default(),
         })
     }
 
@@ -163,6 +174,149 @@ impl VolumeStore {
             .insert((volume, member), (Arc::clone(&extent), disk));
         tracing::info!(volume, member, "created extent");
         Ok(extent)
+    }
+
+    fn disk(&self, disk_id: &str) -> Result<Arc<Disk>, VolumeError> {
+        let disk = self
+            .disks
+            .iter()
+            .find(|d| d.id == disk_id)
+            .cloned()
+            .ok_or_else(|| VolumeError::UnknownDisk(disk_id.to_string()))?;
+        if let Some(why) = disk.failure() {
+            return Err(VolumeError::Disk(disk.path.display().to_string(), why));
+        }
+        Ok(disk)
+    }
+
+    /// The staging extent for a member being rebuilt here, created on first use.
+    pub fn stage(&self, mf: MemberFile) -> Result<Arc<StagedExtent>, VolumeError> {
+        let key = (mf.volume, mf.member, mf.generation);
+        if let Some(s) = self.staged.lock().get(&key) {
+            return Ok(Arc::clone(s));
+        }
+        let disk = self.disk(&mf.disk_id)?;
+        if self
+            .extent(mf.volume, mf.member)
+            .is_ok_and(|e| e.generation() >= mf.generation)
+        {
+            return Err(VolumeError::ExtentConflict {
+                volume: mf.volume,
+                member: mf.member,
+            });
+        }
+        let dir = disk
+            .staging_dir()
+            .join(format!("{}-{}-{}", mf.volume, mf.member, mf.generation));
+        let staged = Arc::new(StagedExtent::create(&dir, mf)?);
+        let mut map = self.staged.lock();
+        Ok(Arc::clone(map.entry(key).or_insert(staged)))
+    }
+
+    /// Puts a staged extent in service with `records`. Idempotent: an extent already in service under
+    /// that generation is success.
+    pub fn commit_staged(
+        &self,
+        volume: VolumeId,
+        member: MemberIndex,
+        generation: u64,
+        records: &[BlockRecord],
+    ) -> Result<Arc<Extent>, VolumeError> {
+        if let Ok(e) = self.extent(volume, member)
+            && e.generation() == generation
+        {
+            return Ok(e);
+        }
+        let staged = self
+            .staged
+            .lock()
+            .remove(&(volume, member, generation))
+            .ok_or(VolumeError::NoExtent { volume, member })?;
+        let disk = self.disk(&staged.mf.disk_id)?;
+        let final_dir = disk.extents_dir().join(volume.to_string());
+        if final_dir.exists() {
+            // An older member of this volume that once lived here: out of service for good.
+            self.trash(&disk, &final_dir, volume)?;
+        }
+        let extent = staged.finish(records, &final_dir)?;
+        // Any older generation of this member elsewhere on this server is out of service too.
+        let old = self
+            .extents
+            .write()
+            .insert((volume, member), (Arc::clone(&extent), Arc::clone(&disk)));
+        if let Some((old, old_disk)) = old
+            && old.dir != extent.dir
+        {
+            let _ = self.trash(&old_disk, &old.dir.clone(), volume);
+        }
+        tracing::info!(volume, member, generation, "rebuilt extent in service");
+        Ok(extent)
+    }
+
+    /// Drops a staging extent.
+    pub fn drop_staged(&self, volume: VolumeId, member: MemberIndex, generation: u64) {
+        if let Some(s) = self.staged.lock().remove(&(volume, member, generation)) {
+            let _ = std::fs::remove_dir_all(&s.dir);
+        }
+    }
+
+    /// Takes an extent that a newer generation replaced out of service, into the trash.
+    pub fn retire(&self, volume: VolumeId, member: MemberIndex, generation: u64) {
+        let Ok(e) = self.extent(volume, member) else {
+            return;
+        };
+        if e.generation() != generation {
+            return;
+        }
+        let disk = self
+            .extents
+            .read()
+            .get(&(volume, member))
+            .map(|(_, d)| Arc::clone(d));
+        if let Some(disk) = disk
+            && let Err(err) = self.trash(&disk, &e.dir.clone(), volume)
+        {
+            tracing::warn!(volume, member, "could not retire extent: {err}");
+        }
+    }
+
+    /// Moves an extent directory to the disk's trash (kept for inspection, deleted later).
+    fn trash(
+        &self,
+        disk: &Disk,
+        dir: &std::path::Path,
+        volume: VolumeId,
+    ) -> Result<(), VolumeError> {
+        {
+            let mut map = self.extents.write();
+            map.retain(|_, (e, _)| e.dir != dir);
+        }
+        let dest = disk
+            .path
+            .join(crate::disk::TRASH_DIR)
+            .join(format!("{volume}-{}", hoard_types::now_ms()));
+        std::fs::rename(dir, &dest).map_err(|e| VolumeError::io(dir, e))?;
+        tracing::info!(volume, from = %dir.display(), "extent moved to trash");
+        Ok(())
+    }
+
+    /// Checks that every disk still carries its label; a disk whose label vanished or changed was
+    /// wiped or swapped under us, and everything on it is gone.
+    pub fn check_disks(&self) {
+        for d in &self.disks {
+            if d.failure().is_some() {
+                continue;
+            }
+            let label = d.path.join(crate::disk::LABEL_FILE);
+            let why = match crate::format::read_checked_toml::<crate::disk::DiskLabel>(&label) {
+                Ok(l) if l.disk_id == d.id => continue,
+                Ok(l) => format!("label now names disk {}: disk replaced", l.disk_id),
+                Err(e) => format!("label unreadable ({e}): disk wiped or replaced"),
+            };
+            d.set_failed(why);
+            // Nothing on it can be trusted any more: take its extents out of service.
+            self.extents.write().retain(|_, (_, disk)| disk.id != d.id);
+        }
     }
 
     /// Writes the cluster id into every disk's label, refusing disks of another cluster.

@@ -63,3 +63,35 @@ pub fn cluster(s: &v1::ClusterStatusResponse) -> Value {
         "volumes": s.volumes.iter().map(volume).collect::<Vec<_>>(),
     })
 }
+
+pub fn repair(r: &v1::RepairStatusResponse) -> Value {
+    let knobs = r.knobs.unwrap_or_default();
+    let now = hoard_types::now_ms();
+    let eta = |t: &v1::RepairTask| -> Option<f64> {
+        (r.rate_bytes_per_sec > 0.0 && t.total_bytes > t.done_bytes)
+            .then(|| (t.total_bytes - t.done_bytes) as f64 / r.rate_bytes_per_sec)
+    };
+    json!({
+        "paused": knobs.paused,
+        "bytes_per_sec": knobs.bytes_per_sec,
+        "concurrency": knobs.concurrency,
+        "degraded_volumes": r.degraded_volumes,
+        "lost_volumes": r.lost_volumes,
+        "bytes_rebuilt_total": r.bytes_rebuilt_total,
+        "volumes_repaired_total": r.volumes_repaired_total,
+        "rate_bytes_per_sec": r.rate_bytes_per_sec,
+        "queue": r.tasks.iter().map(|t| json!({
+            "volume": t.volume,
+            "priority": t.lost.len(),
+            "lost_members": t.lost,
+            "state": if t.unrecoverable { "unrecoverable" } else if t.plan.is_some() { "running" } else { "queued" },
+            "done_bytes": t.done_bytes,
+            "total_bytes": t.total_bytes,
+            "eta_seconds": eta(t),
+            "degraded_for_seconds": now.saturating_sub(t.degraded_since_unix_ms) / 1000,
+            "targets": t.plan.as_ref().map(|p| p.outputs.iter().map(|o| json!({
+                "member": o.member, "disk": o.disk_id, "generation": o.generation,
+            })).collect::<Vec<_>>()),
+        })).collect::<Vec<_>>(),
+    })
+}

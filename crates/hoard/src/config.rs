@@ -118,7 +118,15 @@ pub struct Config {
     pub meta: Option<MetaSection>,
     pub frontend: Option<FrontendSection>,
     pub volume: Option<VolumeSection>,
+    pub repair: Option<RepairSection>,
     pub admin: Option<AdminSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepairSection {
+    /// Meta's URL.
+    pub meta: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -234,8 +242,17 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
-        if self.meta.is_none() && self.frontend.is_none() && self.volume.is_none() {
-            return Err("no role configured: add a [meta], [frontend] or [volume] section".into());
+        if self.meta.is_none()
+            && self.frontend.is_none()
+            && self.volume.is_none()
+            && self.repair.is_none()
+        {
+            return Err(
+                "no role configured: add a [meta], [frontend], [volume] or [repair] section".into(),
+            );
+        }
+        if let Some(r) = &self.repair {
+            check_url("repair.meta", &r.meta)?;
         }
         if let Some(m) = &self.meta {
             if m.extent_size.0 < 1 << 20 {

@@ -113,6 +113,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let endpoint = format!("http://{}", fe_role.addr);
     tasks.push(fe_role);
     admin.frontend = Some(fe);
+    tasks.push(roles::start_repair(&meta_url, &stop)?);
     let admin_role = roles::start_admin(args.admin, admin, prometheus, &stop).await?;
     println!(
         "hoard dev: cell of {} nodes x {} disks, RS {}, data in {}",

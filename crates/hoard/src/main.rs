@@ -1,5 +1,7 @@
 //! `hoard`: the one binary. Roles (`server`, `dev`) and client commands.
 
+mod admin_api;
+mod admin_cli;
 mod admin_json;
 mod bench;
 mod cli;
@@ -103,6 +105,8 @@ enum Cmd {
         #[command(flatten)]
         ep: cli::EndpointArg,
     },
+    /// Operator commands: status, nodes, disks, volumes, repair.
+    Admin(admin_cli::AdminArgs),
     /// Load generator: put, get or mixed blocks against a cell and report throughput and latency.
     Bench(bench::BenchArgs),
     /// Configuration files.
@@ -184,6 +188,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             ep,
         } => cli::download(&ep, &manifest, output.as_deref(), concurrency).await,
         Cmd::Bench(args) => bench::run(args).await,
+        Cmd::Admin(args) => admin_cli::run(args).await,
         Cmd::Config {
             cmd: ConfigCmd::Check { file },
         } => match config::Config::load(&file) {

@@ -102,6 +102,7 @@ pub async fn start_meta(
     let engine = RocksEngine::open(data_dir).map_err(|e| anyhow!("meta: {e}"))?;
     let ops = Arc::new(hoard_meta::volume_ops::GrpcVolumeOps::default());
     let state = MetaState::open(Arc::new(engine), cfg, ops).map_err(|e| anyhow!("meta: {e}"))?;
+    hoard_meta::repair::spawn_monitor(Arc::downgrade(&state), Duration::from_secs(1));
     let listener = bind("meta", listen).await?;
     let addr = listener.local_addr()?;
     let (reporter, health, reflection) = health_and_reflection().await?;
@@ -245,6 +246,22 @@ pub async fn start_frontend(
     ))
 }
 
+/// Starts the repair daemon.
+pub fn start_repair(meta_url: &str, stop: &Stop) -> anyhow::Result<Role> {
+    let daemon = hoard_repair::RepairDaemon::new(hoard_repair::RepairConfig::default(), meta_url)
+        .map_err(|e| anyhow!("repair: {e}"))?;
+    let rx = stop.subscribe();
+    let task = tokio::spawn(async move {
+        daemon.run(rx).await;
+        Ok(())
+    });
+    Ok(Role {
+        name: "repair",
+        addr: "0.0.0.0:0".parse().expect("valid"),
+        task,
+    })
+}
+
 /// The admin surface of one process: whatever roles it runs.
 #[derive(Default, Clone)]
 pub struct ProcessAdmin {
@@ -315,7 +332,11 @@ pub async fn start_admin(
 ) -> anyhow::Result<Role> {
     let listener = bind("admin", addr).await?;
     let addr = listener.local_addr()?;
-    let router = hoard_admin::router(prometheus, Arc::new(admin));
+    let meta = admin.meta.clone();
+    let mut router = hoard_admin::router(prometheus, Arc::new(admin));
+    if let Some(meta) = meta {
+        router = router.merge(crate::admin_api::routes(meta));
+    }
     let shutdown = stop.wait();
     let task = tokio::spawn(async move {
         hoard_admin::serve(listener, router, shutdown)

@@ -57,6 +57,11 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
         admin.frontend = Some(fe);
         tasks.push(role);
     }
+    if let Some(r) = &cfg.repair {
+        let role = roles::start_repair(&r.meta, &stop)?;
+        println!("hoard repair running");
+        tasks.push(role);
+    }
     if let Some(a) = &cfg.admin {
         let role = roles::start_admin(a.listen, admin, prometheus, &stop).await?;
         println!("hoard admin listening on {}", role.addr);

@@ -1,0 +1,586 @@
+//! Failure detection and the repair queue.
+//!
+//! The volume table is the queue: a member whose node has been silent past the grace period, or whose
+//! disk reports failure, is marked lost (durably), its volume is sealed and counted as degraded, and it
+//! stays in the queue until a rebuilt member is committed in its place. A planned rebuild is recorded in
+//! the `repair` table with the new members' disks and generations, so that a restarted repair daemon
+//! finds it and a generation is never handed out twice.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use hoard_proto::v1;
+use hoard_types::{VolumeId, now_ms};
+
+use crate::MetaError;
+use crate::engine::{Cf, WriteBatch};
+use crate::placement::{self, Candidate};
+use crate::records::{KnobsRow, RepairOutputRow, RepairRow, VolumeRow, encode};
+use crate::state::{
+    Cell, MEMBER_LOST, MEMBER_OK, MetaState, STATE_CREATING, STATE_DEGRADED, STATE_LOST,
+    STATE_OPEN, STATE_RETIRED, STATE_SEALED,
+};
+
+pub const KEY_KNOBS: &[u8] = b"repair_knobs";
+pub const KEY_COUNTERS: &[u8] = b"repair_counters";
+
+pub fn default_knobs() -> KnobsRow {
+    KnobsRow {
+        paused: false,
+        bytes_per_sec: 0,
+        concurrency: 2,
+    }
+}
+
+fn put_volume(b: &mut WriteBatch, id: VolumeId, v: &VolumeRow) {
+    b.put(Cf::Volumes, id.to_be_bytes().to_vec(), encode(v));
+}
+
+fn lost_members(v: &VolumeRow) -> Vec<u32> {
+    v.members
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.state == MEMBER_LOST)
+        .map(|(i, _)| i as u32)
+        .collect()
+}
+
+/// The state a volume should be in, given its lost members.
+fn settle_state(v: &mut VolumeRow, now: u64) -> Option<Duration> {
+    let lost = lost_members(v).len() as u32;
+    let mut healed = None;
+    if lost > 0 {
+        if v.degraded_since_unix_ms == 0 {
+            v.degraded_since_unix_ms = now;
+        }
+        v.lease_holder.clear();
+        v.state = if lost > v.m {
+            STATE_LOST
+        } else {
+            STATE_DEGRADED
+        }
+        .into();
+        if v.seal_reason.is_empty() {
+            v.seal_reason = format!("{lost} member(s) lost");
+        }
+    } else {
+        if v.degraded_since_unix_ms != 0 {
+            healed = Some(Duration::from_millis(
+                now.saturating_sub(v.degraded_since_unix_ms),
+            ));
+            v.degraded_since_unix_ms = 0;
+        }
+        if v.state == STATE_DEGRADED || v.state == STATE_LOST {
+            v.state = STATE_SEALED.into();
+        }
+    }
+    healed
+}
+
+impl MetaState {
+    /// Marks members lost whose node has been silent past the grace period or whose disk failed, and
+    /// settles every volume's state. Runs every second.
+    pub fn check_health(&self) -> Result<(), MetaError> {
+        let grace = self.config().heartbeat_grace.as_millis() as u64;
+        let changed = self.mutate_cell(true, |cell, b| {
+            let now = now_ms();
+            let mut changed = 0;
+            let Cell {
+                volumes,
+                disks,
+                nodes,
+                repairs,
+                ..
+            } = cell;
+            for (id, v) in volumes.iter_mut() {
+                if v.state == STATE_RETIRED || v.state == STATE_CREATING {
+                    continue;
+                }
+                let before = v.clone();
+                for m in v.members.iter_mut() {
+                    if m.state != MEMBER_OK {
+                        continue;
+                    }
+                    let why = match disks.get(&m.disk_id) {
+                        None => Some("disk unknown".to_string()),
+                        Some(d) if d.state != "ok" => {
+                            Some(format!("disk {}: {}", m.disk_id, d.state))
+                        }
+                        Some(d) => match nodes.get(&d.node_id) {
+                            None => Some(format!("node {} unknown", d.node_id)),
+                            Some(n) if now.saturating_sub(n.last_heartbeat_unix_ms) > grace => {
+                                Some(format!(
+                                    "node {} silent for {} s",
+                                    d.node_id,
+                                    (now - n.last_heartbeat_unix_ms) / 1000
+                                ))
+                            }
+                            Some(_) => None,
+                        },
+                    };
+                    if let Some(why) = why {
+                        tracing::warn!(volume = id, disk = %m.disk_id, "member lost: {why}");
+                        m.state = MEMBER_LOST.into();
+                    }
+                }
+                // A lost volume whose members come back before anything was rebuilt is whole again:
+                // the members were sealed when they went away and hold everything acknowledged.
+                if v.state == STATE_LOST && !repairs.contains_key(id) {
+                    for m in v.members.iter_mut().filter(|m| m.state == MEMBER_LOST) {
+                        let back = disks.get(&m.disk_id).is_some_and(|d| {
+                            d.state == "ok"
+                                && nodes.get(&d.node_id).is_some_and(|n| {
+                                    now.saturating_sub(n.last_heartbeat_unix_ms) <= grace
+                                })
+                        });
+                        if back {
+                            tracing::info!(volume = id, disk = %m.disk_id, "lost member is back");
+                            m.state = MEMBER_OK.into();
+                        }
+                    }
+                }
+                if v.state == STATE_OPEN && !lost_members(v).is_empty() {
+                    v.seal_reason = "member lost".into();
+                }
+                if let Some(window) = settle_state(v, now) {
+                    metrics::histogram!("hoard_repair_window_of_vulnerability_seconds")
+                        .record(window.as_secs_f64());
+                }
+                if *v != before {
+                    put_volume(b, *id, v);
+                    changed += 1;
+                }
+            }
+            changed
+        })?;
+        if changed > 0 {
+            tracing::debug!(changed, "volume health changed");
+        }
+        self.publish_metrics();
+        Ok(())
+    }
+
+    /// Gauges derived from the cell tables.
+    pub fn publish_metrics(&self) {
+        let cell = self.cell_snapshot_counts();
+        for (state, n) in &cell.by_state {
+            metrics::gauge!("hoard_meta_volumes", "state" => state.clone()).set(*n as f64);
+        }
+        metrics::gauge!("hoard_repair_volumes_degraded").set(cell.degraded as f64);
+        metrics::gauge!("hoard_repair_volumes_lost").set(cell.lost as f64);
+        for (p, n) in cell.queue_by_priority.iter().enumerate().skip(1) {
+            metrics::gauge!("hoard_repair_queue_volumes", "priority" => p.to_string())
+                .set(*n as f64);
+        }
+        metrics::gauge!("hoard_repair_rebuild_rate_bytes_per_second").set(cell.rate);
+        metrics::gauge!("hoard_repair_rebuilt_bytes").set(cell.bytes_rebuilt as f64);
+    }
+
+    /// Volumes with lost members, most at risk first, and the knobs.
+    pub fn repair_queue(&self) -> v1::RepairQueueResponse {
+        let cell = self.cell_lock();
+        let now = now_ms();
+        let mut tasks: Vec<v1::RepairTask> = cell
+            .volumes
+            .iter()
+            .filter(|(_, v)| v.state != STATE_RETIRED)
+            .filter_map(|(id, v)| {
+                let lost = lost_members(v);
+                if lost.is_empty() {
+                    return None;
+                }
+                let repair = cell.repairs.get(id);
+                Some(v1::RepairTask {
+                    volume: *id,
+                    unrecoverable: lost.len() as u32 > v.m,
+                    lost,
+                    plan: repair.map(|r| self.plan_message(&cell, *id, v, r, now)),
+                    done_bytes: repair.map(|r| r.done_bytes).unwrap_or(0),
+                    total_bytes: repair.map(|r| r.total_bytes).unwrap_or(0),
+                    degraded_since_unix_ms: v.degraded_since_unix_ms,
+                })
+            })
+            .collect();
+        tasks.sort_by(|a, b| {
+            b.lost
+                .len()
+                .cmp(&a.lost.len())
+                .then(a.degraded_since_unix_ms.cmp(&b.degraded_since_unix_ms))
+                .then(a.volume.cmp(&b.volume))
+        });
+        v1::RepairQueueResponse {
+            knobs: Some(knobs_message(&cell.knobs)),
+            tasks,
+        }
+    }
+
+    fn plan_message(
+        &self,
+        cell: &Cell,
+        id: VolumeId,
+        v: &VolumeRow,
+        r: &RepairRow,
+        now: u64,
+    ) -> v1::RepairPlan {
+        let info = self.volume_info(cell, id, v, now);
+        let address_of = |disk: &str| {
+            cell.disks
+                .get(disk)
+                .and_then(|d| cell.nodes.get(&d.node_id))
+                .map(|n| n.address.clone())
+                .unwrap_or_default()
+        };
+        let sources = r
+            .sources
+            .iter()
+            .filter_map(|&i| info.members.get(i as usize))
+            .map(|m| v1::RebuildSource {
+                member: m.index,
+                generation: m.generation,
+                address: m.address.clone(),
+            })
+            .collect();
+        let outputs: Vec<v1::RebuildOutput> = r
+            .outputs
+            .iter()
+            .map(|o| v1::RebuildOutput {
+                member: o.member,
+                generation: o.generation,
+                disk_id: o.disk_id.clone(),
+                address: address_of(&o.disk_id),
+            })
+            .collect();
+        v1::RepairPlan {
+            volume: id,
+            k: v.k,
+            m: v.m,
+            capacity: v.capacity,
+            sources,
+            runner: outputs
+                .first()
+                .map(|o| o.address.clone())
+                .unwrap_or_default(),
+            outputs,
+            started_unix_ms: r.started_unix_ms,
+            session: r.session.clone(),
+        }
+    }
+
+    /// Plans (or returns the recorded plan for) rebuilding a volume's lost members.
+    pub fn plan_repair(&self, id: VolumeId, avoid: &[String]) -> Result<v1::RepairPlan, MetaError> {
+        self.mutate_cell(true, |cell, b| {
+            let now = now_ms();
+            let v = cell.volumes.get(&id).ok_or(MetaError::NoVolume(id))?;
+            if let Some(r) = cell.repairs.get(&id) {
+                return Ok(self.plan_message(cell, id, v, r, now));
+            }
+            let lost = lost_members(v);
+            if lost.is_empty() {
+                return Err(MetaError::Invalid(format!("volume {id} has no lost member")));
+            }
+            if lost.len() as u32 > v.m {
+                return Err(MetaError::Invalid(format!(
+                    "volume {id} lost {} members, more than its {} parity: nothing to rebuild from",
+                    lost.len(),
+                    v.m
+                )));
+            }
+            let grace = self.config().heartbeat_grace.as_millis() as u64;
+            let live = |disk: &str| {
+                cell.disks.get(disk).is_some_and(|d| {
+                    d.state == "ok"
+                        && cell
+                            .nodes
+                            .get(&d.node_id)
+                            .is_some_and(|n| now.saturating_sub(n.last_heartbeat_unix_ms) <= grace)
+                })
+            };
+            let sources: Vec<u32> = v
+                .members
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m.state == MEMBER_OK && live(&m.disk_id) && !cell.suspect.contains(&m.disk_id))
+                .map(|(i, _)| i as u32)
+                .collect();
+            if sources.len() < v.k as usize {
+                return Err(MetaError::Invalid(format!(
+                    "volume {id} has {} reachable members, needs {} to rebuild",
+                    sources.len(),
+                    v.k
+                )));
+            }
+            let used: Vec<&str> = v.members.iter().map(|m| m.disk_id.as_str()).collect();
+            let as_candidate = |disk: &str| {
+                let d = cell.disks.get(disk)?;
+                let n = cell.nodes.get(&d.node_id)?;
+                Some(Candidate {
+                    disk_id: disk.to_string(),
+                    node_id: d.node_id.clone(),
+                    zone: n.labels.get("zone").cloned().unwrap_or_default(),
+                    rack: n.labels.get("rack").cloned().unwrap_or_default(),
+                    free_bytes: d.free_bytes,
+                    members: 0,
+                })
+            };
+            let existing: Vec<Candidate> = v
+                .members
+                .iter()
+                .filter(|m| m.state == MEMBER_OK)
+                .filter_map(|m| as_candidate(&m.disk_id))
+                .collect();
+            let cands: Vec<Candidate> = self
+                .candidates(cell, now)
+                .into_iter()
+                .filter(|c| !used.contains(&c.disk_id.as_str()) && !avoid.contains(&c.disk_id))
+                .collect();
+            let per_node = self
+                .config()
+                .node_failure_domain
+                .then_some(v.m.max(1) as usize);
+            let chosen = placement::place_more(&existing, &cands, lost.len(), per_node)?;
+            let v = cell.volumes.get_mut(&id).expect("looked up above");
+            let outputs: Vec<RepairOutputRow> = lost
+                .iter()
+                .zip(&chosen)
+                .map(|(&member, &c)| {
+                    v.generation_seq = v.generation_seq.max(
+                        v.members.iter().map(|m| m.generation).max().unwrap_or(0),
+                    ) + 1;
+                    RepairOutputRow {
+                        member,
+                        generation: v.generation_seq,
+                        disk_id: cands[c].disk_id.clone(),
+                    }
+                })
+                .collect();
+            // Use sources in a stable order, data members first: reads of data members need no
+            // decoding anyway, and any k will do.
+            let row = RepairRow {
+                outputs,
+                sources,
+                started_unix_ms: now,
+                ..Default::default()
+            };
+            put_volume(b, id, v);
+            b.put(Cf::Repair, id.to_be_bytes().to_vec(), encode(&row));
+            let v = v.clone();
+            let plan = self.plan_message(cell, id, &v, &row, now);
+            cell.repairs.insert(id, row);
+            tracing::info!(
+                volume = id,
+                targets = ?plan.outputs.iter().map(|o| (o.member, o.disk_id.clone())).collect::<Vec<_>>(),
+                "repair planned"
+            );
+            Ok(plan)
+        })?
+    }
+
+    /// Records progress of a running rebuild. False when the plan is no longer current.
+    pub fn repair_progress(
+        &self,
+        id: VolumeId,
+        session: &str,
+        done: u64,
+        total: u64,
+    ) -> Result<bool, MetaError> {
+        self.mutate_cell(false, |cell, b| {
+            let Some(r) = cell.repairs.get_mut(&id) else {
+                return false;
+            };
+            r.session = session.to_string();
+            r.done_bytes = done;
+            r.total_bytes = total;
+            b.put(Cf::Repair, id.to_be_bytes().to_vec(), encode(&*r));
+            true
+        })
+    }
+
+    /// Puts the rebuilt members in service under their new generations, in one atomic write.
+    pub fn commit_repair(
+        &self,
+        id: VolumeId,
+        outputs: &[v1::RebuildOutput],
+        bytes: u64,
+    ) -> Result<(), MetaError> {
+        let window = self.mutate_cell(true, |cell, b| {
+            let now = now_ms();
+            let r = cell.repairs.get(&id).ok_or_else(|| {
+                MetaError::Invalid(format!("no repair of volume {id} is planned"))
+            })?;
+            let same = r.outputs.len() == outputs.len()
+                && r.outputs.iter().zip(outputs).all(|(a, o)| {
+                    a.member == o.member && a.generation == o.generation && a.disk_id == o.disk_id
+                });
+            if !same {
+                return Err(MetaError::Invalid(format!(
+                    "commit of volume {id} does not match its planned repair"
+                )));
+            }
+            let v = cell.volumes.get_mut(&id).ok_or(MetaError::NoVolume(id))?;
+            for o in outputs {
+                let m = v
+                    .members
+                    .get_mut(o.member as usize)
+                    .ok_or_else(|| MetaError::Invalid(format!("no member {}", o.member)))?;
+                m.disk_id = o.disk_id.clone();
+                m.generation = o.generation;
+                m.state = MEMBER_OK.into();
+            }
+            let window = settle_state(v, now);
+            if window.is_some() {
+                v.seal_reason.clear();
+            }
+            put_volume(b, id, v);
+            b.delete(Cf::Repair, id.to_be_bytes().to_vec());
+            cell.repairs.remove(&id);
+            cell.counters.bytes_rebuilt += bytes;
+            cell.counters.volumes_repaired += 1;
+            b.put(Cf::Config, KEY_COUNTERS, encode(&cell.counters));
+            cell.recent.push_back((now, bytes));
+            while cell.recent.front().is_some_and(|(t, _)| now - t > 60_000) {
+                cell.recent.pop_front();
+            }
+            Ok(window)
+        })??;
+        if let Some(w) = window {
+            metrics::histogram!("hoard_repair_window_of_vulnerability_seconds")
+                .record(w.as_secs_f64());
+        }
+        metrics::counter!("hoard_repair_bytes_total").increment(bytes);
+        metrics::counter!("hoard_repair_volumes_total").increment(1);
+        tracing::info!(volume = id, bytes, "repair committed");
+        self.publish_metrics();
+        Ok(())
+    }
+
+    /// Drops a planned repair.
+    pub fn abort_repair(&self, id: VolumeId, reason: &str) -> Result<(), MetaError> {
+        self.mutate_cell(true, |cell, b| {
+            if cell.repairs.remove(&id).is_some() {
+                b.delete(Cf::Repair, id.to_be_bytes().to_vec());
+            }
+        })?;
+        tracing::warn!(volume = id, "repair aborted: {reason}");
+        Ok(())
+    }
+
+    pub fn set_knobs(&self, req: &v1::SetRepairKnobsRequest) -> Result<v1::RepairKnobs, MetaError> {
+        if req.concurrency == Some(0) {
+            return Err(MetaError::Invalid("concurrency must be at least 1".into()));
+        }
+        self.mutate_cell(true, |cell, b| {
+            if let Some(p) = req.paused {
+                cell.knobs.paused = p;
+            }
+            if let Some(r) = req.bytes_per_sec {
+                cell.knobs.bytes_per_sec = r;
+            }
+            if let Some(c) = req.concurrency {
+                cell.knobs.concurrency = c;
+            }
+            b.put(Cf::Config, KEY_KNOBS, encode(&cell.knobs));
+            tracing::info!(knobs = ?cell.knobs, "repair knobs changed");
+            knobs_message(&cell.knobs)
+        })
+    }
+
+    pub fn repair_status(&self) -> v1::RepairStatusResponse {
+        let queue = self.repair_queue();
+        let counts = self.cell_snapshot_counts();
+        v1::RepairStatusResponse {
+            knobs: queue.knobs,
+            tasks: queue.tasks,
+            bytes_rebuilt_total: counts.bytes_rebuilt,
+            rate_bytes_per_sec: counts.rate,
+            degraded_volumes: counts.degraded,
+            lost_volumes: counts.lost,
+            volumes_repaired_total: counts.volumes_repaired,
+        }
+    }
+
+    fn cell_snapshot_counts(&self) -> Counts {
+        let mut cell = self.cell_lock();
+        let now = now_ms();
+        while cell.recent.front().is_some_and(|(t, _)| now - t > 60_000) {
+            cell.recent.pop_front();
+        }
+        let mut c = Counts::default();
+        let mut by_state = std::collections::BTreeMap::new();
+        for v in cell.volumes.values() {
+            *by_state.entry(v.state.clone()).or_insert(0u64) += 1;
+            let lost = lost_members(v).len();
+            if lost > 0 && v.state != STATE_RETIRED {
+                if lost as u32 > v.m {
+                    c.lost += 1;
+                } else {
+                    c.degraded += 1;
+                }
+                if c.queue_by_priority.len() <= lost {
+                    c.queue_by_priority.resize(lost + 1, 0);
+                }
+                c.queue_by_priority[lost] += 1;
+            }
+        }
+        // Report every priority up to m, so that an emptied priority reads 0 rather than stale.
+        let max_m = cell
+            .volumes
+            .values()
+            .map(|v| v.m as usize)
+            .max()
+            .unwrap_or(0);
+        if c.queue_by_priority.len() <= max_m {
+            c.queue_by_priority.resize(max_m + 1, 0);
+        }
+        for s in [
+            STATE_OPEN,
+            STATE_SEALED,
+            STATE_DEGRADED,
+            STATE_LOST,
+            STATE_RETIRED,
+        ] {
+            by_state.entry(s.to_string()).or_insert(0);
+        }
+        c.by_state = by_state.into_iter().collect();
+        let bytes: u64 = cell.recent.iter().map(|(_, b)| b).sum();
+        c.rate = bytes as f64 / 60.0;
+        c.bytes_rebuilt = cell.counters.bytes_rebuilt;
+        c.volumes_repaired = cell.counters.volumes_repaired;
+        c
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    by_state: Vec<(String, u64)>,
+    degraded: u32,
+    lost: u32,
+    queue_by_priority: Vec<u64>,
+    rate: f64,
+    bytes_rebuilt: u64,
+    volumes_repaired: u64,
+}
+
+fn knobs_message(k: &KnobsRow) -> v1::RepairKnobs {
+    v1::RepairKnobs {
+        paused: k.paused,
+        bytes_per_sec: k.bytes_per_sec,
+        concurrency: k.concurrency,
+    }
+}
+
+/// Runs [`MetaState::check_health`] every `period` until the state is dropped.
+pub fn spawn_monitor(state: Weak<MetaState>, period: Duration) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(period).await;
+            let Some(s) = state.upgrade() else { return };
+            let s: Arc<MetaState> = s;
+            let res = tokio::task::spawn_blocking(move || s.check_health()).await;
+            match res {
+                Ok(Err(e)) => tracing::error!("health check failed: {e}"),
+                Err(e) => tracing::error!("health check panicked: {e}"),
+                Ok(Ok(())) => {}
+            }
+        }
+    });
+}

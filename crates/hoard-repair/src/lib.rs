@@ -1,0 +1,391 @@
+//! The repair daemon: takes volumes with lost members from meta's queue, most at risk first, has meta
+//! plan each rebuild (targets by the placement rules, new generations), drives the rebuild on the target
+//! volume server step by step (data flows peer to peer, never through the daemon), paces it to the live
+//! throttle, and commits the result in meta.
+//!
+//! The daemon keeps no state of its own: the plan and its progress live in meta. Killed at any point, a
+//! new daemon resumes the recorded session if its runner still has it, and otherwise restarts the same
+//! plan from the beginning. Nothing is in service until meta commits it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use hoard_proto::v1::{self, meta_client::MetaClient};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+/// Settings of the daemon (the knobs operators turn live are in meta).
+#[derive(Clone, Debug)]
+pub struct RepairConfig {
+    /// How often the queue is read when nothing is running.
+    pub poll: Duration,
+    /// Bytes per source a rebuild step reads at most.
+    pub step_bytes: u64,
+}
+
+impl Default for RepairConfig {
+    fn default() -> Self {
+        RepairConfig {
+            poll: Duration::from_secs(1),
+            step_bytes: 64 << 20,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepairError {
+    #[error("meta: {0}")]
+    Meta(String),
+    #[error("runner {address}: {message}")]
+    Runner { address: String, message: String },
+    #[error("the plan of volume {0} was replaced or aborted")]
+    Superseded(u64),
+    #[error("stopping")]
+    Stopping,
+}
+
+/// A token bucket over rebuilt bytes, shared by all running rebuilds; its rate follows the knob.
+struct Throttle {
+    state: Mutex<(f64, Instant)>,
+    rate: Mutex<u64>,
+}
+
+impl Throttle {
+    fn new() -> Self {
+        Throttle {
+            state: Mutex::new((0.0, Instant::now())),
+            rate: Mutex::new(0),
+        }
+    }
+
+    fn set_rate(&self, bytes_per_sec: u64) {
+        *self.rate.lock() = bytes_per_sec;
+    }
+
+    /// Waits until `bytes` may be spent.
+    async fn spend(&self, bytes: u64) {
+        let rate = *self.rate.lock();
+        if rate == 0 {
+            return;
+        }
+        let wait = {
+            let mut st = self.state.lock();
+            let now = Instant::now();
+            // Refill, allowing a burst of one second.
+            let refill = now.duration_since(st.1).as_secs_f64() * rate as f64;
+            st.0 = (st.0 + refill).min(rate as f64);
+            st.1 = now;
+            st.0 -= bytes as f64;
+            if st.0 >= 0.0 {
+                Duration::ZERO
+            } else {
+                Duration::from_secs_f64(-st.0 / rate as f64)
+            }
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+pub struct RepairDaemon {
+    cfg: RepairConfig,
+    meta: MetaClient<Channel>,
+    peers: hoard_proto::VolumeClients,
+    throttle: Throttle,
+    knobs: Mutex<v1::RepairKnobs>,
+    /// Disks that failed as targets, per volume: the next plan avoids them.
+    avoid: Mutex<HashMap<u64, HashSet<String>>>,
+}
+
+impl RepairDaemon {
+    pub fn new(cfg: RepairConfig, meta_url: &str) -> Result<Arc<RepairDaemon>, String> {
+        let ep = hoard_proto::endpoint(meta_url)
+            .map_err(|e| format!("bad meta URL {meta_url:?}: {e}"))?
+            .timeout(Duration::from_secs(60));
+        Ok(Arc::new(RepairDaemon {
+            cfg,
+            meta: MetaClient::new(ep.connect_lazy())
+                .max_decoding_message_size(hoard_proto::MAX_MESSAGE_BYTES),
+            peers: Default::default(),
+            throttle: Throttle::new(),
+            knobs: Mutex::new(v1::RepairKnobs {
+                paused: false,
+                bytes_per_sec: 0,
+                concurrency: 1,
+            }),
+            avoid: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    fn meta(&self) -> MetaClient<Channel> {
+        self.meta.clone()
+    }
+
+    /// Works the queue until `stop` turns true.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut running: HashMap<u64, tokio::task::JoinHandle<()>> = HashMap::new();
+        let mut meta_down = false;
+        loop {
+            running.retain(|_, h| !h.is_finished());
+            match self.meta().repair_queue(v1::RepairQueueRequest {}).await {
+                Ok(q) => {
+                    meta_down = false;
+                    let q = q.into_inner();
+                    let knobs = q.knobs.unwrap_or_default();
+                    self.throttle.set_rate(knobs.bytes_per_sec);
+                    *self.knobs.lock() = knobs;
+                    metrics::gauge!("hoard_repair_running").set(running.len() as f64);
+                    if !knobs.paused {
+                        for task in q.tasks.iter().filter(|t| !t.unrecoverable) {
+                            if running.len() >= knobs.concurrency.max(1) as usize {
+                                break;
+                            }
+                            if running.contains_key(&task.volume) {
+                                continue;
+                            }
+                            let (me, volume, stop) = (Arc::clone(&self), task.volume, stop.clone());
+                            running.insert(
+                                volume,
+                                tokio::spawn(async move {
+                                    match me.repair_volume(volume, stop).await {
+                                        Ok(()) => {}
+                                        Err(RepairError::Stopping) => {}
+                                        Err(e) => tracing::warn!(volume, "repair failed: {e}"),
+                                    }
+                                }),
+                            );
+                        }
+                    }
+                }
+                Err(e) => {
+                    if !meta_down {
+                        tracing::warn!("repair: meta unreachable: {}", e.message());
+                    }
+                    meta_down = true;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.cfg.poll) => {}
+                _ = stop.changed() => break,
+            }
+        }
+        for (_, h) in running {
+            h.abort();
+        }
+    }
+
+    async fn wait_unpaused(&self, stop: &mut watch::Receiver<bool>) -> Result<(), RepairError> {
+        while self.knobs.lock().paused {
+            tokio::select! {
+                _ = tokio::time::sleep(self.cfg.poll) => {}
+                _ = stop.changed() => return Err(RepairError::Stopping),
+            }
+        }
+        if *stop.borrow() {
+            return Err(RepairError::Stopping);
+        }
+        Ok(())
+    }
+
+    /// Rebuilds every lost member of one volume and commits them.
+    pub async fn repair_volume(
+        &self,
+        volume: u64,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<(), RepairError> {
+        let avoid: Vec<String> = self
+            .avoid
+            .lock()
+            .get(&volume)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        let plan = self
+            .meta()
+            .plan_repair(v1::PlanRepairRequest {
+                volume,
+                avoid_disks: avoid,
+            })
+            .await
+            .map_err(|s| RepairError::Meta(s.message().to_string()))?
+            .into_inner();
+        let started = Instant::now();
+        match self.drive(&plan, &mut stop).await {
+            Ok(bytes) => {
+                self.meta()
+                    .commit_repair(v1::CommitRepairRequest {
+                        volume,
+                        outputs: plan.outputs.clone(),
+                        bytes,
+                    })
+                    .await
+                    .map_err(|s| RepairError::Meta(s.message().to_string()))?;
+                self.avoid.lock().remove(&volume);
+                let secs = started.elapsed().as_secs_f64();
+                tracing::info!(
+                    volume,
+                    bytes,
+                    seconds = format!("{secs:.1}"),
+                    mb_per_s = format!("{:.1}", bytes as f64 / secs.max(1e-3) / 1e6),
+                    "volume repaired"
+                );
+                Ok(())
+            }
+            Err(RepairError::Stopping) => Err(RepairError::Stopping),
+            Err(e) => {
+                if let RepairError::Runner { .. } = e {
+                    // The target did not do its part: plan elsewhere next time.
+                    let mut avoid = self.avoid.lock();
+                    let set = avoid.entry(volume).or_default();
+                    for o in &plan.outputs {
+                        set.insert(o.disk_id.clone());
+                    }
+                }
+                let _ = self
+                    .meta()
+                    .abort_repair(v1::AbortRepairRequest {
+                        volume,
+                        reason: e.to_string(),
+                        avoid_disks: Vec::new(),
+                    })
+                    .await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs the plan's rebuild on its runner; returns the rebuilt bytes.
+    async fn drive(
+        &self,
+        plan: &v1::RepairPlan,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<u64, RepairError> {
+        let runner_err = |message: String| RepairError::Runner {
+            address: plan.runner.clone(),
+            message,
+        };
+        let mut runner = self.peers.get(&plan.runner).map_err(runner_err)?;
+        let outputs = plan.outputs.len() as u64;
+        // Resume a session the runner still has; otherwise begin again.
+        let mut session = plan.session.clone();
+        let mut done = 0;
+        if !session.is_empty() {
+            match runner
+                .rebuild_step(v1::RebuildStepRequest {
+                    session: session.clone(),
+                    max_bytes: 0,
+                })
+                .await
+            {
+                Ok(r) => {
+                    done = r.get_ref().done_bytes;
+                    tracing::info!(volume = plan.volume, %session, done, "resuming rebuild");
+                }
+                Err(_) => session.clear(),
+            }
+        }
+        if session.is_empty() {
+            let resp = runner
+                .begin_rebuild(v1::BeginRebuildRequest {
+                    volume: plan.volume,
+                    k: plan.k,
+                    m: plan.m,
+                    capacity: plan.capacity,
+                    sources: plan.sources.clone(),
+                    outputs: plan.outputs.clone(),
+                })
+                .await
+                .map_err(|s| runner_err(s.message().to_string()))?
+                .into_inner();
+            session = resp.session;
+            tracing::info!(volume = plan.volume, %session, total = resp.total_bytes, "rebuild begun");
+            self.progress(plan.volume, &session, 0, resp.total_bytes)
+                .await?;
+        }
+        loop {
+            self.wait_unpaused(stop).await?;
+            let rate = self.knobs.lock().bytes_per_sec;
+            let step = if rate == 0 {
+                self.cfg.step_bytes
+            } else {
+                (rate / 4).clamp(1 << 20, self.cfg.step_bytes)
+            };
+            let r = runner
+                .rebuild_step(v1::RebuildStepRequest {
+                    session: session.clone(),
+                    max_bytes: step,
+                })
+                .await
+                .map_err(|s| runner_err(s.message().to_string()))?
+                .into_inner();
+            self.throttle.spend((r.done_bytes - done) * outputs).await;
+            done = r.done_bytes;
+            self.progress(plan.volume, &session, r.done_bytes, r.total_bytes)
+                .await?;
+            if r.finished {
+                break;
+            }
+        }
+        let fin = runner
+            .finish_rebuild(v1::FinishRebuildRequest {
+                session: session.clone(),
+            })
+            .await
+            .map_err(|s| runner_err(s.message().to_string()))?
+            .into_inner();
+        if fin.unrecoverable > 0 {
+            tracing::warn!(
+                volume = plan.volume,
+                skipped = fin.unrecoverable,
+                "records without k intact fragments were left out (unacknowledged writes, or damage beyond m)"
+            );
+        }
+        Ok(fin.bytes)
+    }
+
+    async fn progress(
+        &self,
+        volume: u64,
+        session: &str,
+        done: u64,
+        total: u64,
+    ) -> Result<(), RepairError> {
+        let r = self
+            .meta()
+            .repair_progress(v1::RepairProgressRequest {
+                volume,
+                session: session.to_string(),
+                done_bytes: done,
+                total_bytes: total,
+            })
+            .await
+            .map_err(|s| RepairError::Meta(s.message().to_string()))?;
+        if !r.get_ref().current {
+            return Err(RepairError::Superseded(volume));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn throttle_paces_to_the_rate() {
+        let t = Throttle::new();
+        t.set_rate(10 << 20);
+        let start = tokio::time::Instant::now();
+        // The bucket starts empty: 30 MiB at 10 MiB/s take about 3 s.
+        for _ in 0..30 {
+            t.spend(1 << 20).await;
+        }
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_millis(2900), "{waited:?}");
+        assert!(waited <= Duration::from_millis(3100), "{waited:?}");
+    }
+}

@@ -1,0 +1,571 @@
+//! Member rebuild, run by the volume server that holds the first new member.
+//!
+//! Members of a volume are byte-aligned: the fragments of one block sit at the same offset in every
+//! member. So the runner reads the same byte span from `k` surviving members, checks every source
+//! fragment against the crc32c in the block records, reconstructs the lost members for the whole span in
+//! one decode, checks every rebuilt fragment against its crc32c, and writes it at the same offset: locally
+//! for members placed on this server, through `StageWrite` for members placed on other servers. All lost
+//! members of a volume are rebuilt in one pass over the sources. Nothing enters service before
+//! `FinishRebuild`, and a generation that was never committed in meta is never read.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hoard_erasure::Codec;
+use hoard_proto::v1;
+use hoard_types::{BlockHash, Geometry, VolumeId};
+use parking_lot::Mutex;
+use tokio_stream::StreamExt;
+
+use crate::VolumeError;
+use crate::extent::MemberFile;
+use crate::format::BlockRecord;
+use crate::staged::StagedExtent;
+use crate::store::VolumeStore;
+
+/// Largest span read from each source in one call.
+const SPAN_BYTES: u64 = 8 << 20;
+
+pub type Sessions = Mutex<HashMap<String, Arc<tokio::sync::Mutex<Session>>>>;
+
+struct Output {
+    member: u32,
+    generation: u64,
+    disk_id: String,
+    address: String,
+    local: Option<Arc<StagedExtent>>,
+}
+
+pub struct Session {
+    volume: VolumeId,
+    geometry: Geometry,
+    capacity: u64,
+    sources: Vec<v1::RebuildSource>,
+    outputs: Vec<Output>,
+    records: Vec<BlockRecord>,
+    next: usize,
+    done_bytes: u64,
+    total_bytes: u64,
+    good: Vec<BlockRecord>,
+    unrecoverable: Vec<(BlockHash, u64)>,
+    codec: Arc<Codec>,
+}
+
+fn to_wire(r: &BlockRecord) -> v1::BlockRecord {
+    v1::BlockRecord {
+        hash: Bytes::copy_from_slice(r.hash.as_bytes()),
+        offset: r.offset,
+        frag_len: r.frag_len,
+        block_len: r.block_len,
+        crcs: r.crcs.clone(),
+    }
+}
+
+pub fn from_wire(r: &v1::BlockRecord) -> Result<BlockRecord, VolumeError> {
+    Ok(BlockRecord {
+        hash: BlockHash::from_slice(&r.hash).map_err(|e| VolumeError::BadRequest(e.to_string()))?,
+        offset: r.offset,
+        frag_len: r.frag_len,
+        block_len: r.block_len,
+        crcs: r.crcs.clone(),
+    })
+}
+
+fn remote(e: impl std::fmt::Display) -> VolumeError {
+    VolumeError::Internal(e.to_string())
+}
+
+impl VolumeStore {
+    /// Starts a rebuild: gathers the block records from the sources and opens the staging extents.
+    pub async fn begin_rebuild(
+        self: &Arc<Self>,
+        req: v1::BeginRebuildRequest,
+    ) -> Result<v1::BeginRebuildResponse, VolumeError> {
+        let geometry =
+            Geometry::new(req.k, req.m).map_err(|e| VolumeError::BadRequest(e.to_string()))?;
+        if req.sources.len() < req.k as usize {
+            return Err(VolumeError::BadRequest(format!(
+                "{} sources given, {} needed",
+                req.sources.len(),
+                req.k
+            )));
+        }
+        if req.outputs.is_empty() {
+            return Err(VolumeError::BadRequest("no member to rebuild".into()));
+        }
+        // The records are the same in every member; gather them from two sources, so that a damaged
+        // slot in one .idx is filled from the other.
+        let mut by_offset: BTreeMap<u64, BlockRecord> = BTreeMap::new();
+        let mut gathered = 0;
+        for src in &req.sources {
+            match self.read_index(req.volume, src).await {
+                Ok((recs, bad)) => {
+                    for r in recs {
+                        by_offset.entry(r.offset).or_insert(r);
+                    }
+                    gathered += 1;
+                    if gathered >= 2 || (gathered == 1 && bad == 0) {
+                        break;
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    volume = req.volume,
+                    member = src.member,
+                    "index read failed: {e}"
+                ),
+            }
+        }
+        if gathered == 0 {
+            return Err(VolumeError::Internal(
+                "no source answered with its index".into(),
+            ));
+        }
+        let records: Vec<BlockRecord> = by_offset
+            .into_values()
+            .filter(|r| r.crcs.len() == geometry.width() as usize)
+            .collect();
+        let total_bytes: u64 = records.iter().map(|r| r.frag_len as u64).sum();
+        let mut outputs = Vec::new();
+        for o in &req.outputs {
+            let local = if self.disks().iter().any(|d| d.id == o.disk_id) {
+                let mf = MemberFile {
+                    format: 1,
+                    volume: req.volume,
+                    member: o.member,
+                    k: req.k,
+                    m: req.m,
+                    generation: o.generation,
+                    epoch: 0,
+                    capacity: req.capacity,
+                    disk_id: o.disk_id.clone(),
+                    created_unix_ms: hoard_types::now_ms(),
+                };
+                let store = Arc::clone(self);
+                Some(
+                    tokio::task::spawn_blocking(move || store.stage(mf))
+                        .await
+                        .map_err(remote)??,
+                )
+            } else {
+                None
+            };
+            outputs.push(Output {
+                member: o.member,
+                generation: o.generation,
+                disk_id: o.disk_id.clone(),
+                address: o.address.clone(),
+                local,
+            });
+        }
+        let session_id = hoard_types::random_id("rebuild");
+        let session = Session {
+            volume: req.volume,
+            geometry,
+            capacity: req.capacity,
+            sources: req.sources,
+            outputs,
+            next: 0,
+            done_bytes: 0,
+            total_bytes,
+            good: Vec::with_capacity(records.len()),
+            unrecoverable: Vec::new(),
+            records,
+            codec: Arc::new(
+                Codec::new(geometry).map_err(|e| VolumeError::Internal(e.to_string()))?,
+            ),
+        };
+        let n = session.records.len() as u64;
+        self.sessions.lock().insert(
+            session_id.clone(),
+            Arc::new(tokio::sync::Mutex::new(session)),
+        );
+        tracing::info!(volume = req.volume, session = %session_id, records = n, total_bytes, "rebuild started");
+        Ok(v1::BeginRebuildResponse {
+            session: session_id,
+            records: n,
+            total_bytes,
+        })
+    }
+
+    async fn read_index(
+        &self,
+        volume: VolumeId,
+        src: &v1::RebuildSource,
+    ) -> Result<(Vec<BlockRecord>, u64), VolumeError> {
+        let mut c = self
+            .peers
+            .get(&src.address)
+            .map_err(VolumeError::Internal)?;
+        let mut stream = c
+            .read_index(v1::ReadIndexRequest {
+                extent: Some(v1::ExtentRef {
+                    volume,
+                    member: src.member,
+                    generation: src.generation,
+                }),
+            })
+            .await
+            .map_err(|s| remote(s.message()))?
+            .into_inner();
+        let mut out = Vec::new();
+        let mut bad = 0;
+        while let Some(msg) = stream.next().await {
+            let msg = msg.map_err(|s| remote(s.message()))?;
+            bad += msg.bad_slots;
+            for r in &msg.records {
+                out.push(from_wire(r)?);
+            }
+        }
+        Ok((out, bad))
+    }
+
+    fn session(&self, id: &str) -> Result<Arc<tokio::sync::Mutex<Session>>, VolumeError> {
+        self.sessions.lock().get(id).cloned().ok_or_else(|| {
+            VolumeError::BadRequest(format!("no rebuild session {id} on this server"))
+        })
+    }
+
+    /// Rebuilds the next records of a session, reading at most about `max_bytes` per source.
+    pub async fn rebuild_step(
+        &self,
+        id: &str,
+        max_bytes: u64,
+    ) -> Result<v1::RebuildStepResponse, VolumeError> {
+        let session = self.session(id)?;
+        let mut s = session.lock().await;
+        let mut budget = max_bytes.max(1);
+        while s.next < s.records.len() && budget > 0 {
+            // A batch of consecutive records spanning at most SPAN_BYTES (at least one record).
+            let first = s.next;
+            let lo = s.records[first].offset;
+            let span_limit = SPAN_BYTES.min(budget);
+            let mut last = first;
+            while last + 1 < s.records.len() && s.records[last + 1].end() - lo <= span_limit {
+                last += 1;
+            }
+            let hi = s.records[first..=last]
+                .iter()
+                .map(|r| r.end())
+                .max()
+                .unwrap_or(lo);
+            self.rebuild_span(&mut s, first, last, lo, hi).await?;
+            let bytes: u64 = s.records[first..=last]
+                .iter()
+                .map(|r| r.frag_len as u64)
+                .sum();
+            s.done_bytes += bytes;
+            s.next = last + 1;
+            budget = budget.saturating_sub(hi - lo);
+            metrics::counter!("hoard_volume_rebuilt_bytes_total")
+                .increment(bytes * s.outputs.len() as u64);
+        }
+        Ok(v1::RebuildStepResponse {
+            done_bytes: s.done_bytes,
+            total_bytes: s.total_bytes,
+            finished: s.next >= s.records.len(),
+            unrecoverable: s.unrecoverable.len() as u64,
+        })
+    }
+
+    async fn read_span(
+        &self,
+        volume: VolumeId,
+        src: &v1::RebuildSource,
+        lo: u64,
+        hi: u64,
+    ) -> Result<Bytes, VolumeError> {
+        let mut c = self
+            .peers
+            .get(&src.address)
+            .map_err(VolumeError::Internal)?;
+        let resp = c
+            .read_range(v1::ReadRangeRequest {
+                extent: Some(v1::ExtentRef {
+                    volume,
+                    member: src.member,
+                    generation: src.generation,
+                }),
+                offset: lo,
+                len: (hi - lo) as u32,
+            })
+            .await
+            .map_err(|s| {
+                remote(format!(
+                    "member {} at {}: {}",
+                    src.member,
+                    src.address,
+                    s.message()
+                ))
+            })?;
+        Ok(resp.into_inner().data)
+    }
+
+    async fn rebuild_span(
+        &self,
+        s: &mut Session,
+        first: usize,
+        last: usize,
+        lo: u64,
+        hi: u64,
+    ) -> Result<(), VolumeError> {
+        let width = s.geometry.width() as usize;
+        let k = s.geometry.k as usize;
+        // Read the span from k sources at once; more only when some fragment fails its crc.
+        let mut spans: Vec<Option<Bytes>> = vec![None; width];
+        let mut next_source = 0;
+        let mut have = 0;
+        while have < k && next_source < s.sources.len() {
+            let want = k - have;
+            let batch: Vec<v1::RebuildSource> = s.sources[next_source..]
+                .iter()
+                .take(want)
+                .cloned()
+                .collect();
+            next_source += batch.len();
+            let reads = batch
+                .iter()
+                .map(|src| self.read_span(s.volume, src, lo, hi));
+            for (src, r) in batch.iter().zip(futures::future::join_all(reads).await) {
+                match r {
+                    Ok(b) if b.len() as u64 == hi - lo => {
+                        spans[src.member as usize] = Some(b);
+                        have += 1;
+                    }
+                    Ok(b) => tracing::warn!(member = src.member, got = b.len(), "short span read"),
+                    Err(e) => tracing::warn!(volume = s.volume, "span read failed: {e}"),
+                }
+            }
+        }
+        if have < k {
+            return Err(VolumeError::Internal(format!(
+                "only {have} of {k} sources readable for volume {} at {lo}..{hi}",
+                s.volume
+            )));
+        }
+        // Which records have all their source fragments intact.
+        let mut intact = vec![true; last - first + 1];
+        for (j, rec) in s.records[first..=last].iter().enumerate() {
+            let a = (rec.offset - lo) as usize;
+            let b = a + rec.frag_len as usize;
+            for (m, span) in spans.iter().enumerate() {
+                if let Some(span) = span
+                    && crc32c::crc32c(&span[a..b]) != rec.crcs[m]
+                {
+                    intact[j] = false;
+                }
+            }
+        }
+        // One decode for the whole span: bytes at the same offset form one stripe column.
+        let codec = Arc::clone(&s.codec);
+        let outs: Vec<usize> = s.outputs.iter().map(|o| o.member as usize).collect();
+        let spans_for_decode = spans.clone();
+        let rebuilt = tokio::task::spawn_blocking(move || {
+            let mut slots: Vec<Option<Vec<u8>>> = spans_for_decode
+                .iter()
+                .map(|s| s.as_ref().map(|b| b.to_vec()))
+                .collect();
+            codec.reconstruct(&mut slots, false).map(|_| {
+                outs.iter()
+                    .map(|&m| Bytes::from(slots[m].take().unwrap_or_default()))
+                    .collect::<Vec<Bytes>>()
+            })
+        })
+        .await
+        .map_err(remote)?
+        .map_err(|e| VolumeError::Internal(e.to_string()))?;
+
+        // Records whose sources were damaged are rebuilt one by one from other members.
+        let mut per_output: Vec<Vec<(u64, Bytes)>> = vec![Vec::new(); s.outputs.len()];
+        for (j, whole) in intact.iter().enumerate() {
+            let rec = s.records[first + j].clone();
+            let a = (rec.offset - lo) as usize;
+            let b = a + rec.frag_len as usize;
+            let frags: Option<Vec<Bytes>> = if *whole {
+                Some(rebuilt.iter().map(|r| r.slice(a..b)).collect())
+            } else {
+                self.rebuild_record(s, &rec).await
+            };
+            let ok = frags.as_ref().is_some_and(|f| {
+                f.iter()
+                    .zip(&s.outputs)
+                    .all(|(bytes, o)| crc32c::crc32c(bytes) == rec.crcs[o.member as usize])
+            });
+            match (ok, frags) {
+                (true, Some(f)) => {
+                    for (i, bytes) in f.into_iter().enumerate() {
+                        per_output[i].push((rec.offset, bytes));
+                    }
+                    s.good.push(rec);
+                }
+                _ => {
+                    // Typically the tail of a put that was never acknowledged: its fragments never
+                    // reached every member. The caller checks these against the block index.
+                    tracing::warn!(volume = s.volume, offset = rec.offset, block = %rec.hash.short(), "record not rebuildable");
+                    s.unrecoverable.push((rec.hash, rec.offset));
+                }
+            }
+        }
+        // Write the verified fragments: locally, or to the member's server.
+        for (o, frags) in s.outputs.iter().zip(per_output) {
+            if frags.is_empty() {
+                continue;
+            }
+            match &o.local {
+                Some(staged) => {
+                    let staged = Arc::clone(staged);
+                    tokio::task::spawn_blocking(move || {
+                        for (off, bytes) in frags {
+                            staged.write_at(off, &bytes)?;
+                        }
+                        Ok::<_, VolumeError>(())
+                    })
+                    .await
+                    .map_err(remote)??;
+                }
+                None => {
+                    let mut c = self.peers.get(&o.address).map_err(VolumeError::Internal)?;
+                    for (off, bytes) in frags {
+                        c.stage_write(v1::StageWriteRequest {
+                            extent: Some(v1::ExtentRef {
+                                volume: s.volume,
+                                member: o.member,
+                                generation: o.generation,
+                            }),
+                            disk_id: o.disk_id.clone(),
+                            k: s.geometry.k,
+                            m: s.geometry.m,
+                            capacity: s.capacity,
+                            offset: off,
+                            data: bytes,
+                        })
+                        .await
+                        .map_err(|st| {
+                            remote(format!("stage write to {}: {}", o.address, st.message()))
+                        })?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Rebuilds one record's lost fragments from any k members whose fragment checks out.
+    async fn rebuild_record(&self, s: &Session, rec: &BlockRecord) -> Option<Vec<Bytes>> {
+        let width = s.geometry.width() as usize;
+        let k = s.geometry.k as usize;
+        let mut slots: Vec<Option<Vec<u8>>> = vec![None; width];
+        let mut have = 0;
+        for src in &s.sources {
+            if have >= k {
+                break;
+            }
+            if let Ok(b) = self.read_span(s.volume, src, rec.offset, rec.end()).await
+                && crc32c::crc32c(&b) == rec.crcs[src.member as usize]
+            {
+                slots[src.member as usize] = Some(b.to_vec());
+                have += 1;
+            }
+        }
+        if have < k {
+            return None;
+        }
+        s.codec.reconstruct(&mut slots, false).ok()?;
+        Some(
+            s.outputs
+                .iter()
+                .map(|o| Bytes::from(slots[o.member as usize].take().unwrap_or_default()))
+                .collect(),
+        )
+    }
+
+    /// Writes the records of every rebuilt member, syncs, and puts them in service.
+    pub async fn finish_rebuild(
+        self: &Arc<Self>,
+        id: &str,
+    ) -> Result<v1::FinishRebuildResponse, VolumeError> {
+        let session = self.session(id)?;
+        let s = session.lock().await;
+        if s.next < s.records.len() {
+            return Err(VolumeError::BadRequest(format!(
+                "rebuild {id} is not finished: {} of {} records done",
+                s.next,
+                s.records.len()
+            )));
+        }
+        let records = s.good.clone();
+        for o in &s.outputs {
+            match &o.local {
+                Some(_) => {
+                    let (store, recs, vol, member, generation) = (
+                        Arc::clone(self),
+                        records.clone(),
+                        s.volume,
+                        o.member,
+                        o.generation,
+                    );
+                    tokio::task::spawn_blocking(move || {
+                        store.commit_staged(vol, member, generation, &recs)
+                    })
+                    .await
+                    .map_err(remote)??;
+                }
+                None => {
+                    let mut c = self.peers.get(&o.address).map_err(VolumeError::Internal)?;
+                    if s.good.is_empty() {
+                        // Nothing was written there yet: make sure the staging extent exists.
+                        c.stage_write(v1::StageWriteRequest {
+                            extent: Some(v1::ExtentRef {
+                                volume: s.volume,
+                                member: o.member,
+                                generation: o.generation,
+                            }),
+                            disk_id: o.disk_id.clone(),
+                            k: s.geometry.k,
+                            m: s.geometry.m,
+                            capacity: s.capacity,
+                            offset: 0,
+                            data: Bytes::new(),
+                        })
+                        .await
+                        .map_err(|st| remote(st.message()))?;
+                    }
+                    c.stage_commit(v1::StageCommitRequest {
+                        extent: Some(v1::ExtentRef {
+                            volume: s.volume,
+                            member: o.member,
+                            generation: o.generation,
+                        }),
+                        records: records.iter().map(to_wire).collect(),
+                    })
+                    .await
+                    .map_err(|st| {
+                        remote(format!("stage commit on {}: {}", o.address, st.message()))
+                    })?;
+                }
+            }
+        }
+        let resp = v1::FinishRebuildResponse {
+            records: records.len() as u64,
+            bytes: s.done_bytes * s.outputs.len() as u64,
+            unrecoverable: s.unrecoverable.len() as u64,
+        };
+        drop(s);
+        self.sessions.lock().remove(id);
+        tracing::info!(session = id, records = resp.records, "rebuild finished");
+        Ok(resp)
+    }
+
+    /// Drops a session and its local staging extents.
+    pub async fn abort_rebuild(&self, id: &str) {
+        let Some(session) = self.sessions.lock().remove(id) else {
+            return;
+        };
+        let s = session.lock().await;
+        for o in &s.outputs {
+            if o.local.is_some() {
+                self.drop_staged(s.volume, o.member, o.generation);
+            }
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! The operator API of a process that runs meta: JSON over HTTP under `/api/v1`, beside `/metrics`,
+//! `/healthz`, `/readyz` and `/status`. `hoard admin` is a client of it.
+
+use std::sync::Arc;
+
+use hoard_admin::axum::extract::State;
+use hoard_admin::axum::http::StatusCode;
+use hoard_admin::axum::routing::{get, post};
+use hoard_admin::axum::{Json, Router};
+use hoard_meta::MetaState;
+use hoard_proto::v1;
+use serde_json::{Value, json};
+
+use crate::admin_json;
+
+type ApiResult = Result<Json<Value>, (StatusCode, String)>;
+
+fn bad(e: impl std::fmt::Display) -> (StatusCode, String) {
+    (StatusCode::BAD_REQUEST, e.to_string())
+}
+
+pub fn routes(meta: Arc<MetaState>) -> Router {
+    Router::new()
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/nodes", get(nodes))
+        .route("/api/v1/disks", get(disks))
+        .route("/api/v1/volumes", get(volumes))
+        .route("/api/v1/repair", get(repair_status))
+        .route("/api/v1/repair/pause", post(repair_pause))
+        .route("/api/v1/repair/resume", post(repair_resume))
+        .route("/api/v1/repair/throttle", post(repair_throttle))
+        .with_state(meta)
+}
+
+async fn status(State(m): State<Arc<MetaState>>) -> ApiResult {
+    let s = m.cluster_status();
+    let r = m.repair_status();
+    let mut v = admin_json::cluster(&s);
+    v["repair"] = admin_json::repair(&r);
+    Ok(Json(v))
+}
+
+async fn nodes(State(m): State<Arc<MetaState>>) -> ApiResult {
+    let s = m.cluster_status();
+    Ok(Json(json!(
+        s.nodes.iter().map(admin_json::node).collect::<Vec<_>>()
+    )))
+}
+
+async fn disks(State(m): State<Arc<MetaState>>) -> ApiResult {
+    let s = m.cluster_status();
+    Ok(Json(json!(
+        s.disks.iter().map(admin_json::disk).collect::<Vec<_>>()
+    )))
+}
+
+async fn volumes(State(m): State<Arc<MetaState>>) -> ApiResult {
+    let s = m.cluster_status();
+    Ok(Json(json!(
+        s.volumes.iter().map(admin_json::volume).collect::<Vec<_>>()
+    )))
+}
+
+async fn repair_status(State(m): State<Arc<MetaState>>) -> ApiResult {
+    Ok(Json(admin_json::repair(&m.repair_status())))
+}
+
+fn set(m: &MetaState, req: v1::SetRepairKnobsRequest) -> ApiResult {
+    m.set_knobs(&req).map_err(bad)?;
+    Ok(Json(admin_json::repair(&m.repair_status())))
+}
+
+async fn repair_pause(State(m): State<Arc<MetaState>>) -> ApiResult {
+    set(
+        &m,
+        v1::SetRepairKnobsRequest {
+            paused: Some(true),
+            ..Default::default()
+        },
+    )
+}
+
+async fn repair_resume(State(m): State<Arc<MetaState>>) -> ApiResult {
+    set(
+        &m,
+        v1::SetRepairKnobsRequest {
+            paused: Some(false),
+            ..Default::default()
+        },
+    )
+}
+
+async fn repair_throttle(State(m): State<Arc<MetaState>>, Json(body): Json<Value>) -> ApiResult {
+    let field = |k: &str| -> Result<Option<u64>, (StatusCode, String)> {
+        match body.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| bad(format!("{k} must be a non-negative integer"))),
+        }
+    };
+    let concurrency = match field("concurrency")? {
+        Some(c) if c == 0 || c > 1024 => return Err(bad("concurrency must be 1 to 1024")),
+        c => c.map(|c| c as u32),
+    };
+    set(
+        &m,
+        v1::SetRepairKnobsRequest {
+            paused: None,
+            bytes_per_sec: field("bytes_per_sec")?,
+            concurrency,
+        },
+    )
+}

@@ -1,0 +1,302 @@
+//! `hoard admin`: operator commands over the admin HTTP API. Tables by default, JSON with `--json`.
+
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail};
+use hoard_admin::http_json;
+use serde_json::Value;
+
+use crate::config::human_bytes;
+
+#[derive(clap::Args, Debug)]
+pub struct AdminArgs {
+    /// The admin HTTP address of the process running meta (`hoard dev --admin`, or meta's `[admin]`).
+    #[arg(
+        long,
+        env = "HOARD_ADMIN",
+        default_value = "http://127.0.0.1:7780",
+        global = true
+    )]
+    pub admin: String,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub cmd: AdminCmd,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum AdminCmd {
+    /// The cell at a glance: nodes, disks, volumes by state, repair.
+    Status,
+    /// Volume servers and their heartbeats.
+    Nodes,
+    /// Disks: fill, state, members.
+    Disks,
+    /// Volumes: state, members, live bytes.
+    Volumes,
+    /// The repair daemon's queue and knobs.
+    Repair {
+        #[command(subcommand)]
+        cmd: RepairCmd,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum RepairCmd {
+    /// Queue by priority, bytes done and total, rate, ETA.
+    Status,
+    /// Stop starting and stepping rebuilds (running steps finish).
+    Pause,
+    /// Resume rebuilding.
+    Resume,
+    /// Change the live throttle.
+    Throttle {
+        /// Rebuilt bytes per second across the cell (0: unthrottled).
+        #[arg(long)]
+        bytes_per_sec: Option<u64>,
+        /// Volumes rebuilt at once.
+        #[arg(long)]
+        concurrency: Option<u32>,
+    },
+}
+
+/// Prints rows as an aligned table.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r.clone());
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        v => v.to_string(),
+    }
+}
+
+fn fill_bar(used: u64, cap: u64) -> String {
+    if cap == 0 {
+        return "-".into();
+    }
+    let pct = used as f64 * 100.0 / cap as f64;
+    let n = ((pct / 10.0).round() as usize).min(10);
+    format!("[{}{}] {pct:4.1}%", "#".repeat(n), ".".repeat(10 - n))
+}
+
+fn print_disks(v: &Value) {
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            let used = d["used_bytes"].as_u64().unwrap_or(0);
+            let cap = d["capacity_bytes"].as_u64().unwrap_or(0);
+            vec![
+                s(&d["id"]),
+                s(&d["node"]),
+                s(&d["state"]),
+                s(&d["members"]),
+                human_bytes(used),
+                fill_bar(used, cap),
+                s(&d["path"]),
+            ]
+        })
+        .collect();
+    table(
+        &["DISK", "NODE", "STATE", "MEMBERS", "USED", "FILL", "PATH"],
+        &rows,
+    );
+}
+
+fn print_nodes(v: &Value) {
+    let now = hoard_types::now_ms();
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| {
+            let hb = n["last_heartbeat_unix_ms"].as_u64().unwrap_or(0);
+            vec![
+                s(&n["id"]),
+                s(&n["state"]),
+                s(&n["address"]),
+                format!("{:.1}s ago", now.saturating_sub(hb) as f64 / 1000.0),
+                n["labels"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| format!("{k}={}", s(v)))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(&["NODE", "STATE", "ADDRESS", "HEARTBEAT", "LABELS"], &rows);
+}
+
+fn print_volumes(v: &Value) {
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|vol| {
+            let members = vol["members"].as_array().cloned().unwrap_or_default();
+            let ok = members.iter().filter(|m| m["state"] == "ok").count();
+            vec![
+                s(&vol["id"]),
+                s(&vol["state"]),
+                s(&vol["geometry"]),
+                format!("{ok}/{}", members.len()),
+                s(&vol["blocks"]),
+                human_bytes(vol["bytes"].as_u64().unwrap_or(0)),
+                s(&vol["seal_reason"]),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "VOLUME",
+            "STATE",
+            "RS",
+            "MEMBERS OK",
+            "BLOCKS",
+            "BYTES",
+            "NOTE",
+        ],
+        &rows,
+    );
+}
+
+fn print_repair(r: &Value) {
+    let rate = r["bytes_per_sec"].as_u64().unwrap_or(0);
+    println!(
+        "repair: {}  throttle {}  concurrency {}  degraded {}  lost {}  rate {}/s  rebuilt {} ({} volumes)",
+        if r["paused"].as_bool().unwrap_or(false) {
+            "PAUSED"
+        } else {
+            "running"
+        },
+        if rate == 0 {
+            "none".to_string()
+        } else {
+            format!("{}/s", human_bytes(rate))
+        },
+        s(&r["concurrency"]),
+        s(&r["degraded_volumes"]),
+        s(&r["lost_volumes"]),
+        human_bytes(r["rate_bytes_per_sec"].as_f64().unwrap_or(0.0) as u64),
+        human_bytes(r["bytes_rebuilt_total"].as_u64().unwrap_or(0)),
+        s(&r["volumes_repaired_total"]),
+    );
+    let rows: Vec<Vec<String>> = r["queue"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            let done = t["done_bytes"].as_u64().unwrap_or(0);
+            let total = t["total_bytes"].as_u64().unwrap_or(0);
+            vec![
+                s(&t["volume"]),
+                s(&t["priority"]),
+                s(&t["state"]),
+                format!("{} / {}", human_bytes(done), human_bytes(total)),
+                t["eta_seconds"]
+                    .as_f64()
+                    .map(|e| format!("{e:.0}s"))
+                    .unwrap_or_else(|| "-".into()),
+                format!("{}s", s(&t["degraded_for_seconds"])),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        table(
+            &["VOLUME", "LOST", "STATE", "PROGRESS", "ETA", "DEGRADED FOR"],
+            &rows,
+        );
+    }
+}
+
+pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
+    let base = args.admin.trim_end_matches('/').to_string();
+    let (method, path, body) = match &args.cmd {
+        AdminCmd::Status => ("GET", "/api/v1/status", None),
+        AdminCmd::Nodes => ("GET", "/api/v1/nodes", None),
+        AdminCmd::Disks => ("GET", "/api/v1/disks", None),
+        AdminCmd::Volumes => ("GET", "/api/v1/volumes", None),
+        AdminCmd::Repair { cmd } => match cmd {
+            RepairCmd::Status => ("GET", "/api/v1/repair", None),
+            RepairCmd::Pause => ("POST", "/api/v1/repair/pause", Some(Value::Null)),
+            RepairCmd::Resume => ("POST", "/api/v1/repair/resume", Some(Value::Null)),
+            RepairCmd::Throttle {
+                bytes_per_sec,
+                concurrency,
+            } => {
+                if bytes_per_sec.is_none() && concurrency.is_none() {
+                    bail!("give --bytes-per-sec and/or --concurrency");
+                }
+                (
+                    "POST",
+                    "/api/v1/repair/throttle",
+                    Some(
+                        serde_json::json!({ "bytes_per_sec": bytes_per_sec, "concurrency": concurrency }),
+                    ),
+                )
+            }
+        },
+    };
+    let v = http_json(&base, method, path, body.as_ref())
+        .await
+        .map_err(|e| anyhow!(e))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    match &args.cmd {
+        AdminCmd::Status => {
+            println!(
+                "cell {}  blocks {}  bytes {}  volumes {}",
+                s(&v["cluster_id"]),
+                s(&v["blocks"]),
+                human_bytes(v["bytes"].as_u64().unwrap_or(0)),
+                v["volumes_by_state"]
+                    .as_object()
+                    .map(|m| m
+                        .iter()
+                        .map(|(k, n)| format!("{k}={n}"))
+                        .collect::<Vec<_>>()
+                        .join(" "))
+                    .unwrap_or_default()
+            );
+            println!();
+            print_nodes(&v["nodes"]);
+            println!();
+            print_disks(&v["disks"]);
+            println!();
+            print_repair(&v["repair"]);
+        }
+        AdminCmd::Nodes => print_nodes(&v),
+        AdminCmd::Disks => print_disks(&v),
+        AdminCmd::Volumes => print_volumes(&v),
+        AdminCmd::Repair { .. } => print_repair(&v),
+    }
+    Ok(ExitCode::SUCCESS)
+}
