@@ -248,7 +248,7 @@ impl Frontend {
                     .map(|(_, _, p)| p.as_str())
                     .collect::<Vec<_>>()
                     .join("; ");
-                self.report_problems(vol.id, &problems);
+                self.report_problems(vol.id, hash, loc.offset, &problems);
                 return Err(FrontendError::DataLoss {
                     hash: *hash,
                     detail: format!(
@@ -259,7 +259,7 @@ impl Frontend {
             self.read_into(vol, loc, hash, &more, &mut slots, &mut tried, &mut problems)
                 .await;
         }
-        self.report_problems(vol.id, &problems);
+        self.report_problems(vol.id, hash, loc.offset, &problems);
         let codec = self.codec(g)?;
         let data = tokio::task::spawn_blocking(move || codec.decode_data(slots))
             .await
@@ -304,29 +304,33 @@ impl Frontend {
     }
 
     /// Tells meta about members that failed a read, so that repair looks at them. Does not wait.
-    fn report_problems(self: &Arc<Self>, volume: u64, problems: &[(usize, Code, String)]) {
+    fn report_problems(
+        self: &Arc<Self>,
+        volume: u64,
+        hash: &BlockHash,
+        offset: u64,
+        problems: &[(usize, Code, String)],
+    ) {
         for (i, code, msg) in problems {
             let kind = if *code == Code::DataLoss {
                 "corrupt"
             } else {
                 "read_failed"
             };
-            let (fe, i, msg, kind) = (Arc::clone(self), *i as u32, msg.clone(), kind);
+            let req = v1::ReportVolumeRequest {
+                volume,
+                member: Some(*i as u32),
+                kind: kind.to_string(),
+                detail: msg.clone(),
+                offset,
+                hash: Bytes::copy_from_slice(hash.as_bytes()),
+            };
+            let fe = Arc::clone(self);
             tokio::spawn(async move {
-                fe.report_read_problem(volume, i, kind, msg).await;
+                if let Err(e) = fe.meta().report_volume(req).await {
+                    tracing::debug!(volume, "could not report read problem: {}", e.message());
+                }
             });
-        }
-    }
-
-    async fn report_read_problem(&self, volume: u64, member: u32, kind: &str, detail: String) {
-        let req = v1::ReportVolumeRequest {
-            volume,
-            member: Some(member),
-            kind: kind.to_string(),
-            detail,
-        };
-        if let Err(e) = self.meta().report_volume(req).await {
-            tracing::debug!(volume, "could not report read problem: {}", e.message());
         }
     }
 }

@@ -170,6 +170,7 @@ impl Frontend {
             member,
             kind: kind.to_string(),
             detail,
+            ..Default::default()
         };
         if let Err(e) = self.meta().report_volume(req).await {
             tracing::warn!(

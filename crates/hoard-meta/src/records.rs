@@ -128,6 +128,15 @@ pub struct RepairRow {
     pub total_bytes: u64,
 }
 
+/// A corrupt fragment queued for range repair (table `repair`, key `r` + volume + member + offset).
+#[derive(Clone, PartialEq, Message)]
+pub struct RangeRow {
+    #[prost(bytes = "vec", tag = "1")]
+    pub hash: Vec<u8>,
+    #[prost(uint64, tag = "2")]
+    pub reported_unix_ms: u64,
+}
+
 /// The live repair knobs (table `config`, key `repair_knobs`).
 #[derive(Clone, PartialEq, Message)]
 pub struct KnobsRow {
@@ -146,6 +155,8 @@ pub struct RepairCountersRow {
     pub bytes_rebuilt: u64,
     #[prost(uint64, tag = "2")]
     pub volumes_repaired: u64,
+    #[prost(uint64, tag = "3")]
+    pub ranges_repaired: u64,
 }
 
 #[derive(Clone, PartialEq, Message)]

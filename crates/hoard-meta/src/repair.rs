@@ -14,7 +14,7 @@ use hoard_types::{VolumeId, now_ms};
 
 use crate::MetaError;
 use crate::engine::{Cf, WriteBatch};
-use crate::placement::{self, Candidate};
+use crate::placement::Candidate;
 use crate::records::{KnobsRow, RepairOutputRow, RepairRow, VolumeRow, encode};
 use crate::state::{
     Cell, MEMBER_LOST, MEMBER_OK, MetaState, STATE_CREATING, STATE_DEGRADED, STATE_LOST,
@@ -23,6 +23,42 @@ use crate::state::{
 
 pub const KEY_KNOBS: &[u8] = b"repair_knobs";
 pub const KEY_COUNTERS: &[u8] = b"repair_counters";
+
+/// Keys of the `repair` table: a member rebuild per volume, and range repairs per fragment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RepairKey {
+    Rebuild(VolumeId),
+    Range(VolumeId, u32, u64),
+}
+
+impl RepairKey {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            RepairKey::Rebuild(v) => [b"v".as_slice(), &v.to_be_bytes()].concat(),
+            RepairKey::Range(v, m, o) => [
+                b"r".as_slice(),
+                &v.to_be_bytes(),
+                &m.to_be_bytes(),
+                &o.to_be_bytes(),
+            ]
+            .concat(),
+        }
+    }
+
+    pub fn parse(k: &[u8]) -> Option<RepairKey> {
+        match (k.first()?, k.len()) {
+            (b'v', 9) => Some(RepairKey::Rebuild(u64::from_be_bytes(
+                k[1..9].try_into().ok()?,
+            ))),
+            (b'r', 21) => Some(RepairKey::Range(
+                u64::from_be_bytes(k[1..9].try_into().ok()?),
+                u32::from_be_bytes(k[9..13].try_into().ok()?),
+                u64::from_be_bytes(k[13..21].try_into().ok()?),
+            )),
+            _ => None,
+        }
+    }
+}
 
 pub fn default_knobs() -> KnobsRow {
     KnobsRow {
@@ -174,6 +210,7 @@ impl MetaState {
         }
         metrics::gauge!("hoard_repair_rebuild_rate_bytes_per_second").set(cell.rate);
         metrics::gauge!("hoard_repair_rebuilt_bytes").set(cell.bytes_rebuilt as f64);
+        metrics::gauge!("hoard_repair_ranges_queued").set(cell.ranges_queued as f64);
     }
 
     /// Volumes with lost members, most at risk first, and the knobs.
@@ -208,10 +245,48 @@ impl MetaState {
                 .then(a.degraded_since_unix_ms.cmp(&b.degraded_since_unix_ms))
                 .then(a.volume.cmp(&b.volume))
         });
+        let ranges = cell
+            .ranges
+            .iter()
+            .map(|(&(volume, member, offset), r)| v1::RangeTask {
+                volume,
+                member,
+                offset,
+                hash: r.hash.clone().into(),
+                reported_unix_ms: r.reported_unix_ms,
+            })
+            .collect();
         v1::RepairQueueResponse {
             knobs: Some(knobs_message(&cell.knobs)),
             tasks,
+            ranges,
         }
+    }
+
+    /// Ends a range repair task.
+    pub fn range_done(
+        &self,
+        id: VolumeId,
+        member: u32,
+        offset: u64,
+        outcome: &str,
+    ) -> Result<(), MetaError> {
+        self.mutate_cell(true, |cell, b| {
+            if cell.ranges.remove(&(id, member, offset)).is_some() {
+                b.delete(Cf::Repair, RepairKey::Range(id, member, offset).encode());
+                if outcome == "repaired" {
+                    cell.counters.ranges_repaired += 1;
+                    b.put(Cf::Config, KEY_COUNTERS, encode(&cell.counters));
+                }
+            }
+        })?;
+        if outcome == "repaired" {
+            metrics::counter!("hoard_repair_ranges_repaired_total").increment(1);
+            tracing::info!(volume = id, member, offset, "range repaired");
+        } else {
+            tracing::info!(volume = id, member, offset, outcome, "range task closed");
+        }
+        Ok(())
     }
 
     fn plan_message(
@@ -328,16 +403,13 @@ impl MetaState {
                 .filter(|m| m.state == MEMBER_OK)
                 .filter_map(|m| as_candidate(&m.disk_id))
                 .collect();
-            let cands: Vec<Candidate> = self
-                .candidates(cell, now)
-                .into_iter()
-                .filter(|c| !used.contains(&c.disk_id.as_str()) && !avoid.contains(&c.disk_id))
-                .collect();
             let per_node = self
                 .config()
                 .node_failure_domain
                 .then_some(v.m.max(1) as usize);
-            let chosen = placement::place_more(&existing, &cands, lost.len(), per_node)?;
+            let (cands, chosen) = self.place_on(cell, now, &existing, lost.len(), per_node, |c| {
+                !used.contains(&c.disk_id.as_str()) && !avoid.contains(&c.disk_id)
+            })?;
             let v = cell.volumes.get_mut(&id).expect("looked up above");
             let outputs: Vec<RepairOutputRow> = lost
                 .iter()
@@ -362,7 +434,7 @@ impl MetaState {
                 ..Default::default()
             };
             put_volume(b, id, v);
-            b.put(Cf::Repair, id.to_be_bytes().to_vec(), encode(&row));
+            b.put(Cf::Repair, RepairKey::Rebuild(id).encode(), encode(&row));
             let v = v.clone();
             let plan = self.plan_message(cell, id, &v, &row, now);
             cell.repairs.insert(id, row);
@@ -390,7 +462,7 @@ impl MetaState {
             r.session = session.to_string();
             r.done_bytes = done;
             r.total_bytes = total;
-            b.put(Cf::Repair, id.to_be_bytes().to_vec(), encode(&*r));
+            b.put(Cf::Repair, RepairKey::Rebuild(id).encode(), encode(&*r));
             true
         })
     }
@@ -431,7 +503,7 @@ impl MetaState {
                 v.seal_reason.clear();
             }
             put_volume(b, id, v);
-            b.delete(Cf::Repair, id.to_be_bytes().to_vec());
+            b.delete(Cf::Repair, RepairKey::Rebuild(id).encode());
             cell.repairs.remove(&id);
             cell.counters.bytes_rebuilt += bytes;
             cell.counters.volumes_repaired += 1;
@@ -457,7 +529,7 @@ impl MetaState {
     pub fn abort_repair(&self, id: VolumeId, reason: &str) -> Result<(), MetaError> {
         self.mutate_cell(true, |cell, b| {
             if cell.repairs.remove(&id).is_some() {
-                b.delete(Cf::Repair, id.to_be_bytes().to_vec());
+                b.delete(Cf::Repair, RepairKey::Rebuild(id).encode());
             }
         })?;
         tracing::warn!(volume = id, "repair aborted: {reason}");
@@ -490,6 +562,8 @@ impl MetaState {
         v1::RepairStatusResponse {
             knobs: queue.knobs,
             tasks: queue.tasks,
+            ranges: queue.ranges,
+            ranges_repaired_total: counts.ranges_repaired,
             bytes_rebuilt_total: counts.bytes_rebuilt,
             rate_bytes_per_sec: counts.rate,
             degraded_volumes: counts.degraded,
@@ -545,7 +619,22 @@ impl MetaState {
         c.rate = bytes as f64 / 60.0;
         c.bytes_rebuilt = cell.counters.bytes_rebuilt;
         c.volumes_repaired = cell.counters.volumes_repaired;
+        c.ranges_repaired = cell.counters.ranges_repaired;
+        c.ranges_queued = cell.ranges.len() as u64;
         c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repair_keys_round_trip() {
+        for k in [RepairKey::Rebuild(7), RepairKey::Range(7, 3, 1 << 40)] {
+            assert_eq!(RepairKey::parse(&k.encode()), Some(k));
+        }
+        assert_eq!(RepairKey::parse(b"x"), None);
     }
 }
 
@@ -558,6 +647,8 @@ struct Counts {
     rate: f64,
     bytes_rebuilt: u64,
     volumes_repaired: u64,
+    ranges_repaired: u64,
+    ranges_queued: u64,
 }
 
 fn knobs_message(k: &KnobsRow) -> v1::RepairKnobs {

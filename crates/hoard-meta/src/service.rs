@@ -120,8 +120,14 @@ impl Meta for MetaService {
         req: Request<v1::ReportVolumeRequest>,
     ) -> Result<Response<v1::ReportVolumeResponse>, Status> {
         let req = req.into_inner();
-        self.state
-            .report_volume(req.volume, req.member, &req.kind, &req.detail)?;
+        self.state.report_problem(
+            req.volume,
+            req.member,
+            &req.kind,
+            &req.detail,
+            req.offset,
+            &req.hash,
+        )?;
         Ok(Response::new(v1::ReportVolumeResponse {}))
     }
 
@@ -196,6 +202,16 @@ impl Meta for MetaService {
         req: Request<v1::SetRepairKnobsRequest>,
     ) -> Result<Response<v1::RepairKnobs>, Status> {
         Ok(Response::new(self.state.set_knobs(req.get_ref())?))
+    }
+
+    async fn range_done(
+        &self,
+        req: Request<v1::RangeDoneRequest>,
+    ) -> Result<Response<v1::RangeDoneResponse>, Status> {
+        let r = req.into_inner();
+        self.state
+            .range_done(r.volume, r.member, r.offset, &r.outcome)?;
+        Ok(Response::new(v1::RangeDoneResponse {}))
     }
 
     async fn repair_status(

@@ -69,6 +69,8 @@ pub(crate) struct Cell {
     pub(crate) nodes: BTreeMap<String, NodeRow>,
     /// Planned and running rebuilds, by volume.
     pub(crate) repairs: BTreeMap<VolumeId, crate::records::RepairRow>,
+    /// Corrupt fragments to rewrite in place, by (volume, member, offset).
+    pub(crate) ranges: BTreeMap<(VolumeId, u32, u64), crate::records::RangeRow>,
     pub(crate) knobs: crate::records::KnobsRow,
     pub(crate) counters: crate::records::RepairCountersRow,
     /// (time, bytes) of recent rebuild commits, for the rate.
@@ -176,15 +178,24 @@ impl MetaState {
             true
         })?;
         engine.scan(Cf::Repair, b"", &mut |k, v| {
-            match (
-                k.try_into().map(u64::from_be_bytes),
-                decode::<crate::records::RepairRow>("repair", v),
-            ) {
-                (Ok(id), Ok(row)) => {
-                    cell.repairs.insert(id, row);
+            match crate::repair::RepairKey::parse(k) {
+                Some(crate::repair::RepairKey::Rebuild(id)) => {
+                    match decode::<crate::records::RepairRow>("repair", v) {
+                        Ok(row) => {
+                            cell.repairs.insert(id, row);
+                        }
+                        Err(e) => err = Some(e),
+                    }
                 }
-                (_, Err(e)) => err = Some(e),
-                (Err(_), _) => {
+                Some(crate::repair::RepairKey::Range(vol, member, off)) => {
+                    match decode::<crate::records::RangeRow>("repair", v) {
+                        Ok(row) => {
+                            cell.ranges.insert((vol, member, off), row);
+                        }
+                        Err(e) => err = Some(e),
+                    }
+                }
+                None => {
                     err = Some(MetaError::Corrupt {
                         table: "repair".into(),
                         problem: "bad key".into(),
@@ -480,6 +491,35 @@ impl MetaState {
     }
 
     /// Disks that may take a new member now.
+    /// Places `count` members beside `existing` on candidate disks passing `keep`. Disks a frontend
+    /// just reported failing are avoided when possible, and used when nothing else fits: the report
+    /// is a hint, the heartbeat is the truth.
+    pub(crate) fn place_on(
+        &self,
+        cell: &Cell,
+        now: u64,
+        existing: &[Candidate],
+        count: usize,
+        per_node_cap: Option<usize>,
+        keep: impl Fn(&Candidate) -> bool,
+    ) -> Result<(Vec<Candidate>, Vec<usize>), placement::PlacementError> {
+        let all: Vec<Candidate> = self
+            .candidates(cell, now)
+            .into_iter()
+            .filter(|c| keep(c))
+            .collect();
+        let trusted: Vec<Candidate> = all
+            .iter()
+            .filter(|c| !cell.suspect.contains(&c.disk_id))
+            .cloned()
+            .collect();
+        match placement::place_more(existing, &trusted, count, per_node_cap) {
+            Ok(p) => Ok((trusted, p)),
+            Err(e) if trusted.len() == all.len() => Err(e),
+            Err(_) => placement::place_more(existing, &all, count, per_node_cap).map(|p| (all, p)),
+        }
+    }
+
     pub(crate) fn candidates(&self, cell: &Cell, now: u64) -> Vec<Candidate> {
         let mut members: HashMap<&str, u32> = HashMap::new();
         for v in cell.volumes.values().filter(|v| v.state != STATE_RETIRED) {
@@ -489,11 +529,7 @@ impl MetaState {
         }
         cell.disks
             .iter()
-            .filter(|(id, d)| {
-                d.state == "ok"
-                    && d.free_bytes >= self.cfg.extent_capacity
-                    && !cell.suspect.contains(*id)
-            })
+            .filter(|(_, d)| d.state == "ok" && d.free_bytes >= self.cfg.extent_capacity)
             .filter_map(|(id, d)| {
                 let node = cell.nodes.get(&d.node_id)?;
                 self.node_up(node, now).then(|| Candidate {
@@ -630,16 +666,12 @@ impl MetaState {
         for _attempt in 0..3 {
             let planned = self.mutate_cell(true, |cell, b| {
                 let now = now_ms();
-                let cands: Vec<Candidate> = self
-                    .candidates(cell, now)
-                    .into_iter()
-                    .filter(|c| !avoid.contains(&c.disk_id))
-                    .collect();
                 let cap = self
                     .cfg
                     .node_failure_domain
                     .then_some(geometry.m.max(1) as usize);
-                let chosen = placement::place(&cands, width, cap)?;
+                let (cands, chosen) =
+                    self.place_on(cell, now, &[], width, cap, |c| !avoid.contains(&c.disk_id))?;
                 let id = cell.next_volume;
                 cell.next_volume += 1;
                 b.put(
@@ -761,6 +793,57 @@ impl MetaState {
         kind: &str,
         detail: &str,
     ) -> Result<(), MetaError> {
+        self.report_problem(id, member, kind, detail, 0, &[])
+    }
+
+    /// Records a problem with a volume. A corrupt fragment is queued for range repair (the member is
+    /// otherwise fine); any other failure seals an open volume and keeps new members off the disk until
+    /// its node heartbeats again.
+    pub fn report_problem(
+        &self,
+        id: VolumeId,
+        member: Option<u32>,
+        kind: &str,
+        detail: &str,
+        offset: u64,
+        hash: &[u8],
+    ) -> Result<(), MetaError> {
+        if kind == "corrupt" {
+            let Some(member) = member else {
+                return Err(MetaError::Invalid("corrupt report without member".into()));
+            };
+            let fresh = self.mutate_cell(true, |cell, b| {
+                if !cell.volumes.contains_key(&id) {
+                    return Err(MetaError::NoVolume(id));
+                }
+                let key = (id, member, offset);
+                if cell.ranges.contains_key(&key) {
+                    return Ok(false);
+                }
+                let row = crate::records::RangeRow {
+                    hash: hash.to_vec(),
+                    reported_unix_ms: now_ms(),
+                };
+                b.put(
+                    Cf::Repair,
+                    crate::repair::RepairKey::Range(id, member, offset).encode(),
+                    encode(&row),
+                );
+                cell.ranges.insert(key, row);
+                Ok(true)
+            })??;
+            if fresh {
+                tracing::warn!(
+                    volume = id,
+                    member,
+                    offset,
+                    detail,
+                    "corrupt fragment queued for range repair"
+                );
+                metrics::counter!("hoard_repair_ranges_reported_total").increment(1);
+            }
+            return Ok(());
+        }
         let sealed = self.mutate_cell(true, |cell, b| {
             let v = cell.volumes.get_mut(&id).ok_or(MetaError::NoVolume(id))?;
             let disk = member

@@ -141,6 +141,18 @@ impl RepairDaemon {
                     *self.knobs.lock() = knobs;
                     metrics::gauge!("hoard_repair_running").set(running.len() as f64);
                     if !knobs.paused {
+                        // Corrupt fragments first: each is one small decode, and a second fault on
+                        // the same block would cost it.
+                        for r in q.ranges.iter().take(64) {
+                            if let Err(e) = self.repair_range(r).await {
+                                tracing::warn!(
+                                    volume = r.volume,
+                                    member = r.member,
+                                    offset = r.offset,
+                                    "range repair failed: {e}"
+                                );
+                            }
+                        }
                         for task in q.tasks.iter().filter(|t| !t.unrecoverable) {
                             if running.len() >= knobs.concurrency.max(1) as usize {
                                 break;
@@ -345,6 +357,90 @@ impl RepairDaemon {
             );
         }
         Ok(fin.bytes)
+    }
+
+    /// Rewrites one corrupt fragment in place, on the member's own server.
+    async fn repair_range(&self, t: &v1::RangeTask) -> Result<(), RepairError> {
+        let meta_err = |s: tonic::Status| RepairError::Meta(s.message().to_string());
+        let found = self
+            .meta()
+            .lookup(v1::LookupRequest {
+                hashes: vec![t.hash.clone()],
+                with_volumes: true,
+            })
+            .await
+            .map_err(meta_err)?
+            .into_inner();
+        let located = found
+            .found
+            .iter()
+            .find(|l| l.volume == t.volume && l.offset == t.offset);
+        let volume = found.volumes.iter().find(|v| v.id == t.volume);
+        let (Some(loc), Some(vol)) = (located, volume) else {
+            return self.range_done(t, "not_needed: no live block there").await;
+        };
+        let Some(member) = vol.members.get(t.member as usize) else {
+            return self.range_done(t, "not_needed: no such member").await;
+        };
+        if member.state != "ok" {
+            return self
+                .range_done(t, "not_needed: the member is being rebuilt")
+                .await;
+        }
+        let sources = vol
+            .members
+            .iter()
+            .filter(|m| m.index != t.member && m.state == "ok")
+            .map(|m| v1::RebuildSource {
+                member: m.index,
+                generation: m.generation,
+                address: m.address.clone(),
+            })
+            .collect();
+        let runner_err = |message: String| RepairError::Runner {
+            address: member.address.clone(),
+            message,
+        };
+        let mut c = self.peers.get(&member.address).map_err(runner_err)?;
+        let r = c
+            .repair_fragment(v1::RepairFragmentRequest {
+                extent: Some(v1::ExtentRef {
+                    volume: t.volume,
+                    member: t.member,
+                    generation: member.generation,
+                }),
+                record: Some(v1::BlockRecord {
+                    hash: loc.hash.clone(),
+                    offset: loc.offset,
+                    frag_len: loc.frag_len,
+                    block_len: loc.block_len,
+                    crcs: loc.crcs.clone(),
+                }),
+                sources,
+                k: vol.k,
+                m: vol.m,
+            })
+            .await
+            .map_err(|s| runner_err(s.message().to_string()))?;
+        let outcome = if r.get_ref().rewritten {
+            "repaired"
+        } else {
+            "not_needed: the fragment checks out"
+        };
+        self.range_done(t, outcome).await
+    }
+
+    async fn range_done(&self, t: &v1::RangeTask, outcome: &str) -> Result<(), RepairError> {
+        self.meta()
+            .range_done(v1::RangeDoneRequest {
+                volume: t.volume,
+                member: t.member,
+                offset: t.offset,
+                outcome: outcome.to_string(),
+            })
+            .await
+            .map_err(|s| RepairError::Meta(s.message().to_string()))?;
+        Ok(())
     }
 
     async fn progress(

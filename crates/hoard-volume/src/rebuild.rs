@@ -556,6 +556,95 @@ impl VolumeStore {
         Ok(resp)
     }
 
+    /// Range repair: rewrites one corrupt fragment of a member held here, decoded from k good fragments
+    /// of the same block on the volume's other members. Answers whether anything was rewritten.
+    pub async fn repair_fragment(
+        &self,
+        req: v1::RepairFragmentRequest,
+    ) -> Result<bool, VolumeError> {
+        let e = req
+            .extent
+            .ok_or_else(|| VolumeError::BadRequest("missing extent".into()))?;
+        let record = from_wire(
+            req.record
+                .as_ref()
+                .ok_or_else(|| VolumeError::BadRequest("missing record".into()))?,
+        )?;
+        let geometry =
+            Geometry::new(req.k, req.m).map_err(|e| VolumeError::BadRequest(e.to_string()))?;
+        let width = geometry.width() as usize;
+        if record.crcs.len() != width || e.member as usize >= width {
+            return Err(VolumeError::BadRequest(
+                "record does not fit the geometry".into(),
+            ));
+        }
+        let extent = self.extent(e.volume, e.member)?;
+        let (ext, rec) = (Arc::clone(&extent), record.clone());
+        let fine = tokio::task::spawn_blocking(move || {
+            ext.read_fragment(
+                e.generation,
+                rec.offset,
+                rec.frag_len,
+                rec.crcs[ext.member as usize],
+            )
+        })
+        .await
+        .map_err(remote)?;
+        match fine {
+            Ok(_) => return Ok(false),
+            Err(VolumeError::Corrupt { .. }) => {}
+            Err(other) => return Err(other),
+        }
+        let mut slots: Vec<Option<Vec<u8>>> = vec![None; width];
+        let mut have = 0;
+        for src in req.sources.iter().filter(|s| s.member != e.member) {
+            if have >= geometry.k as usize {
+                break;
+            }
+            let Ok(mut c) = self.peers.get(&src.address) else {
+                continue;
+            };
+            let r = c
+                .read_fragment(v1::ReadFragmentRequest {
+                    extent: Some(v1::ExtentRef {
+                        volume: e.volume,
+                        member: src.member,
+                        generation: src.generation,
+                    }),
+                    offset: record.offset,
+                    frag_len: record.frag_len,
+                    expected_crc: record.crcs[src.member as usize],
+                    hash: Bytes::copy_from_slice(record.hash.as_bytes()),
+                })
+                .await;
+            if let Ok(r) = r {
+                slots[src.member as usize] = Some(r.into_inner().fragment.to_vec());
+                have += 1;
+            }
+        }
+        if have < geometry.k as usize {
+            return Err(VolumeError::Internal(format!(
+                "only {have} good fragments of block {} found, {} needed",
+                record.hash.short(),
+                geometry.k
+            )));
+        }
+        let codec = Codec::new(geometry).map_err(|e| VolumeError::Internal(e.to_string()))?;
+        let member = e.member as usize;
+        let (ext, rec) = (extent, record);
+        tokio::task::spawn_blocking(move || {
+            // Only data slots need filling when the bad fragment is a data one.
+            codec
+                .reconstruct(&mut slots, member < geometry.k as usize)
+                .map_err(|e| VolumeError::Internal(e.to_string()))?;
+            let frag = slots[member].take().unwrap_or_default();
+            ext.repair_fragment(e.generation, &rec, &frag)
+        })
+        .await
+        .map_err(remote)??;
+        Ok(true)
+    }
+
     /// Drops a session and its local staging extents.
     pub async fn abort_rebuild(&self, id: &str) {
         let Some(session) = self.sessions.lock().remove(id) else {

@@ -220,20 +220,8 @@ impl Volume for VolumeService {
         &self,
         req: Request<v1::RepairFragmentRequest>,
     ) -> Result<Response<v1::RepairFragmentResponse>, Status> {
-        let r = req.into_inner();
-        let e = extent_ref(r.extent)?;
-        let record = crate::rebuild::from_wire(
-            r.record
-                .as_ref()
-                .ok_or_else(|| Status::invalid_argument("missing record"))?,
-        )?;
-        let extent = self.store.extent(e.volume, e.member)?;
-        tokio::task::spawn_blocking(move || {
-            extent.repair_fragment(e.generation, &record, &r.fragment)
-        })
-        .await
-        .map_err(blocking_err)??;
-        Ok(Response::new(v1::RepairFragmentResponse {}))
+        let rewritten = self.store.repair_fragment(req.into_inner()).await?;
+        Ok(Response::new(v1::RepairFragmentResponse { rewritten }))
     }
 
     async fn create_extent(

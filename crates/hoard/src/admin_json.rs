@@ -79,6 +79,11 @@ pub fn repair(r: &v1::RepairStatusResponse) -> Value {
         "lost_volumes": r.lost_volumes,
         "bytes_rebuilt_total": r.bytes_rebuilt_total,
         "volumes_repaired_total": r.volumes_repaired_total,
+        "ranges_repaired_total": r.ranges_repaired_total,
+        "ranges": r.ranges.iter().map(|t| json!({
+            "volume": t.volume, "member": t.member, "offset": t.offset,
+            "hash": hex_of(&t.hash), "reported_unix_ms": t.reported_unix_ms,
+        })).collect::<Vec<_>>(),
         "rate_bytes_per_sec": r.rate_bytes_per_sec,
         "queue": r.tasks.iter().map(|t| json!({
             "volume": t.volume,
@@ -94,4 +99,8 @@ pub fn repair(r: &v1::RepairStatusResponse) -> Value {
             })).collect::<Vec<_>>()),
         })).collect::<Vec<_>>(),
     })
+}
+
+fn hex_of(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
