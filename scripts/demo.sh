@@ -13,11 +13,12 @@ cargo test --release --workspace --locked --no-run
 hoard="$CARGO_TARGET_DIR/release/hoard"
 
 data="${HOARD_DEMO_DATA:-$(mktemp -d /tmp/hoard-demo.XXXXXX)}"
+[ -z "${HOARD_DEMO_DATA:-}" ] && [ $once -eq 1 ] && cleanup_data="$data" || cleanup_data=""
 work=$(mktemp -d /tmp/hoard-demo-files.XXXXXX)
 log="$work/dev.log"
 "$hoard" dev --data "$data" --listen 127.0.0.1:0 --admin 127.0.0.1:0 >"$work/dev.out" 2>"$log" &
 dev=$!
-trap 'kill $dev 2>/dev/null || true; wait $dev 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill $dev 2>/dev/null || true; wait $dev 2>/dev/null || true; rm -rf "$work" $cleanup_data' EXIT
 for _ in $(seq 1 200); do
   grep -q 'client endpoint' "$work/dev.out" 2>/dev/null && break
   kill -0 $dev 2>/dev/null || { cat "$log" >&2; echo "demo: hoard dev failed to start" >&2; exit 1; }
