@@ -64,7 +64,7 @@ print(f'{(f(\"$last\")-f(\"$first\")).total_seconds():.2f}')")
 rebuild_rate=$(python3 -c "print(f'{$rebuilt/max($rebuild_secs,1e-3)/1e6:.1f}')")
 
 # This machine's disk read rate, on a member file of another disk (O_DIRECT, no page cache).
-big=$(find "$WORK/data" -name '*.dat' -size +500M | head -1)
+big=$(find "$WORK/data" -name '*.dat' -printf '%s %p\n' | sort -rn | head -1 | cut -d' ' -f2)
 read_rate=$(dd if="$big" of=/dev/null bs=4M iflag=direct 2>&1 | tail -1 | awk -F', ' '{print $NF}')
 kill $dev; wait $dev 2>/dev/null || true; trap - EXIT
 

@@ -67,8 +67,8 @@ pub struct Extent {
     /// returns no append of an older epoch can land.
     meta: RwLock<MemberFile>,
     dat: File,
-    /// The same `.dat` opened with O_DIRECT, for page-aligned fragments; `None` where the filesystem
-    /// refuses O_DIRECT.
+    /// The same `.dat` opened with O_DIRECT, for page-aligned fragment writes and for streaming reads
+    /// (repair, scrub) that should not fill the page cache; `None` where the filesystem refuses O_DIRECT.
     dat_direct: Option<File>,
     idx: File,
     idx_writer: Mutex<IdxWriter>,
@@ -179,6 +179,7 @@ impl Extent {
         let dat_direct = {
             use std::os::unix::fs::OpenOptionsExt;
             OpenOptions::new()
+                .read(true)
                 .write(true)
                 .custom_flags(libc::O_DIRECT)
                 .open(&dat_p)
@@ -399,9 +400,7 @@ impl Extent {
                     && fragment.len().is_multiple_of(aligned::ALIGN) =>
             {
                 let buf = aligned::AlignedBuf::copy_of(fragment);
-                let r = direct.write_all_at(buf.as_slice(), at);
-                aligned::recycle(buf);
-                r
+                direct.write_all_at(buf.as_slice(), at)
             }
             _ => self.dat.write_all_at(fragment, at),
         };
@@ -457,10 +456,12 @@ impl Extent {
         offset: u64,
         frag_len: u32,
         expected_crc: u32,
-    ) -> Result<Vec<u8>, VolumeError> {
+    ) -> Result<Bytes, VolumeError> {
         self.check_usable(generation)?;
-        let mut buf = vec![0u8; frag_len as usize];
-        match read_exact_at(&self.dat, &mut buf, DAT_HEADER_LEN + offset) {
+        // A pooled buffer: no zeroing, no fresh pages. Read through the page cache, which keeps what
+        // clients read often.
+        let mut buf = aligned::AlignedBuf::with_len(frag_len as usize);
+        match read_exact_at(&self.dat, buf.as_mut_slice(), DAT_HEADER_LEN + offset) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                 return Err(VolumeError::Corrupt {
@@ -472,7 +473,7 @@ impl Extent {
             }
             Err(e) => return Err(self.fail(format!("read .dat: {e}"))),
         }
-        if crc32c::crc32c(&buf) != expected_crc {
+        if crc32c::crc32c(buf.as_slice()) != expected_crc {
             metrics::counter!("hoard_volume_fragment_crc_failures_total").increment(1);
             return Err(VolumeError::Corrupt {
                 volume: self.volume,
@@ -481,32 +482,37 @@ impl Extent {
                 problem: "crc32c mismatch".into(),
             });
         }
-        Ok(buf)
+        Ok(Bytes::from_owner(buf))
     }
 
     /// Reads raw bytes of the data region (no checks: the caller checks fragments against records).
-    /// Bytes past the end of the file read as zeros, as they were never written.
-    pub fn read_range(
-        &self,
-        generation: u64,
-        offset: u64,
-        len: u32,
-    ) -> Result<Vec<u8>, VolumeError> {
+    /// Bytes past the end of the file read as zeros, as they were never written. Uses O_DIRECT where it
+    /// can: these are streaming reads (repair, scrub) that should neither cost a page-cache copy nor
+    /// evict what clients read.
+    pub fn read_range(&self, generation: u64, offset: u64, len: u32) -> Result<Bytes, VolumeError> {
         self.check_usable(generation)?;
-        let mut buf = vec![0u8; len as usize];
+        let start = DAT_HEADER_LEN + offset;
+        let (file, lo, hi) = match &self.dat_direct {
+            Some(d) => {
+                let a = aligned::ALIGN as u64;
+                (d, start / a * a, (start + len as u64).div_ceil(a) * a)
+            }
+            None => (&self.dat, start, start + len as u64),
+        };
+        let mut buf = aligned::AlignedBuf::with_len((hi - lo) as usize);
+        let slice = buf.as_mut_slice();
         let mut done = 0;
-        while done < buf.len() {
-            match self
-                .dat
-                .read_at(&mut buf[done..], DAT_HEADER_LEN + offset + done as u64)
-            {
+        while done < slice.len() {
+            match file.read_at(&mut slice[done..], lo + done as u64) {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(self.fail(format!("read .dat: {e}"))),
             }
         }
-        Ok(buf)
+        slice[done..].fill(0);
+        let skip = (start - lo) as usize;
+        Ok(Bytes::from_owner(buf).slice(skip..skip + len as usize))
     }
 
     /// Rewrites one fragment in place (range repair), after checking it against its record; durable
@@ -656,7 +662,7 @@ mod tests {
         }
         assert_eq!(e.records(), 50);
         let crc = crc32c::crc32c(&frag);
-        assert_eq!(e.read_fragment(1, 49 * 64, 64, crc).unwrap(), frag.to_vec());
+        assert_eq!(e.read_fragment(1, 49 * 64, 64, crc).unwrap(), frag);
         assert!(matches!(
             e.read_fragment(1, 0, 64, crc ^ 1),
             Err(VolumeError::Corrupt { .. })

@@ -75,9 +75,7 @@ impl Volume for VolumeService {
         .await
         .map_err(blocking_err)??;
         metrics::counter!("hoard_volume_repair_read_bytes_total").increment(data.len() as u64);
-        Ok(Response::new(v1::ReadRangeResponse {
-            data: Bytes::from(data),
-        }))
+        Ok(Response::new(v1::ReadRangeResponse { data }))
     }
 
     type ReadIndexStream = IndexStream;
@@ -306,9 +304,7 @@ impl Volume for VolumeService {
         match res {
             Ok(buf) => {
                 metrics::counter!("hoard_volume_read_bytes_total").increment(buf.len() as u64);
-                Ok(Response::new(v1::ReadFragmentResponse {
-                    fragment: Bytes::from(buf),
-                }))
+                Ok(Response::new(v1::ReadFragmentResponse { fragment: buf }))
             }
             Err(err) => {
                 if matches!(err, VolumeError::Corrupt { .. }) {

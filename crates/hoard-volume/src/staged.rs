@@ -15,6 +15,8 @@ pub struct StagedExtent {
     pub mf: MemberFile,
     pub dir: PathBuf,
     dat: File,
+    /// O_DIRECT handle for page-aligned writes, where the filesystem allows it.
+    dat_direct: Option<File>,
     written: AtomicU64,
 }
 
@@ -26,10 +28,19 @@ impl StagedExtent {
             .write(true)
             .open(&p)
             .map_err(|e| VolumeError::io(&p, e))?;
+        let dat_direct = {
+            use std::os::unix::fs::OpenOptionsExt;
+            OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(&p)
+                .ok()
+        };
         Ok(StagedExtent {
             mf,
             dir: dir.to_path_buf(),
             dat,
+            dat_direct,
             written: AtomicU64::new(0),
         })
     }
@@ -43,9 +54,15 @@ impl StagedExtent {
                 self.mf.capacity
             )));
         }
-        self.dat
-            .write_all_at(data, DAT_HEADER_LEN + offset)
-            .map_err(|e| VolumeError::io(&dat_path(&self.dir, self.mf.member), e))?;
+        let at = DAT_HEADER_LEN + offset;
+        let a = crate::aligned::ALIGN;
+        let res = match &self.dat_direct {
+            Some(d) if at.is_multiple_of(a as u64) && data.len().is_multiple_of(a) => {
+                d.write_all_at(crate::aligned::AlignedBuf::copy_of(data).as_slice(), at)
+            }
+            _ => self.dat.write_all_at(data, at),
+        };
+        res.map_err(|e| VolumeError::io(&dat_path(&self.dir, self.mf.member), e))?;
         self.written.fetch_add(data.len() as u64, Ordering::Relaxed);
         Ok(())
     }
