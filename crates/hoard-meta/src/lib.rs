@@ -6,6 +6,7 @@ pub mod engine;
 pub mod placement;
 pub mod records;
 pub mod repair;
+pub mod scrub;
 pub mod service;
 pub mod state;
 pub mod volume_ops;

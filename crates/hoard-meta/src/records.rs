@@ -148,6 +148,19 @@ pub struct KnobsRow {
     pub concurrency: u32,
 }
 
+/// The scrub knobs (table `config`, key `scrub_knobs`).
+#[derive(Clone, PartialEq, Message)]
+pub struct ScrubKnobsRow {
+    #[prost(bool, tag = "1")]
+    pub paused: bool,
+    #[prost(uint64, tag = "2")]
+    pub bytes_per_sec: u64,
+    #[prost(uint64, tag = "3")]
+    pub interval_secs: u64,
+    #[prost(uint64, tag = "4")]
+    pub start_requested_unix_ms: u64,
+}
+
 /// Lifetime repair counters (table `config`, key `repair_counters`).
 #[derive(Clone, PartialEq, Message)]
 pub struct RepairCountersRow {

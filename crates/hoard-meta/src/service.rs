@@ -26,7 +26,11 @@ impl Meta for MetaService {
         req: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
         let (cluster_id, retire) = self.state.heartbeat(req.get_ref())?;
-        Ok(Response::new(v1::HeartbeatResponse { cluster_id, retire }))
+        Ok(Response::new(v1::HeartbeatResponse {
+            cluster_id,
+            retire,
+            scrub: Some(self.state.scrub_knobs()),
+        }))
     }
 
     async fn lookup(

@@ -72,6 +72,9 @@ pub(crate) struct Cell {
     /// Corrupt fragments to rewrite in place, by (volume, member, offset).
     pub(crate) ranges: BTreeMap<(VolumeId, u32, u64), crate::records::RangeRow>,
     pub(crate) knobs: crate::records::KnobsRow,
+    pub(crate) scrub_knobs: crate::records::ScrubKnobsRow,
+    /// The last scrub status each disk reported. Memory only: the checkpoints live on the disks.
+    pub(crate) scrub: BTreeMap<String, v1::ScrubStatus>,
     pub(crate) counters: crate::records::RepairCountersRow,
     /// (time, bytes) of recent rebuild commits, for the rate.
     pub(crate) recent: std::collections::VecDeque<(u64, u64)>,
@@ -210,6 +213,10 @@ impl MetaState {
         cell.knobs = match engine.get(Cf::Config, crate::repair::KEY_KNOBS)? {
             Some(b) => decode("config", &b)?,
             None => crate::repair::default_knobs(),
+        };
+        cell.scrub_knobs = match engine.get(Cf::Config, crate::scrub::KEY_SCRUB_KNOBS)? {
+            Some(b) => decode("config", &b)?,
+            None => crate::scrub::default_knobs(),
         };
         if let Some(b) = engine.get(Cf::Config, crate::repair::KEY_COUNTERS)? {
             cell.counters = decode("config", &b)?;
@@ -465,6 +472,9 @@ impl MetaState {
                 };
                 b.put(Cf::Disks, d.disk_id.as_bytes(), encode(&row));
                 cell.disks.insert(d.disk_id.clone(), row);
+                if let Some(s) = &d.scrub {
+                    cell.scrub.insert(d.disk_id.clone(), s.clone());
+                }
             }
             // Only what meta knows to be superseded: an extent of a volume meta has never heard of is
             // left alone (meta may have lost its data; the disks are then the truth).
@@ -923,6 +933,8 @@ impl MetaState {
                     free_bytes: d.free_bytes,
                     state: d.state.clone(),
                     extents: d.extents,
+                    cluster_id: String::new(),
+                    scrub: cell.scrub.get(id).cloned(),
                 }),
                 node_id: d.node_id.clone(),
                 members: members_per_disk.get(id.as_str()).copied().unwrap_or(0),
@@ -1023,7 +1035,7 @@ mod tests {
                             used_bytes: 0,
                             free_bytes: 1 << 30,
                             state: "ok".into(),
-                            extents: 0,
+                            ..Default::default()
                         })
                         .collect(),
                 })

@@ -16,6 +16,8 @@ pub struct HeartbeatConfig {
     pub advertise: String,
     pub labels: HashMap<String, String>,
     pub interval: Duration,
+    /// Receives the scrub knobs and reports scrub progress, when scrubbing runs.
+    pub scrubber: Option<Arc<crate::scrub::Scrubber>>,
 }
 
 /// Sends one heartbeat. Used at start (so that the node is known before it serves) and by the loop.
@@ -25,7 +27,15 @@ pub async fn beat(
     cfg: &HeartbeatConfig,
 ) -> Result<(), tonic::Status> {
     store.check_disks();
-    let disks = store.disk_reports().iter().map(disk_info).collect();
+    let disks = store
+        .disk_reports()
+        .iter()
+        .map(|d| {
+            let mut info = disk_info(d);
+            info.scrub = cfg.scrubber.as_ref().and_then(|s| s.status(&d.disk_id));
+            info
+        })
+        .collect();
     let extents = store
         .extents()
         .iter()
@@ -50,6 +60,9 @@ pub async fn beat(
     }
     for e in resp.retire {
         store.retire(e.volume, e.member, e.generation);
+    }
+    if let (Some(s), Some(k)) = (&cfg.scrubber, &resp.scrub) {
+        s.set_knobs(crate::scrub::Knobs::from_wire(k));
     }
     Ok(())
 }

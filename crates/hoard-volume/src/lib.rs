@@ -6,6 +6,7 @@ pub mod extent;
 pub mod format;
 pub mod heartbeat;
 pub mod rebuild;
+pub mod scrub;
 pub mod service;
 pub mod staged;
 pub mod store;

@@ -47,6 +47,8 @@ pub fn disk_info(d: &crate::store::DiskReport) -> v1::DiskInfo {
         free_bytes: d.free_bytes,
         state: d.state.clone(),
         extents: d.extents,
+        cluster_id: d.cluster_id.clone(),
+        scrub: None,
     }
 }
 
@@ -340,6 +342,8 @@ impl Volume for VolumeService {
                     k: mf.k,
                     m: mf.m,
                     epoch: mf.epoch,
+                    capacity: mf.capacity,
+                    records: e.records(),
                 }
             })
             .collect();

@@ -26,6 +26,7 @@ pub struct VolumeStoreConfig {
 #[derive(Clone, Debug)]
 pub struct DiskReport {
     pub disk_id: String,
+    pub cluster_id: String,
     pub path: String,
     pub capacity_bytes: u64,
     pub used_bytes: u64,
@@ -348,6 +349,7 @@ impl VolumeStore {
                 });
                 DiskReport {
                     disk_id: d.id.clone(),
+                    cluster_id: d.label().cluster_id,
                     path: d.path.display().to_string(),
                     capacity_bytes: capacity,
                     used_bytes: used,

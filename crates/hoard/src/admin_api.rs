@@ -8,6 +8,7 @@ use hoard_admin::axum::http::StatusCode;
 use hoard_admin::axum::routing::{get, post};
 use hoard_admin::axum::{Json, Router};
 use hoard_meta::MetaState;
+use hoard_meta::scrub::ScrubChange;
 use hoard_proto::v1;
 use serde_json::{Value, json};
 
@@ -29,6 +30,11 @@ pub fn routes(meta: Arc<MetaState>) -> Router {
         .route("/api/v1/repair/pause", post(repair_pause))
         .route("/api/v1/repair/resume", post(repair_resume))
         .route("/api/v1/repair/throttle", post(repair_throttle))
+        .route("/api/v1/scrub", get(scrub_status))
+        .route("/api/v1/scrub/start", post(scrub_start))
+        .route("/api/v1/scrub/pause", post(scrub_pause))
+        .route("/api/v1/scrub/resume", post(scrub_resume))
+        .route("/api/v1/scrub/throttle", post(scrub_throttle))
         .with_state(meta)
 }
 
@@ -110,6 +116,69 @@ async fn repair_throttle(State(m): State<Arc<MetaState>>, Json(body): Json<Value
             paused: None,
             bytes_per_sec: field("bytes_per_sec")?,
             concurrency,
+        },
+    )
+}
+
+fn scrub_json(m: &MetaState) -> Json<Value> {
+    Json(admin_json::scrub(&m.scrub_knobs(), &m.scrub_status()))
+}
+
+async fn scrub_status(State(m): State<Arc<MetaState>>) -> ApiResult {
+    Ok(scrub_json(&m))
+}
+
+fn scrub_set(m: &MetaState, c: ScrubChange) -> ApiResult {
+    m.set_scrub(c).map_err(bad)?;
+    Ok(scrub_json(m))
+}
+
+async fn scrub_start(State(m): State<Arc<MetaState>>) -> ApiResult {
+    scrub_set(
+        &m,
+        ScrubChange {
+            start: true,
+            ..Default::default()
+        },
+    )
+}
+
+async fn scrub_pause(State(m): State<Arc<MetaState>>) -> ApiResult {
+    scrub_set(
+        &m,
+        ScrubChange {
+            paused: Some(true),
+            ..Default::default()
+        },
+    )
+}
+
+async fn scrub_resume(State(m): State<Arc<MetaState>>) -> ApiResult {
+    scrub_set(
+        &m,
+        ScrubChange {
+            paused: Some(false),
+            ..Default::default()
+        },
+    )
+}
+
+async fn scrub_throttle(State(m): State<Arc<MetaState>>, Json(body): Json<Value>) -> ApiResult {
+    let field = |k: &str| -> Result<Option<u64>, (StatusCode, String)> {
+        match body.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| bad(format!("{k} must be a non-negative integer"))),
+        }
+    };
+    scrub_set(
+        &m,
+        ScrubChange {
+            bytes_per_sec: field("bytes_per_sec")?,
+            interval_secs: field("interval_secs")?,
+            ..Default::default()
         },
     )
 }

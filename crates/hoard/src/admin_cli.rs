@@ -40,6 +40,32 @@ pub enum AdminCmd {
         #[command(subcommand)]
         cmd: RepairCmd,
     },
+    /// Disk scrubbing: every fragment read back and checked on a schedule.
+    Scrub {
+        #[command(subcommand)]
+        cmd: ScrubCmd,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ScrubCmd {
+    /// Per disk: state, progress, corrupt ranges found, age of the last full pass.
+    Status,
+    /// Start a pass on every disk now.
+    Start,
+    /// Pause scrubbing (passes resume from their checkpoints).
+    Pause,
+    /// Resume scrubbing.
+    Resume,
+    /// Change the pace and the schedule.
+    Throttle {
+        /// Bytes per second per disk (0: unthrottled).
+        #[arg(long)]
+        bytes_per_sec: Option<u64>,
+        /// Time between full passes of a disk, e.g. 14d.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        interval: Option<std::time::Duration>,
+    },
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -235,6 +261,66 @@ fn print_repair(r: &Value) {
     }
 }
 
+fn print_scrub(v: &Value) {
+    let rate = v["bytes_per_sec"].as_u64().unwrap_or(0);
+    println!(
+        "scrub: {}  throttle {} per disk  interval {}  corrupt ranges found {}",
+        if v["paused"].as_bool().unwrap_or(false) {
+            "PAUSED"
+        } else {
+            "on"
+        },
+        if rate == 0 {
+            "none".to_string()
+        } else {
+            format!("{}/s", human_bytes(rate))
+        },
+        humantime::format_duration(std::time::Duration::from_secs(
+            v["interval_secs"].as_u64().unwrap_or(0)
+        )),
+        s(&v["bad_ranges"]),
+    );
+    let rows: Vec<Vec<String>> = v["disks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            let done = d["bytes_done"].as_u64().unwrap_or(0);
+            let total = d["bytes_total"].as_u64().unwrap_or(0);
+            vec![
+                s(&d["disk"]),
+                s(&d["node"]),
+                s(&d["state"]),
+                if total > 0 {
+                    format!("{} / {}", human_bytes(done), human_bytes(total))
+                } else {
+                    "-".into()
+                },
+                s(&d["bad_ranges"]),
+                s(&d["index_damage"]),
+                d["pass_age_seconds"]
+                    .as_u64()
+                    .map(|a| {
+                        humantime::format_duration(std::time::Duration::from_secs(a)).to_string()
+                    })
+                    .unwrap_or_else(|| "never".into()),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "DISK",
+            "NODE",
+            "STATE",
+            "PROGRESS",
+            "BAD",
+            "IDX DAMAGE",
+            "LAST PASS",
+        ],
+        &rows,
+    );
+}
+
 pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
     let base = args.admin.trim_end_matches('/').to_string();
     let (method, path, body) = match &args.cmd {
@@ -242,6 +328,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
         AdminCmd::Nodes => ("GET", "/api/v1/nodes", None),
         AdminCmd::Disks => ("GET", "/api/v1/disks", None),
         AdminCmd::Volumes => ("GET", "/api/v1/volumes", None),
+        AdminCmd::Scrub { .. } => ("GET", "/api/v1/scrub", None),
         AdminCmd::Repair { cmd } => match cmd {
             RepairCmd::Status => ("GET", "/api/v1/repair", None),
             RepairCmd::Pause => ("POST", "/api/v1/repair/pause", Some(Value::Null)),
@@ -262,6 +349,31 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
                 )
             }
         },
+    };
+    let (method, path, body) = match &args.cmd {
+        AdminCmd::Scrub { cmd } => match cmd {
+            ScrubCmd::Status => ("GET", "/api/v1/scrub", None),
+            ScrubCmd::Start => ("POST", "/api/v1/scrub/start", Some(Value::Null)),
+            ScrubCmd::Pause => ("POST", "/api/v1/scrub/pause", Some(Value::Null)),
+            ScrubCmd::Resume => ("POST", "/api/v1/scrub/resume", Some(Value::Null)),
+            ScrubCmd::Throttle {
+                bytes_per_sec,
+                interval,
+            } => {
+                if bytes_per_sec.is_none() && interval.is_none() {
+                    bail!("give --bytes-per-sec and/or --interval");
+                }
+                (
+                    "POST",
+                    "/api/v1/scrub/throttle",
+                    Some(serde_json::json!({
+                        "bytes_per_sec": bytes_per_sec,
+                        "interval_secs": interval.map(|i| i.as_secs()),
+                    })),
+                )
+            }
+        },
+        _ => (method, path, body),
     };
     let v = http_json(&base, method, path, body.as_ref())
         .await
@@ -297,6 +409,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
         AdminCmd::Disks => print_disks(&v),
         AdminCmd::Volumes => print_volumes(&v),
         AdminCmd::Repair { .. } => print_repair(&v),
+        AdminCmd::Scrub { .. } => print_scrub(&v),
     }
     Ok(ExitCode::SUCCESS)
 }

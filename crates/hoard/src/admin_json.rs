@@ -104,3 +104,29 @@ pub fn repair(r: &v1::RepairStatusResponse) -> Value {
 fn hex_of(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+pub fn scrub(k: &v1::ScrubKnobs, disks: &[(String, String, v1::ScrubStatus)]) -> Value {
+    let now = hoard_types::now_ms();
+    json!({
+        "paused": k.paused,
+        "bytes_per_sec": k.bytes_per_sec,
+        "interval_secs": k.interval_secs,
+        "start_requested_unix_ms": k.start_requested_unix_ms,
+        "bad_ranges": disks.iter().map(|(_, _, s)| s.bad_ranges).sum::<u64>(),
+        "disks": disks.iter().map(|(id, node, s)| json!({
+            "disk": id,
+            "node": node,
+            "state": if s.state.is_empty() { "unknown" } else { s.state.as_str() },
+            "pass_started_unix_ms": s.pass_started_unix_ms,
+            "last_pass_completed_unix_ms": s.last_pass_completed_unix_ms,
+            "pass_age_seconds": (s.last_pass_completed_unix_ms > 0)
+                .then(|| now.saturating_sub(s.last_pass_completed_unix_ms) / 1000),
+            "bytes_done": s.bytes_done,
+            "bytes_total": s.bytes_total,
+            "bad_ranges": s.bad_ranges,
+            "last_pass_bad_ranges": s.last_pass_bad_ranges,
+            "index_damage": s.index_damage,
+            "last_pass_index_damage": s.last_pass_index_damage,
+        })).collect::<Vec<_>>(),
+    })
+}

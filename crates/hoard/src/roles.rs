@@ -164,10 +164,13 @@ pub async fn start_volume(
         .map_err(|e| anyhow!("volume: bad meta URL {:?}: {e}", cfg.meta_url))?
         .timeout(Duration::from_secs(10));
     let mut meta = MetaClient::new(ep.connect_lazy());
+    let scrubber = hoard_volume::scrub::Scrubber::new(Arc::clone(&store), meta.clone());
+    scrubber.spawn(stop.subscribe());
     let hb = HeartbeatConfig {
         advertise: advertise.to_string(),
         labels: cfg.labels.clone(),
         interval: cfg.heartbeat,
+        scrubber: Some(scrubber),
     };
     // Announce ourselves before serving, so that meta can place volumes here at once; a meta that is not
     // up yet hears from us at the next beat.
