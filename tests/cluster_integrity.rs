@@ -334,3 +334,71 @@ fn parse_checkpoint_str(text: &str, key: &str) -> String {
         })
         .unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_metadata_tier_is_rebuilt_from_the_disks() {
+    let mut cluster = Cluster::start(bin(), ClusterOpts::default()).unwrap();
+    let client = cluster.client().await.unwrap();
+    let blocks = fill(&client, 50, 7000).await;
+    let mut max_volume = 0;
+    for (h, _, _) in &blocks {
+        max_volume = max_volume.max(client.stat(&h.to_hex()).await.unwrap().volume);
+    }
+    // Lose the metadata tier entirely.
+    cluster.kill_all();
+    std::fs::remove_dir_all(cluster.path().join("meta")).unwrap();
+    cluster.restart_all().unwrap();
+    let client = cluster.client().await.unwrap();
+    wait_for("every disk reported", Duration::from_secs(30), || async {
+        let d = cluster.admin_get("/api/v1/disks").await.ok()?;
+        (d.as_array()?.len() == 12).then_some(d)
+    })
+    .await
+    .unwrap();
+    // The empty tier keeps new data off disks it cannot account for.
+    let disks = cluster.admin_get("/api/v1/disks").await.unwrap();
+    assert!(
+        disks
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["state"].as_str().unwrap().starts_with("held")),
+        "{disks:#}"
+    );
+    let err = client.put(block(1, 1000)).await.unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::Unavailable), "{err}");
+    // Rebuild, through the operator command.
+    let out = std::process::Command::new(bin())
+        .args(["admin", "rebuild-index"])
+        .env("HOARD_ADMIN", cluster.admin_url())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "rebuild-index failed: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("50 accepted"), "{text}");
+    for (h, seed, len) in &blocks {
+        let got = client
+            .get(h)
+            .await
+            .unwrap_or_else(|e| panic!("block {h} lost: {e}"));
+        assert!(got == block(*seed, *len), "block {h} came back wrong");
+    }
+    // The disks are this tier's again, and new volumes never reuse an old id.
+    let h = wait_for("a put after the rebuild", Duration::from_secs(30), || {
+        let c = client.clone();
+        async move { c.put(block(2, 1000)).await.ok() }
+    })
+    .await
+    .unwrap()
+    .hash;
+    let st = client.stat(&h.to_hex()).await.unwrap();
+    assert!(
+        st.volume > max_volume,
+        "new volume {} reuses an id up to {max_volume}",
+        st.volume
+    );
+}

@@ -4,6 +4,7 @@
 
 pub mod engine;
 pub mod placement;
+pub mod rebuild_index;
 pub mod records;
 pub mod repair;
 pub mod scrub;

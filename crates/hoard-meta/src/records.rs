@@ -189,6 +189,16 @@ pub struct DiskRow {
     pub free_bytes: u64,
     #[prost(uint32, tag = "7")]
     pub extents: u32,
+    /// Why new members must not land here although the disk is healthy (labelled for another
+    /// cluster, or holding extents of volumes this metadata tier does not know); empty when usable.
+    #[prost(string, tag = "8")]
+    pub hold: String,
+    /// An operator declared the disk's unknown contents abandoned: it may take new members.
+    #[prost(bool, tag = "9")]
+    pub declared_empty: bool,
+    /// The cluster id in the disk's label.
+    #[prost(string, tag = "10")]
+    pub cluster_id: String,
 }
 
 #[derive(Clone, PartialEq, Message)]

@@ -86,3 +86,21 @@ impl MetaState {
             .collect()
     }
 }
+
+impl MetaState {
+    /// An operator declares a held disk's unknown contents abandoned: it may take new members, and a
+    /// disk labelled for another cluster is relabelled for this one.
+    pub fn declare_disk_empty(&self, disk_id: &str) -> Result<(), MetaError> {
+        self.mutate_cell(true, |cell, b| {
+            let d = cell
+                .disks
+                .get_mut(disk_id)
+                .ok_or_else(|| MetaError::Invalid(format!("no disk {disk_id}")))?;
+            d.declared_empty = true;
+            d.hold.clear();
+            b.put(Cf::Disks, disk_id.as_bytes().to_vec(), encode(&*d));
+            tracing::warn!(disk = disk_id, "disk declared empty by an operator");
+            Ok(())
+        })?
+    }
+}

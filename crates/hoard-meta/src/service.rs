@@ -25,11 +25,12 @@ impl Meta for MetaService {
         &self,
         req: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
-        let (cluster_id, retire) = self.state.heartbeat(req.get_ref())?;
+        let a = self.state.heartbeat(req.get_ref())?;
         Ok(Response::new(v1::HeartbeatResponse {
-            cluster_id,
-            retire,
+            cluster_id: a.cluster_id,
+            retire: a.retire,
             scrub: Some(self.state.scrub_knobs()),
+            adopt_disks: a.adopt_disks,
         }))
     }
 

@@ -75,12 +75,21 @@ pub(crate) struct Cell {
     pub(crate) scrub_knobs: crate::records::ScrubKnobsRow,
     /// The last scrub status each disk reported. Memory only: the checkpoints live on the disks.
     pub(crate) scrub: BTreeMap<String, v1::ScrubStatus>,
+    /// The extents each volume server last said it holds. Memory only.
+    pub(crate) in_service: BTreeMap<String, Vec<v1::ExtentInfo>>,
     pub(crate) counters: crate::records::RepairCountersRow,
     /// (time, bytes) of recent rebuild commits, for the rate.
     pub(crate) recent: std::collections::VecDeque<(u64, u64)>,
     /// Disks a frontend reported failing since their node's last heartbeat: no new members go there
     /// until the node proves itself alive again. Memory only.
     pub(crate) suspect: std::collections::HashSet<String>,
+}
+
+/// What meta answers a heartbeat.
+pub struct HeartbeatAnswer {
+    pub cluster_id: String,
+    pub retire: Vec<v1::ExtentRef>,
+    pub adopt_disks: Vec<String>,
 }
 
 /// Result of a block commit.
@@ -107,6 +116,7 @@ pub struct MetaState {
     commits: Mutex<Option<mpsc::Sender<CommitJob>>>,
     committer: Mutex<Option<std::thread::JoinHandle<()>>>,
     ops: Arc<dyn VolumeOps>,
+    pub(crate) index_rebuild: crate::rebuild_index::IndexRebuildJob,
 }
 
 fn location_of(row: &BlockRow) -> BlockLocation {
@@ -234,6 +244,7 @@ impl MetaState {
             commits: Mutex::new(Some(tx)),
             committer: Mutex::new(None),
             ops,
+            index_rebuild: Default::default(),
         });
         let weak = Arc::downgrade(&state);
         let handle = std::thread::Builder::new()
@@ -439,15 +450,21 @@ impl MetaState {
 
     /// Records a volume server's heartbeat: its address, labels and disks. Answers the cluster id and
     /// the reported extents that a newer generation has replaced.
-    pub fn heartbeat(
-        &self,
-        req: &v1::HeartbeatRequest,
-    ) -> Result<(String, Vec<v1::ExtentRef>), MetaError> {
+    pub fn heartbeat(&self, req: &v1::HeartbeatRequest) -> Result<HeartbeatAnswer, MetaError> {
         if req.node_id.is_empty() {
             return Err(MetaError::Invalid("heartbeat without node id".into()));
         }
         let now = now_ms();
         self.mutate_cell(false, |cell, b| {
+            // Volume ids found on disks are never handed out again, even by a metadata tier that
+            // lost its tables.
+            if let Some(max) = req.extents.iter().filter_map(|e| e.extent.as_ref()).map(|e| e.volume).max()
+                && max >= cell.next_volume
+            {
+                cell.next_volume = max + 1;
+                b.put(Cf::Config, KEY_NEXT_VOLUME, cell.next_volume.to_be_bytes().to_vec());
+            }
+            let mut adopt = Vec::new();
             let node = NodeRow {
                 address: req.address.clone(),
                 labels: req.labels.clone(),
@@ -461,6 +478,31 @@ impl MetaState {
             cell.nodes.insert(req.node_id.clone(), node);
             for d in &req.disks {
                 cell.suspect.remove(&d.disk_id);
+                let declared_empty = cell.disks.get(&d.disk_id).is_some_and(|r| r.declared_empty);
+                let unknown = req
+                    .extents
+                    .iter()
+                    .filter(|e| e.disk_id == d.disk_id)
+                    .filter(|e| e.extent.as_ref().is_some_and(|x| !cell.volumes.contains_key(&x.volume)))
+                    .count();
+                let foreign = !d.cluster_id.is_empty() && d.cluster_id != cell.cluster_id;
+                let hold = if declared_empty {
+                    if foreign {
+                        adopt.push(d.disk_id.clone());
+                    }
+                    String::new()
+                } else if foreign {
+                    format!(
+                        "labelled for cluster {}, this is {}: run rebuild-index, or declare the disk empty",
+                        d.cluster_id, cell.cluster_id
+                    )
+                } else if unknown > 0 {
+                    format!(
+                        "holds {unknown} extent(s) of volumes this metadata tier does not know: run rebuild-index, or declare the disk empty"
+                    )
+                } else {
+                    String::new()
+                };
                 let row = DiskRow {
                     node_id: req.node_id.clone(),
                     path: d.path.clone(),
@@ -469,6 +511,9 @@ impl MetaState {
                     used_bytes: d.used_bytes,
                     free_bytes: d.free_bytes,
                     extents: d.extents,
+                    hold,
+                    declared_empty,
+                    cluster_id: d.cluster_id.clone(),
                 };
                 b.put(Cf::Disks, d.disk_id.as_bytes(), encode(&row));
                 cell.disks.insert(d.disk_id.clone(), row);
@@ -481,6 +526,7 @@ impl MetaState {
             let retire = req
                 .extents
                 .iter()
+                .filter_map(|e| e.extent.clone())
                 .filter(|e| match cell.volumes.get(&e.volume) {
                     None => false,
                     Some(v) if v.state == STATE_RETIRED => true,
@@ -489,9 +535,13 @@ impl MetaState {
                         .get(e.member as usize)
                         .is_some_and(|m| m.generation > e.generation),
                 })
-                .cloned()
                 .collect();
-            (cell.cluster_id.clone(), retire)
+            cell.in_service.insert(req.node_id.clone(), req.extents.clone());
+            HeartbeatAnswer {
+                cluster_id: cell.cluster_id.clone(),
+                retire,
+                adopt_disks: adopt,
+            }
         })
     }
 
@@ -539,7 +589,9 @@ impl MetaState {
         }
         cell.disks
             .iter()
-            .filter(|(_, d)| d.state == "ok" && d.free_bytes >= self.cfg.extent_capacity)
+            .filter(|(_, d)| {
+                d.state == "ok" && d.hold.is_empty() && d.free_bytes >= self.cfg.extent_capacity
+            })
             .filter_map(|(id, d)| {
                 let node = cell.nodes.get(&d.node_id)?;
                 self.node_up(node, now).then(|| Candidate {
@@ -931,9 +983,13 @@ impl MetaState {
                     capacity_bytes: d.capacity_bytes,
                     used_bytes: d.used_bytes,
                     free_bytes: d.free_bytes,
-                    state: d.state.clone(),
+                    state: if d.hold.is_empty() || d.state != "ok" {
+                        d.state.clone()
+                    } else {
+                        format!("held: {}", d.hold)
+                    },
                     extents: d.extents,
-                    cluster_id: String::new(),
+                    cluster_id: d.cluster_id.clone(),
                     scrub: cell.scrub.get(id).cloned(),
                 }),
                 node_id: d.node_id.clone(),

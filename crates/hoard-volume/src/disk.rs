@@ -115,20 +115,28 @@ impl Disk {
         self.label.lock().clone()
     }
 
-    /// Records the cluster this disk belongs to, or refuses a disk of another cluster.
+    /// Records the cluster this disk belongs to, if it has none yet. A disk labelled for another
+    /// cluster keeps its label: meta sees the mismatch in the heartbeat and keeps new data off it (its
+    /// metadata may have been lost and be rebuilt from these very disks).
     pub fn adopt_cluster(&self, cluster_id: &str) -> Result<(), VolumeError> {
+        let mut label = self.label.lock();
+        if label.cluster_id == cluster_id || !label.cluster_id.is_empty() {
+            return Ok(());
+        }
+        let mut next = label.clone();
+        next.cluster_id = cluster_id.to_string();
+        write_checked_toml(&self.path.join(LABEL_FILE), &next)?;
+        *label = next;
+        Ok(())
+    }
+
+    /// Overwrites the label's cluster id (an operator declared the disk's old contents abandoned).
+    pub fn relabel_cluster(&self, cluster_id: &str) -> Result<(), VolumeError> {
         let mut label = self.label.lock();
         if label.cluster_id == cluster_id {
             return Ok(());
         }
-        if !label.cluster_id.is_empty() {
-            let why = format!(
-                "belongs to cluster {}, not {cluster_id}; refusing to use it",
-                label.cluster_id
-            );
-            self.set_failed(why.clone());
-            return Err(VolumeError::Disk(self.path.display().to_string(), why));
-        }
+        tracing::warn!(disk = %self.id, from = %label.cluster_id, to = cluster_id, "disk relabelled for this cluster");
         let mut next = label.clone();
         next.cluster_id = cluster_id.to_string();
         write_checked_toml(&self.path.join(LABEL_FILE), &next)?;

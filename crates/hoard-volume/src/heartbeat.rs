@@ -39,11 +39,7 @@ pub async fn beat(
     let extents = store
         .extents()
         .iter()
-        .map(|(e, _)| v1::ExtentRef {
-            volume: e.volume,
-            member: e.member,
-            generation: e.generation(),
-        })
+        .map(|(e, d)| crate::service::extent_info(e, d))
         .collect();
     let resp = client
         .heartbeat(v1::HeartbeatRequest {
@@ -56,7 +52,7 @@ pub async fn beat(
         .await?
         .into_inner();
     if !resp.cluster_id.is_empty() {
-        store.adopt_cluster(&resp.cluster_id);
+        store.adopt_cluster(&resp.cluster_id, &resp.adopt_disks);
     }
     for e in resp.retire {
         store.retire(e.volume, e.member, e.generation);

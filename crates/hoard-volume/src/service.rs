@@ -38,6 +38,24 @@ fn record_from_wire(r: v1::BlockRecord) -> Result<BlockRecord, Status> {
     })
 }
 
+pub fn extent_info(e: &crate::extent::Extent, d: &crate::disk::Disk) -> v1::ExtentInfo {
+    let mf = e.member_file();
+    v1::ExtentInfo {
+        extent: Some(v1::ExtentRef {
+            volume: e.volume,
+            member: e.member,
+            generation: mf.generation,
+        }),
+        disk_id: d.id.clone(),
+        data_len: e.data_len(),
+        k: mf.k,
+        m: mf.m,
+        epoch: mf.epoch,
+        capacity: mf.capacity,
+        records: e.records(),
+    }
+}
+
 pub fn disk_info(d: &crate::store::DiskReport) -> v1::DiskInfo {
     v1::DiskInfo {
         disk_id: d.disk_id.clone(),
@@ -328,24 +346,8 @@ impl Volume for VolumeService {
         let extents = self
             .store
             .extents()
-            .into_iter()
-            .map(|(e, d)| {
-                let mf = e.member_file();
-                v1::ExtentInfo {
-                    extent: Some(v1::ExtentRef {
-                        volume: e.volume,
-                        member: e.member,
-                        generation: mf.generation,
-                    }),
-                    disk_id: d.id.clone(),
-                    data_len: e.data_len(),
-                    k: mf.k,
-                    m: mf.m,
-                    epoch: mf.epoch,
-                    capacity: mf.capacity,
-                    records: e.records(),
-                }
-            })
+            .iter()
+            .map(|(e, d)| extent_info(e, d))
             .collect();
         Ok(Response::new(v1::InventoryResponse {
             node_id: self.store.node_id.clone(),

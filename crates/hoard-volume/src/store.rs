@@ -321,9 +321,15 @@ impl VolumeStore {
     }
 
     /// Writes the cluster id into every disk's label, refusing disks of another cluster.
-    pub fn adopt_cluster(&self, cluster_id: &str) {
+    /// Labels unlabelled disks (and those meta names in `force`) with the cluster id.
+    pub fn adopt_cluster(&self, cluster_id: &str, force: &[String]) {
         for d in &self.disks {
-            if let Err(e) = d.adopt_cluster(cluster_id) {
+            let res = if force.contains(&d.id) {
+                d.relabel_cluster(cluster_id)
+            } else {
+                d.adopt_cluster(cluster_id)
+            };
+            if let Err(e) = res {
                 tracing::error!("{e}");
             }
         }

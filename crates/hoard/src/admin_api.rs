@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use hoard_admin::axum::extract::State;
+use hoard_admin::axum::extract::{Path, State};
 use hoard_admin::axum::http::StatusCode;
 use hoard_admin::axum::routing::{get, post};
 use hoard_admin::axum::{Json, Router};
@@ -30,6 +30,8 @@ pub fn routes(meta: Arc<MetaState>) -> Router {
         .route("/api/v1/repair/pause", post(repair_pause))
         .route("/api/v1/repair/resume", post(repair_resume))
         .route("/api/v1/repair/throttle", post(repair_throttle))
+        .route("/api/v1/rebuild-index", get(index_status).post(index_start))
+        .route("/api/v1/disks/{id}/declare-empty", post(declare_empty))
         .route("/api/v1/scrub", get(scrub_status))
         .route("/api/v1/scrub/start", post(scrub_start))
         .route("/api/v1/scrub/pause", post(scrub_pause))
@@ -181,4 +183,36 @@ async fn scrub_throttle(State(m): State<Arc<MetaState>>, Json(body): Json<Value>
             ..Default::default()
         },
     )
+}
+
+fn index_json(m: &MetaState) -> Json<Value> {
+    let s = m.index_rebuild_status();
+    Json(json!({
+        "running": s.running,
+        "started_unix_ms": s.started_unix_ms,
+        "finished_unix_ms": s.finished_unix_ms,
+        "cluster_id_adopted": s.cluster_id_adopted,
+        "volumes_total": s.volumes_total,
+        "volumes_done": s.volumes_done,
+        "volumes_restored": s.volumes_restored,
+        "records_seen": s.records_seen,
+        "blocks_accepted": s.blocks_accepted,
+        "blocks_already_known": s.blocks_already_known,
+        "blocks_rejected": s.blocks_rejected,
+        "errors": s.errors,
+    }))
+}
+
+async fn index_status(State(m): State<Arc<MetaState>>) -> ApiResult {
+    Ok(index_json(&m))
+}
+
+async fn index_start(State(m): State<Arc<MetaState>>) -> ApiResult {
+    m.start_rebuild_index().map_err(bad)?;
+    Ok(index_json(&m))
+}
+
+async fn declare_empty(State(m): State<Arc<MetaState>>, Path(id): Path<String>) -> ApiResult {
+    m.declare_disk_empty(&id).map_err(bad)?;
+    Ok(Json(json!({ "disk": id, "declared_empty": true })))
 }

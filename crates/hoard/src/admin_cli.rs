@@ -40,6 +40,11 @@ pub enum AdminCmd {
         #[command(subcommand)]
         cmd: RepairCmd,
     },
+    /// Rebuild the block index and the volume table from the disks, after the metadata tier was lost.
+    RebuildIndex,
+    /// Let a held disk (labelled for another cluster, or holding extents meta does not know) take
+    /// new members. What it held is abandoned.
+    DeclareEmpty { disk: String },
     /// Disk scrubbing: every fragment read back and checked on a schedule.
     Scrub {
         #[command(subcommand)]
@@ -321,14 +326,93 @@ fn print_scrub(v: &Value) {
     );
 }
 
+async fn rebuild_index(base: &str, json: bool) -> anyhow::Result<ExitCode> {
+    http_json(base, "POST", "/api/v1/rebuild-index", Some(&Value::Null))
+        .await
+        .map_err(|e| anyhow!(e))?;
+    let pb = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        indicatif::ProgressBar::new(0)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "rebuild-index [{bar:30}] {pos}/{len} volumes {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    let v = loop {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let v = http_json(base, "GET", "/api/v1/rebuild-index", None)
+            .await
+            .map_err(|e| anyhow!(e))?;
+        pb.set_length(v["volumes_total"].as_u64().unwrap_or(0));
+        pb.set_position(v["volumes_done"].as_u64().unwrap_or(0));
+        pb.set_message(format!("{} blocks accepted", s(&v["blocks_accepted"])));
+        if !v["running"].as_bool().unwrap_or(false) {
+            break v;
+        }
+    };
+    pb.finish_and_clear();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "rebuild-index: {} of {} volumes restored; blocks: {} accepted, {} already known, {} rejected (of {} records)",
+            s(&v["volumes_restored"]),
+            s(&v["volumes_total"]),
+            s(&v["blocks_accepted"]),
+            s(&v["blocks_already_known"]),
+            s(&v["blocks_rejected"]),
+            s(&v["records_seen"]),
+        );
+        if let Some(id) = v["cluster_id_adopted"].as_str().filter(|i| !i.is_empty()) {
+            println!("the metadata tier took the disks' cluster id {id}");
+        }
+        for e in v["errors"].as_array().into_iter().flatten() {
+            println!("problem: {}", s(e));
+        }
+    }
+    Ok(if v["errors"].as_array().is_some_and(|e| !e.is_empty()) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
     let base = args.admin.trim_end_matches('/').to_string();
+    match &args.cmd {
+        AdminCmd::RebuildIndex => return rebuild_index(&base, args.json).await,
+        AdminCmd::DeclareEmpty { disk } => {
+            let v = http_json(
+                &base,
+                "POST",
+                &format!("/api/v1/disks/{disk}/declare-empty"),
+                Some(&Value::Null),
+            )
+            .await
+            .map_err(|e| anyhow!(e))?;
+            println!(
+                "{}",
+                if args.json {
+                    v.to_string()
+                } else {
+                    format!("disk {disk} declared empty")
+                }
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
     let (method, path, body) = match &args.cmd {
         AdminCmd::Status => ("GET", "/api/v1/status", None),
         AdminCmd::Nodes => ("GET", "/api/v1/nodes", None),
         AdminCmd::Disks => ("GET", "/api/v1/disks", None),
         AdminCmd::Volumes => ("GET", "/api/v1/volumes", None),
         AdminCmd::Scrub { .. } => ("GET", "/api/v1/scrub", None),
+        AdminCmd::RebuildIndex | AdminCmd::DeclareEmpty { .. } => unreachable!("handled above"),
         AdminCmd::Repair { cmd } => match cmd {
             RepairCmd::Status => ("GET", "/api/v1/repair", None),
             RepairCmd::Pause => ("POST", "/api/v1/repair/pause", Some(Value::Null)),
@@ -410,6 +494,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
         AdminCmd::Volumes => print_volumes(&v),
         AdminCmd::Repair { .. } => print_repair(&v),
         AdminCmd::Scrub { .. } => print_scrub(&v),
+        AdminCmd::RebuildIndex | AdminCmd::DeclareEmpty { .. } => {}
     }
     Ok(ExitCode::SUCCESS)
 }
