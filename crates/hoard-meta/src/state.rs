@@ -526,7 +526,7 @@ impl MetaState {
             let retire = req
                 .extents
                 .iter()
-                .filter_map(|e| e.extent.clone())
+                .filter_map(|e| e.extent)
                 .filter(|e| match cell.volumes.get(&e.volume) {
                     None => false,
                     Some(v) if v.state == STATE_RETIRED => true,
