@@ -402,3 +402,80 @@ async fn a_lost_metadata_tier_is_rebuilt_from_the_disks() {
         st.volume
     );
 }
+
+fn admin_cli(cluster: &Cluster, args: &[&str]) -> (bool, Value) {
+    let out = std::process::Command::new(bin())
+        .args(args)
+        .env("HOARD_ADMIN", cluster.admin_url())
+        .env("HOARD_ENDPOINT", cluster.endpoint())
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    (out.status.success(), v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn verify_walks_the_index_and_reads_back_a_sample() {
+    let mut cluster = Cluster::start(bin(), ClusterOpts::default()).unwrap();
+    let client = cluster.client().await.unwrap();
+    fill(&client, 30, 9000).await;
+    // Let every server report the extents it holds now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (ok, v) = admin_cli(
+        &cluster,
+        &["admin", "verify", "--deep", "--sample", "100", "--json"],
+    );
+    assert!(ok, "{v:#}");
+    assert_eq!(v["entries"], 30);
+    assert_eq!(v["problems_total"], 0, "{v:#}");
+    assert_eq!(v["deep"]["read"], 30);
+    // A server that stopped reporting makes its volumes' blocks a finding.
+    cluster.kill_volume(2);
+    // Once its last report is stale (a few missed beats), verification flags its members.
+    let (ok, v) = wait_for(
+        "verify to flag the silent server",
+        Duration::from_secs(20),
+        || async {
+            let (ok, v) = admin_cli(&cluster, &["admin", "verify", "--json"]);
+            (!ok).then_some((ok, v))
+        },
+    )
+    .await
+    .unwrap();
+    assert!(!ok, "verify passed with a server gone: {v:#}");
+    assert!(v["problems_total"].as_u64().unwrap() > 0);
+    let listed = v["problems"].as_array().unwrap();
+    assert!(
+        listed
+            .iter()
+            .any(|p| p.as_str().unwrap().contains("not in service")
+                || p.as_str().unwrap().contains("not reporting")),
+        "{v:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_watcher_reads_back_stored_blocks_after_its_delays() {
+    let cluster = Cluster::start(
+        bin(),
+        ClusterOpts {
+            frontend_extra: "watch_share = 1.0\nwatch_delays = [\"1s\", \"1s\"]".into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let client = cluster.client().await.unwrap();
+    fill(&client, 5, 9500).await;
+    let fe = cluster.frontend.as_ref().unwrap();
+    wait_for("10 read-back checks", Duration::from_secs(30), || async {
+        let m = cluster.metrics_of(fe).await.ok()?;
+        m.lines()
+            .any(|l| l.starts_with("hoard_watcher_checks_total{result=\"ok\"} 10"))
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    let m = cluster.metrics_of(fe).await.unwrap();
+    assert!(!m.contains("result=\"failed\""), "{m}");
+}

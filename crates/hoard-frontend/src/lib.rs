@@ -5,6 +5,7 @@
 mod get;
 mod put;
 pub mod service;
+mod watcher;
 mod writer;
 
 use std::collections::HashMap;
@@ -31,6 +32,12 @@ pub struct FrontendConfig {
     pub append_timeout: Duration,
     /// Volumes a put tries before giving up.
     pub put_attempts: usize,
+    /// Share of stored blocks the read-back watcher reads again (0 turns it off).
+    pub watch_share: f64,
+    /// When the watcher reads a block again, counted from the put and then from each check.
+    pub watch_delays: Vec<Duration>,
+    /// Blocks the watcher keeps track of at most (memory bound).
+    pub watch_capacity: usize,
 }
 
 impl Default for FrontendConfig {
@@ -41,6 +48,14 @@ impl Default for FrontendConfig {
             fragment_timeout: Duration::from_secs(5),
             append_timeout: Duration::from_secs(30),
             put_attempts: 4,
+            watch_share: 0.01,
+            watch_delays: vec![
+                Duration::from_secs(60),
+                Duration::from_secs(3600),
+                Duration::from_secs(86_400),
+                Duration::from_secs(7 * 86_400),
+            ],
+            watch_capacity: 100_000,
         }
     }
 }
@@ -115,6 +130,7 @@ pub struct Frontend {
     volumes: VolumeClients,
     codecs: Mutex<HashMap<Geometry, Arc<Codec>>>,
     writer: writer::Writer,
+    watcher: watcher::Watcher,
 }
 
 impl Frontend {
@@ -131,8 +147,10 @@ impl Frontend {
             meta,
             volumes: VolumeClients::default(),
             codecs: Mutex::new(HashMap::new()),
+            watcher: Default::default(),
         });
         writer::spawn_lease_keeper(Arc::downgrade(&fe));
+        watcher::spawn(Arc::downgrade(&fe));
         Ok(fe)
     }
 

@@ -127,6 +127,9 @@ impl Frontend {
             metrics::histogram!("hoard_frontend_put_seconds")
                 .record(started.elapsed().as_secs_f64());
             metrics::counter!("hoard_frontend_put_bytes_total").increment(len);
+            if resp.inserted {
+                self.watcher.offer(self, hash);
+            }
             return Ok(PutOutcome {
                 hash,
                 // Another put of the same bytes committed first; ours is garbage for compaction.

@@ -225,8 +225,14 @@ impl KvEngine for RocksEngine {
         from: &[u8],
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), MetaError> {
-        let it = self.db.iterator_cf(
+        // Scans walk whole tables: read ahead, and keep them out of the block cache that point
+        // lookups depend on.
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_readahead_size(4 << 20);
+        ro.fill_cache(false);
+        let it = self.db.iterator_cf_opt(
             self.cf(cf)?,
+            ro,
             rocksdb::IteratorMode::From(from, rocksdb::Direction::Forward),
         );
         for item in it {

@@ -10,7 +10,11 @@ pub mod repair;
 pub mod scrub;
 pub mod service;
 pub mod state;
+pub mod verify;
 pub mod volume_ops;
+
+#[cfg(test)]
+mod testutil;
 
 pub use engine::{Cf, KvEngine, MemEngine, RocksEngine};
 pub use service::MetaService;

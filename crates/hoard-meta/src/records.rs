@@ -209,6 +209,8 @@ pub struct NodeRow {
     pub labels: HashMap<String, String>,
     #[prost(uint64, tag = "3")]
     pub last_heartbeat_unix_ms: u64,
+    #[prost(uint64, tag = "4")]
+    pub interval_ms: u64,
 }
 
 #[cfg(test)]

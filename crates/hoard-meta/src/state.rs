@@ -117,6 +117,7 @@ pub struct MetaState {
     committer: Mutex<Option<std::thread::JoinHandle<()>>>,
     ops: Arc<dyn VolumeOps>,
     pub(crate) index_rebuild: crate::rebuild_index::IndexRebuildJob,
+    pub(crate) verify_job: crate::verify::VerifyJob,
 }
 
 fn location_of(row: &BlockRow) -> BlockLocation {
@@ -245,6 +246,7 @@ impl MetaState {
             committer: Mutex::new(None),
             ops,
             index_rebuild: Default::default(),
+            verify_job: Default::default(),
         });
         let weak = Arc::downgrade(&state);
         let handle = std::thread::Builder::new()
@@ -469,6 +471,7 @@ impl MetaState {
                 address: req.address.clone(),
                 labels: req.labels.clone(),
                 last_heartbeat_unix_ms: now,
+                interval_ms: req.interval_ms,
             };
             let known = cell.nodes.get(&req.node_id).map(|n| n.address.clone());
             if known.as_deref() != Some(req.address.as_str()) {
@@ -1042,63 +1045,7 @@ pub fn encode_row<M: prost::Message>(m: &M) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::MemEngine;
-    use futures::future::BoxFuture;
-    use std::collections::HashSet;
-
-    /// Volume servers that accept every extent, except on disks listed in `broken`.
-    #[derive(Default)]
-    struct FakeOps {
-        broken: Mutex<HashSet<String>>,
-        created: Mutex<Vec<(String, v1::CreateExtentRequest)>>,
-    }
-
-    impl VolumeOps for FakeOps {
-        fn create_extent(
-            &self,
-            address: String,
-            req: v1::CreateExtentRequest,
-        ) -> BoxFuture<'static, Result<(), String>> {
-            let res = if self.broken.lock().contains(&req.disk_id) {
-                Err("disk on fire".to_string())
-            } else {
-                self.created.lock().push((address, req));
-                Ok(())
-            };
-            Box::pin(async move { res })
-        }
-    }
-
-    fn cell(nodes: usize, disks: usize) -> (Arc<MetaState>, Arc<FakeOps>) {
-        let ops = Arc::new(FakeOps::default());
-        let cfg = MetaConfig {
-            extent_capacity: 1 << 20,
-            ..Default::default()
-        };
-        let state = MetaState::open(Arc::new(MemEngine::new()), cfg, ops.clone()).unwrap();
-        for n in 0..nodes {
-            state
-                .heartbeat(&v1::HeartbeatRequest {
-                    node_id: format!("n{n}"),
-                    address: format!("127.0.0.1:{}", 9000 + n),
-                    labels: Default::default(),
-                    extents: Vec::new(),
-                    disks: (0..disks)
-                        .map(|d| v1::DiskInfo {
-                            disk_id: format!("d{n}-{d}"),
-                            path: format!("/d{d}"),
-                            capacity_bytes: 1 << 30,
-                            used_bytes: 0,
-                            free_bytes: 1 << 30,
-                            state: "ok".into(),
-                            ..Default::default()
-                        })
-                        .collect(),
-                })
-                .unwrap();
-        }
-        (state, ops)
-    }
+    use crate::testutil::{FakeOps, cell};
 
     fn loc(volume: VolumeId, offset: u64, len: u64) -> BlockLocation {
         let g = Geometry::DEFAULT;
@@ -1238,6 +1185,7 @@ mod tests {
                         address: "a".into(),
                         labels: Default::default(),
                         extents: Vec::new(),
+                        interval_ms: 1000,
                         disks: (0..3)
                             .map(|d| v1::DiskInfo {
                                 disk_id: format!("d{n}{d}"),

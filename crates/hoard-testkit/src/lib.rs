@@ -165,6 +165,8 @@ pub struct ClusterOpts {
     pub open_volumes: usize,
     /// Run the repair daemon as its own process.
     pub repair: bool,
+    /// Extra lines for the frontend's `[frontend]` section.
+    pub frontend_extra: String,
 }
 
 impl Default for ClusterOpts {
@@ -179,6 +181,7 @@ impl Default for ClusterOpts {
             failure_domain: "node".into(),
             open_volumes: 4,
             repair: true,
+            frontend_extra: String::new(),
         }
     }
 }
@@ -287,11 +290,11 @@ impl Cluster {
 
     pub fn start_frontend(&mut self) -> anyhow::Result<()> {
         let cfg = format!(
-            "[frontend]\nlisten = \"127.0.0.1:0\"\nmeta = \"{}\"\nopen_volumes = {}\n",
-            self.meta_url, self.opts.open_volumes
+            "[frontend]\nlisten = \"127.0.0.1:0\"\nmeta = \"{}\"\nopen_volumes = {}\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            self.meta_url, self.opts.open_volumes, self.opts.frontend_extra
         );
         let p = self.write_config("frontend", &cfg)?;
-        self.frontend = Some(self.spawn("frontend", &p, &["frontend"])?);
+        self.frontend = Some(self.spawn("frontend", &p, &["frontend", "admin"])?);
         Ok(())
     }
 
@@ -314,6 +317,21 @@ impl Cluster {
             "http://{}",
             self.meta.as_ref().expect("meta running").addr("admin")
         )
+    }
+
+    /// The Prometheus text of a process's admin surface.
+    pub async fn metrics_of(&self, proc: &Proc) -> anyhow::Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = proc.addr("admin");
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(
+            format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok(out)
     }
 
     /// GET a JSON document from the admin API.

@@ -48,6 +48,7 @@ pub async fn beat(
             labels: cfg.labels.clone(),
             disks,
             extents,
+            interval_ms: cfg.interval.as_millis() as u64,
         })
         .await?
         .into_inner();

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use hoard_admin::axum::extract::{Path, State};
+use hoard_admin::axum::extract::{Path, Query, State};
 use hoard_admin::axum::http::StatusCode;
 use hoard_admin::axum::routing::{get, post};
 use hoard_admin::axum::{Json, Router};
@@ -31,6 +31,8 @@ pub fn routes(meta: Arc<MetaState>) -> Router {
         .route("/api/v1/repair/resume", post(repair_resume))
         .route("/api/v1/repair/throttle", post(repair_throttle))
         .route("/api/v1/rebuild-index", get(index_status).post(index_start))
+        .route("/api/v1/verify", get(verify_status).post(verify_start))
+        .route("/api/v1/blocks/sample", get(sample_blocks))
         .route("/api/v1/disks/{id}/declare-empty", post(declare_empty))
         .route("/api/v1/scrub", get(scrub_status))
         .route("/api/v1/scrub/start", post(scrub_start))
@@ -215,4 +217,70 @@ async fn index_start(State(m): State<Arc<MetaState>>) -> ApiResult {
 async fn declare_empty(State(m): State<Arc<MetaState>>, Path(id): Path<String>) -> ApiResult {
     m.declare_disk_empty(&id).map_err(bad)?;
     Ok(Json(json!({ "disk": id, "declared_empty": true })))
+}
+
+fn verify_json(m: &MetaState) -> Json<Value> {
+    let r = m.verify_report();
+    Json(json!({
+        "running": r.running,
+        "started_unix_ms": r.started_unix_ms,
+        "finished_unix_ms": r.finished_unix_ms,
+        "entries": r.entries,
+        "live": r.live,
+        "entries_per_sec": r.entries_per_sec,
+        "problems_total": r.problems_total,
+        "by_kind": r.by_kind,
+        "problems": r.problems,
+    }))
+}
+
+async fn verify_status(State(m): State<Arc<MetaState>>) -> ApiResult {
+    Ok(verify_json(&m))
+}
+
+async fn verify_start(State(m): State<Arc<MetaState>>) -> ApiResult {
+    m.start_verify().map_err(bad)?;
+    Ok(verify_json(&m))
+}
+
+#[derive(serde::Deserialize)]
+struct SampleQuery {
+    #[serde(default = "hundred")]
+    pct: f64,
+    #[serde(default)]
+    after: String,
+    #[serde(default = "page")]
+    limit: usize,
+}
+
+fn hundred() -> f64 {
+    100.0
+}
+
+fn page() -> usize {
+    10_000
+}
+
+async fn sample_blocks(State(m): State<Arc<MetaState>>, Query(q): Query<SampleQuery>) -> ApiResult {
+    let after: Vec<u8> = if q.after.is_empty() {
+        Vec::new()
+    } else {
+        q.after
+            .parse::<hoard_types::BlockHash>()
+            .map_err(bad)?
+            .as_bytes()
+            .to_vec()
+    };
+    let (hashes, more) =
+        tokio::task::spawn_blocking(move || m.sample_blocks(q.pct, &after, q.limit.min(100_000)))
+            .await
+            .map_err(bad)?
+            .map_err(bad)?;
+    let hex: Vec<String> = hashes
+        .iter()
+        .map(|h| hoard_types::BlockHash::from_bytes(*h).to_hex())
+        .collect();
+    Ok(Json(
+        json!({ "next": if more { hex.last().cloned() } else { None }, "hashes": hex }),
+    ))
 }

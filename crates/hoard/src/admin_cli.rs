@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail};
+use futures::StreamExt;
 use hoard_admin::http_json;
 use serde_json::Value;
 
@@ -39,6 +40,17 @@ pub enum AdminCmd {
     Repair {
         #[command(subcommand)]
         cmd: RepairCmd,
+    },
+    /// Walk the block index: every block's volume has its members in service at the right generation.
+    Verify {
+        /// Also read a sample of blocks through the client endpoint and check their BLAKE3.
+        #[arg(long)]
+        deep: bool,
+        /// Share of blocks read with --deep, in percent.
+        #[arg(long, default_value_t = 100.0)]
+        sample: f64,
+        #[command(flatten)]
+        ep: crate::cli::EndpointArg,
     },
     /// Rebuild the block index and the volume table from the disks, after the metadata tier was lost.
     RebuildIndex,
@@ -326,6 +338,140 @@ fn print_scrub(v: &Value) {
     );
 }
 
+fn bar(template: &str) -> indicatif::ProgressBar {
+    let pb = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        indicatif::ProgressBar::new(0)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(template)
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb
+}
+
+async fn verify(
+    base: &str,
+    json: bool,
+    deep: bool,
+    sample: f64,
+    ep: &crate::cli::EndpointArg,
+) -> anyhow::Result<ExitCode> {
+    http_json(base, "POST", "/api/v1/verify", Some(&Value::Null))
+        .await
+        .map_err(|e| anyhow!(e))?;
+    let pb = bar("verify index {spinner} {pos} entries {msg}");
+    let v = loop {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let v = http_json(base, "GET", "/api/v1/verify", None)
+            .await
+            .map_err(|e| anyhow!(e))?;
+        pb.set_position(v["entries"].as_u64().unwrap_or(0));
+        if !v["running"].as_bool().unwrap_or(false) {
+            break v;
+        }
+    };
+    pb.finish_and_clear();
+    let mut problems: Vec<String> = v["problems"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(s)
+        .collect();
+    let mut total = v["problems_total"].as_u64().unwrap_or(0);
+    let mut deep_report = Value::Null;
+    if deep {
+        let client = hoard_client::Client::connect(&ep.endpoint)
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+        let pb = bar("verify blocks [{bar:30}] {pos} read {per_sec} {msg}");
+        let (mut read, mut bad) = (0u64, 0u64);
+        let mut after = String::new();
+        loop {
+            let page = http_json(
+                base,
+                "GET",
+                &format!("/api/v1/blocks/sample?pct={sample}&after={after}&limit=10000"),
+                None,
+            )
+            .await
+            .map_err(|e| anyhow!(e))?;
+            let hashes: Vec<String> = page["hashes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(s)
+                .collect();
+            pb.inc_length(hashes.len() as u64);
+            let results: Vec<(String, Result<(), String>)> = futures::stream::iter(hashes)
+                .map(|h| {
+                    let c = client.clone();
+                    async move {
+                        let r = c
+                            .get_raw(&h, 0, 0)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string());
+                        (h, r)
+                    }
+                })
+                .buffer_unordered(8)
+                .collect()
+                .await;
+            for (h, r) in results {
+                read += 1;
+                pb.inc(1);
+                if let Err(e) = r {
+                    bad += 1;
+                    problems.push(format!("{h}: read back failed: {e}"));
+                }
+            }
+            match page["next"].as_str() {
+                Some(n) => after = n.to_string(),
+                None => break,
+            }
+        }
+        pb.finish_and_clear();
+        total += bad;
+        deep_report = serde_json::json!({ "sample_pct": sample, "read": read, "failed": bad });
+    }
+    if json {
+        let mut out = v.clone();
+        out["deep"] = deep_report;
+        out["problems"] = serde_json::json!(problems);
+        out["problems_total"] = serde_json::json!(total);
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "verify: {} entries ({} live) in {:.2} s, {:.0} entries/s; {} problem(s)",
+            s(&v["entries"]),
+            s(&v["live"]),
+            (v["finished_unix_ms"].as_u64().unwrap_or(0) as f64
+                - v["started_unix_ms"].as_u64().unwrap_or(0) as f64)
+                / 1000.0,
+            v["entries_per_sec"].as_f64().unwrap_or(0.0),
+            total
+        );
+        if deep {
+            println!(
+                "deep: {} block(s) read back and checked against their hash, {} failed",
+                s(&deep_report["read"]),
+                s(&deep_report["failed"])
+            );
+        }
+        for p in &problems {
+            println!("problem: {p}");
+        }
+    }
+    Ok(if total == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 async fn rebuild_index(base: &str, json: bool) -> anyhow::Result<ExitCode> {
     http_json(base, "POST", "/api/v1/rebuild-index", Some(&Value::Null))
         .await
@@ -385,6 +531,9 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
     let base = args.admin.trim_end_matches('/').to_string();
     match &args.cmd {
         AdminCmd::RebuildIndex => return rebuild_index(&base, args.json).await,
+        AdminCmd::Verify { deep, sample, ep } => {
+            return verify(&base, args.json, *deep, *sample, ep).await;
+        }
         AdminCmd::DeclareEmpty { disk } => {
             let v = http_json(
                 &base,
@@ -412,7 +561,9 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
         AdminCmd::Disks => ("GET", "/api/v1/disks", None),
         AdminCmd::Volumes => ("GET", "/api/v1/volumes", None),
         AdminCmd::Scrub { .. } => ("GET", "/api/v1/scrub", None),
-        AdminCmd::RebuildIndex | AdminCmd::DeclareEmpty { .. } => unreachable!("handled above"),
+        AdminCmd::RebuildIndex | AdminCmd::DeclareEmpty { .. } | AdminCmd::Verify { .. } => {
+            unreachable!("handled above")
+        }
         AdminCmd::Repair { cmd } => match cmd {
             RepairCmd::Status => ("GET", "/api/v1/repair", None),
             RepairCmd::Pause => ("POST", "/api/v1/repair/pause", Some(Value::Null)),
@@ -494,7 +645,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
         AdminCmd::Volumes => print_volumes(&v),
         AdminCmd::Repair { .. } => print_repair(&v),
         AdminCmd::Scrub { .. } => print_scrub(&v),
-        AdminCmd::RebuildIndex | AdminCmd::DeclareEmpty { .. } => {}
+        AdminCmd::RebuildIndex | AdminCmd::DeclareEmpty { .. } | AdminCmd::Verify { .. } => {}
     }
     Ok(ExitCode::SUCCESS)
 }

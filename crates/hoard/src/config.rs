@@ -173,6 +173,33 @@ pub struct FrontendSection {
     pub meta: String,
     #[serde(default = "default_open_volumes")]
     pub open_volumes: usize,
+    /// Share of stored blocks read back later and checked (0 to 1).
+    #[serde(default = "default_watch_share")]
+    pub watch_share: f64,
+    /// When the read-back watcher checks a block again, e.g. ["1m", "1h", "1d", "1w"].
+    #[serde(default = "default_watch_delays", deserialize_with = "de_durations")]
+    pub watch_delays: Vec<Duration>,
+}
+
+fn default_watch_share() -> f64 {
+    0.01
+}
+
+fn default_watch_delays() -> Vec<Duration> {
+    ["1m", "1h", "1d", "1w"]
+        .iter()
+        .map(|d| humantime::parse_duration(d).expect("valid"))
+        .collect()
+}
+
+fn de_durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    v.iter()
+        .map(|s| {
+            humantime::parse_duration(s)
+                .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+        })
+        .collect()
 }
 
 #[derive(Debug, Deserialize)]
@@ -278,6 +305,9 @@ impl Config {
             check_url("frontend.meta", &f.meta)?;
             if f.open_volumes == 0 {
                 return Err("frontend.open_volumes must be at least 1".into());
+            }
+            if !(0.0..=1.0).contains(&f.watch_share) {
+                return Err("frontend.watch_share must be between 0 and 1".into());
             }
         }
         Ok(())

@@ -50,6 +50,8 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
     if let Some(f) = &cfg.frontend {
         let fc = FrontendConfig {
             open_volumes: f.open_volumes,
+            watch_share: f.watch_share,
+            watch_delays: f.watch_delays.clone(),
             ..Default::default()
         };
         let (role, fe) = roles::start_frontend(f.listen, &f.meta, fc, &stop).await?;

@@ -1,0 +1,97 @@
+//! The read-back watcher: a share of the blocks put through this frontend is read back after a series of
+//! delays (by default 1 minute, 1 hour, 1 day and 1 week) and checked against its hash, so that a write
+//! that was acknowledged but did not stick is found while it can still be told apart from later damage.
+//! Failures are counted and logged with the block's hash.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Weak;
+use std::time::{Duration, Instant};
+
+use hoard_types::BlockHash;
+use parking_lot::Mutex;
+
+use crate::Frontend;
+
+/// (when due, tie-breaker, block, stage), earliest first.
+type Due = Reverse<(Instant, u64, BlockHash, usize)>;
+
+#[derive(Default)]
+pub(crate) struct Watcher {
+    queue: Mutex<BinaryHeap<Due>>,
+    seq: std::sync::atomic::AtomicU64,
+}
+
+impl Watcher {
+    /// Considers a freshly stored block for watching.
+    pub fn offer(&self, fe: &Frontend, hash: BlockHash) {
+        let cfg = &fe.cfg;
+        if cfg.watch_share <= 0.0 || cfg.watch_delays.is_empty() {
+            return;
+        }
+        if rand::random::<f64>() >= cfg.watch_share {
+            return;
+        }
+        let mut q = self.queue.lock();
+        if q.len() >= cfg.watch_capacity {
+            metrics::counter!("hoard_watcher_dropped_total").increment(1);
+            return;
+        }
+        let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        q.push(Reverse((
+            Instant::now() + cfg.watch_delays[0],
+            seq,
+            hash,
+            0,
+        )));
+        metrics::gauge!("hoard_watcher_pending").set(q.len() as f64);
+    }
+
+    fn due(&self) -> Vec<(BlockHash, usize)> {
+        let now = Instant::now();
+        let mut q = self.queue.lock();
+        let mut out = Vec::new();
+        while let Some(Reverse((at, _, _, _))) = q.peek() {
+            if *at > now || out.len() >= 64 {
+                break;
+            }
+            let Reverse((_, _, h, stage)) = q.pop().expect("peeked");
+            out.push((h, stage));
+        }
+        out
+    }
+
+    fn again(&self, fe: &Frontend, hash: BlockHash, stage: usize) {
+        let Some(delay) = fe.cfg.watch_delays.get(stage) else {
+            return;
+        };
+        let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut q = self.queue.lock();
+        q.push(Reverse((Instant::now() + *delay, seq, hash, stage)));
+        metrics::gauge!("hoard_watcher_pending").set(q.len() as f64);
+    }
+}
+
+/// Reads back what is due, every half second, until the frontend is dropped.
+pub(crate) fn spawn(fe: Weak<Frontend>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let Some(f) = fe.upgrade() else { return };
+            for (hash, stage) in f.watcher.due() {
+                match f.get(hash, 0, 0).await {
+                    Ok(_) => {
+                        metrics::counter!("hoard_watcher_checks_total", "result" => "ok")
+                            .increment(1);
+                        f.watcher.again(&f, hash, stage + 1);
+                    }
+                    Err(e) => {
+                        metrics::counter!("hoard_watcher_checks_total", "result" => "failed")
+                            .increment(1);
+                        tracing::error!(block = %hash, stage, "read-back check failed: {e}");
+                    }
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,67 @@
+//! Helpers for the unit tests of this crate.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use hoard_proto::v1;
+use parking_lot::Mutex;
+
+use crate::engine::MemEngine;
+use crate::state::{MetaConfig, MetaState};
+use crate::volume_ops::VolumeOps;
+
+/// Volume servers that accept every extent, except on disks listed in `broken`.
+#[derive(Default)]
+pub struct FakeOps {
+    pub broken: Mutex<HashSet<String>>,
+    pub created: Mutex<Vec<(String, v1::CreateExtentRequest)>>,
+}
+
+impl VolumeOps for FakeOps {
+    fn create_extent(
+        &self,
+        address: String,
+        req: v1::CreateExtentRequest,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        let res = if self.broken.lock().contains(&req.disk_id) {
+            Err("disk on fire".to_string())
+        } else {
+            self.created.lock().push((address, req));
+            Ok(())
+        };
+        Box::pin(async move { res })
+    }
+}
+
+pub fn cell(nodes: usize, disks: usize) -> (Arc<MetaState>, Arc<FakeOps>) {
+    let ops = Arc::new(FakeOps::default());
+    let cfg = MetaConfig {
+        extent_capacity: 1 << 20,
+        ..Default::default()
+    };
+    let state = MetaState::open(Arc::new(MemEngine::new()), cfg, ops.clone()).unwrap();
+    for n in 0..nodes {
+        state
+            .heartbeat(&v1::HeartbeatRequest {
+                node_id: format!("n{n}"),
+                address: format!("127.0.0.1:{}", 9000 + n),
+                labels: Default::default(),
+                extents: Vec::new(),
+                interval_ms: 1000,
+                disks: (0..disks)
+                    .map(|d| v1::DiskInfo {
+                        disk_id: format!("d{n}-{d}"),
+                        path: format!("/d{d}"),
+                        capacity_bytes: 1 << 30,
+                        used_bytes: 0,
+                        free_bytes: 1 << 30,
+                        state: "ok".into(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            })
+            .unwrap();
+    }
+    (state, ops)
+}
