@@ -3,6 +3,8 @@
 
 pub use axum;
 
+pub mod catalogue;
+
 use std::future::Future;
 use std::sync::Arc;
 

@@ -211,6 +211,45 @@ impl MetaState {
         metrics::gauge!("hoard_repair_rebuild_rate_bytes_per_second").set(cell.rate);
         metrics::gauge!("hoard_repair_rebuilt_bytes").set(cell.bytes_rebuilt as f64);
         metrics::gauge!("hoard_repair_ranges_queued").set(cell.ranges_queued as f64);
+        metrics::gauge!("hoard_repair_oldest_degraded_seconds").set(cell.oldest_degraded_secs);
+        metrics::gauge!("hoard_repair_paused").set(if cell.paused { 1.0 } else { 0.0 });
+        self.publish_cell_metrics();
+    }
+
+    /// Gauges of nodes, disks and totals, for dashboards and alerts.
+    fn publish_cell_metrics(&self) {
+        let cell = self.cell_lock();
+        let now = now_ms();
+        let (mut up, mut down) = (0u64, 0u64);
+        for n in cell.nodes.values() {
+            if self.node_up(n, now) {
+                up += 1;
+            } else {
+                down += 1;
+            }
+        }
+        metrics::gauge!("hoard_meta_nodes", "state" => "up").set(up as f64);
+        metrics::gauge!("hoard_meta_nodes", "state" => "down").set(down as f64);
+        for (id, d) in &cell.disks {
+            let labels = [("disk", id.clone()), ("node", d.node_id.clone())];
+            metrics::gauge!("hoard_disk_used_bytes", &labels).set(d.used_bytes as f64);
+            metrics::gauge!("hoard_disk_capacity_bytes", &labels).set(d.capacity_bytes as f64);
+            let fill = if d.capacity_bytes == 0 {
+                0.0
+            } else {
+                d.used_bytes as f64 / d.capacity_bytes as f64
+            };
+            metrics::gauge!("hoard_disk_fill_ratio", &labels).set(fill);
+            metrics::gauge!("hoard_disk_failed", &labels).set(if d.state == "ok" {
+                0.0
+            } else {
+                1.0
+            });
+        }
+        metrics::gauge!("hoard_meta_blocks")
+            .set(cell.volumes.values().map(|v| v.blocks).sum::<u64>() as f64);
+        metrics::gauge!("hoard_meta_stored_bytes")
+            .set(cell.volumes.values().map(|v| v.bytes).sum::<u64>() as f64);
     }
 
     /// Volumes with lost members, most at risk first, and the knobs.
@@ -621,6 +660,13 @@ impl MetaState {
         c.volumes_repaired = cell.counters.volumes_repaired;
         c.ranges_repaired = cell.counters.ranges_repaired;
         c.ranges_queued = cell.ranges.len() as u64;
+        c.paused = cell.knobs.paused;
+        c.oldest_degraded_secs = cell
+            .volumes
+            .values()
+            .filter(|v| v.degraded_since_unix_ms > 0 && v.state != STATE_RETIRED)
+            .map(|v| now.saturating_sub(v.degraded_since_unix_ms) as f64 / 1000.0)
+            .fold(0.0, f64::max);
         c
     }
 }
@@ -649,6 +695,8 @@ struct Counts {
     volumes_repaired: u64,
     ranges_repaired: u64,
     ranges_queued: u64,
+    paused: bool,
+    oldest_degraded_secs: f64,
 }
 
 fn knobs_message(k: &KnobsRow) -> v1::RepairKnobs {

@@ -245,9 +245,28 @@ impl Cluster {
     }
 
     pub fn start_meta(&mut self) -> anyhow::Result<()> {
+        self.start_meta_on("127.0.0.1:0")
+    }
+
+    /// Restarts meta (killed before) on the port it had, so that the other roles find it again.
+    pub fn restart_meta_same_port(&mut self) -> anyhow::Result<()> {
+        let addr = self.meta_url.trim_start_matches("http://").to_string();
+        if let Some(mut p) = self.meta.take() {
+            p.kill();
+        }
+        self.start_meta_on(&addr)
+    }
+
+    pub fn kill_meta(&mut self) {
+        if let Some(mut p) = self.meta.take() {
+            p.kill();
+        }
+    }
+
+    fn start_meta_on(&mut self, listen: &str) -> anyhow::Result<()> {
         let o = &self.opts;
         let cfg = format!(
-            "[meta]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nec = \"{}\"\nextent_size = \"{}\"\nlease = \"{}\"\nheartbeat_grace = \"{}\"\nfailure_domain = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            "[meta]\nlisten = \"{listen}\"\ndata_dir = \"{}\"\nec = \"{}\"\nextent_size = \"{}\"\nlease = \"{}\"\nheartbeat_grace = \"{}\"\nfailure_domain = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
             self.path().join("meta").display(),
             o.ec,
             o.extent_size,

@@ -52,6 +52,9 @@ pub async fn beat(
         })
         .await?
         .into_inner();
+    store
+        .meta_contact_unix_ms
+        .store(hoard_types::now_ms(), std::sync::atomic::Ordering::Relaxed);
     if !resp.cluster_id.is_empty() {
         store.adopt_cluster(&resp.cluster_id, &resp.adopt_disks);
     }
@@ -71,6 +74,10 @@ pub async fn run(
     cfg: HeartbeatConfig,
     mut stop: watch::Receiver<bool>,
 ) {
+    store.heartbeat_ms.store(
+        cfg.interval.as_millis() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let mut failing = false;
     loop {
         match beat(&mut client, &store, &cfg).await {

@@ -48,6 +48,10 @@ pub struct VolumeStore {
     pub(crate) sessions: crate::rebuild::Sessions,
     /// Clients of peer volume servers, for rebuilds.
     pub(crate) peers: hoard_proto::VolumeClients,
+    /// When meta last answered a heartbeat (ms since the epoch; 0: never).
+    pub meta_contact_unix_ms: std::sync::atomic::AtomicU64,
+    /// The heartbeat interval, for judging how long meta may stay silent.
+    pub heartbeat_ms: std::sync::atomic::AtomicU64,
 }
 
 impl VolumeStore {
@@ -109,6 +113,8 @@ impl VolumeStore {
             staged: Default::default(),
             sessions: Default::default(),
             peers: Default::default(),
+            meta_contact_unix_ms: Default::default(),
+            heartbeat_ms: std::sync::atomic::AtomicU64::new(5000),
         })
     }
 
@@ -333,6 +339,25 @@ impl VolumeStore {
                 tracing::error!("{e}");
             }
         }
+    }
+
+    /// Whether this server can serve: a usable disk, and meta heard from within three heartbeats.
+    pub fn ready(&self) -> Result<(), String> {
+        let stale_ms = 3 * self.heartbeat_ms.load(std::sync::atomic::Ordering::Relaxed) + 2000;
+        if self.disks.iter().all(|d| d.failure().is_some()) {
+            return Err("no usable disk".into());
+        }
+        let last = self
+            .meta_contact_unix_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if last == 0 {
+            return Err("meta not reached yet".into());
+        }
+        let age = hoard_types::now_ms().saturating_sub(last);
+        if age > stale_ms {
+            return Err(format!("meta not reached for {} s", age / 1000));
+        }
+        Ok(())
     }
 
     /// Space and contents of every disk.

@@ -22,7 +22,9 @@ fn bad(e: impl std::fmt::Display) -> (StatusCode, String) {
 
 pub fn routes(meta: Arc<MetaState>) -> Router {
     Router::new()
+        .route("/", get(status_page))
         .route("/api/v1/status", get(status))
+        .route("/api/v1/events", get(events))
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/disks", get(disks))
         .route("/api/v1/volumes", get(volumes))
@@ -32,6 +34,7 @@ pub fn routes(meta: Arc<MetaState>) -> Router {
         .route("/api/v1/repair/throttle", post(repair_throttle))
         .route("/api/v1/rebuild-index", get(index_status).post(index_start))
         .route("/api/v1/verify", get(verify_status).post(verify_start))
+        .route("/api/v1/backup", post(backup))
         .route("/api/v1/blocks/sample", get(sample_blocks))
         .route("/api/v1/disks/{id}/declare-empty", post(declare_empty))
         .route("/api/v1/scrub", get(scrub_status))
@@ -42,11 +45,21 @@ pub fn routes(meta: Arc<MetaState>) -> Router {
         .with_state(meta)
 }
 
+/// The status page for people: one self-contained page that polls the API.
+async fn status_page() -> hoard_admin::axum::response::Html<&'static str> {
+    hoard_admin::axum::response::Html(include_str!("status.html"))
+}
+
+async fn events() -> ApiResult {
+    Ok(Json(json!(crate::telemetry::recent_events())))
+}
+
 async fn status(State(m): State<Arc<MetaState>>) -> ApiResult {
     let s = m.cluster_status();
     let r = m.repair_status();
     let mut v = admin_json::cluster(&s);
     v["repair"] = admin_json::repair(&r);
+    v["scrub"] = admin_json::scrub(&m.scrub_knobs(), &m.scrub_status());
     Ok(Json(v))
 }
 
@@ -282,5 +295,30 @@ async fn sample_blocks(State(m): State<Arc<MetaState>>, Query(q): Query<SampleQu
         .collect();
     Ok(Json(
         json!({ "next": if more { hex.last().cloned() } else { None }, "hashes": hex }),
+    ))
+}
+
+/// A consistent copy of the metadata tier (a RocksDB checkpoint) into a new directory on meta's host.
+async fn backup(State(m): State<Arc<MetaState>>, Json(body): Json<Value>) -> ApiResult {
+    let dir = body["dir"]
+        .as_str()
+        .filter(|d| !d.is_empty())
+        .ok_or_else(|| bad("give the backup directory as {\"dir\": PATH}"))?
+        .to_string();
+    let path = std::path::PathBuf::from(&dir);
+    if path.exists() {
+        return Err(bad(format!(
+            "{dir} exists already; a backup goes into a new directory"
+        )));
+    }
+    let started = std::time::Instant::now();
+    let p = path.clone();
+    tokio::task::spawn_blocking(move || m.engine().checkpoint(&p))
+        .await
+        .map_err(bad)?
+        .map_err(bad)?;
+    let bytes = crate::admin_json::dir_bytes(&path);
+    Ok(Json(
+        json!({ "dir": dir, "bytes": bytes, "seconds": started.elapsed().as_secs_f64() }),
     ))
 }

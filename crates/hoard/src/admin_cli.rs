@@ -52,6 +52,8 @@ pub enum AdminCmd {
         #[command(flatten)]
         ep: crate::cli::EndpointArg,
     },
+    /// Take a consistent copy of the metadata tier into DIR (a new directory on meta's host).
+    Backup { dir: String },
     /// Rebuild the block index and the volume table from the disks, after the metadata tier was lost.
     RebuildIndex,
     /// Let a held disk (labelled for another cluster, or holding extents meta does not know) take
@@ -534,6 +536,27 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
         AdminCmd::Verify { deep, sample, ep } => {
             return verify(&base, args.json, *deep, *sample, ep).await;
         }
+        AdminCmd::Backup { dir } => {
+            let v = http_json(
+                &base,
+                "POST",
+                "/api/v1/backup",
+                Some(&serde_json::json!({ "dir": dir })),
+            )
+            .await
+            .map_err(|e| anyhow!(e))?;
+            if args.json {
+                println!("{v}");
+            } else {
+                println!(
+                    "backup of the metadata tier in {} ({}, {:.2} s)",
+                    s(&v["dir"]),
+                    human_bytes(v["bytes"].as_u64().unwrap_or(0)),
+                    v["seconds"].as_f64().unwrap_or(0.0)
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         AdminCmd::DeclareEmpty { disk } => {
             let v = http_json(
                 &base,
@@ -561,9 +584,10 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
         AdminCmd::Disks => ("GET", "/api/v1/disks", None),
         AdminCmd::Volumes => ("GET", "/api/v1/volumes", None),
         AdminCmd::Scrub { .. } => ("GET", "/api/v1/scrub", None),
-        AdminCmd::RebuildIndex | AdminCmd::DeclareEmpty { .. } | AdminCmd::Verify { .. } => {
-            unreachable!("handled above")
-        }
+        AdminCmd::RebuildIndex
+        | AdminCmd::DeclareEmpty { .. }
+        | AdminCmd::Verify { .. }
+        | AdminCmd::Backup { .. } => unreachable!("handled above"),
         AdminCmd::Repair { cmd } => match cmd {
             RepairCmd::Status => ("GET", "/api/v1/repair", None),
             RepairCmd::Pause => ("POST", "/api/v1/repair/pause", Some(Value::Null)),
@@ -645,7 +669,10 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
         AdminCmd::Volumes => print_volumes(&v),
         AdminCmd::Repair { .. } => print_repair(&v),
         AdminCmd::Scrub { .. } => print_scrub(&v),
-        AdminCmd::RebuildIndex | AdminCmd::DeclareEmpty { .. } | AdminCmd::Verify { .. } => {}
+        AdminCmd::RebuildIndex
+        | AdminCmd::DeclareEmpty { .. }
+        | AdminCmd::Verify { .. }
+        | AdminCmd::Backup { .. } => {}
     }
     Ok(ExitCode::SUCCESS)
 }

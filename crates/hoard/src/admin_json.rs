@@ -130,3 +130,17 @@ pub fn scrub(k: &v1::ScrubKnobs, disks: &[(String, String, v1::ScrubStatus)]) ->
         })).collect::<Vec<_>>(),
     })
 }
+
+/// Bytes of all files under a directory.
+pub fn dir_bytes(p: &std::path::Path) -> u64 {
+    std::fs::read_dir(p)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}

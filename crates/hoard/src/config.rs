@@ -314,6 +314,172 @@ impl Config {
     }
 }
 
+/// The keys each section takes, for naming unknown ones.
+const KNOWN: &[(&str, &[&str])] = &[
+    ("node", &["id"]),
+    (
+        "meta",
+        &[
+            "listen",
+            "data_dir",
+            "ec",
+            "extent_size",
+            "lease",
+            "heartbeat_grace",
+            "failure_domain",
+        ],
+    ),
+    (
+        "frontend",
+        &[
+            "listen",
+            "meta",
+            "open_volumes",
+            "watch_share",
+            "watch_delays",
+        ],
+    ),
+    (
+        "volume",
+        &[
+            "listen",
+            "advertise",
+            "meta",
+            "disks",
+            "heartbeat",
+            "disk_capacity",
+            "labels",
+        ],
+    ),
+    ("repair", &["meta"]),
+    ("admin", &["listen"]),
+];
+
+fn section_error<T: serde::de::DeserializeOwned>(text: &str, name: &str) -> Option<String> {
+    let table: toml::Table = toml::from_str(text).ok()?;
+    table.get(name)?;
+    // Deserialize `{ name: T }` from the original text, so that the span points into it.
+    #[derive(Deserialize)]
+    struct One<T> {
+        #[serde(rename = "section", default = "none")]
+        _section: Option<T>,
+    }
+    fn none<T>() -> Option<T> {
+        None
+    }
+    let renamed = rename_section(text, name);
+    match toml::from_str::<One<T>>(&renamed) {
+        Ok(_) => None,
+        Err(e) => {
+            let msg = e.message().trim().replace('\n', " ");
+            Some(match e.span() {
+                Some(span) => {
+                    let line = line_of(&renamed, span.start);
+                    // Name the key on that line, when the message does not.
+                    let key = renamed
+                        .lines()
+                        .nth(line - 1)
+                        .and_then(|l| l.split_once('='))
+                        .map(|(k, _)| k.trim().to_string())
+                        .filter(|k| !k.is_empty() && !msg.contains(k.as_str()));
+                    match key {
+                        Some(k) => format!("line {line}: {name}.{k}: {msg}"),
+                        None => format!("line {line}: [{name}] {msg}"),
+                    }
+                }
+                None => format!("[{name}] {msg}"),
+            })
+        }
+    }
+}
+
+/// The text with only section `name` kept (renamed to `section`) and every other section blanked line
+/// for line, so that line numbers stay the same.
+fn rename_section(text: &str, name: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut keep = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('[') && t.ends_with(']') {
+            let header = t.trim_matches(|c| c == '[' || c == ']').trim();
+            keep = header == name;
+            out.push_str(if keep { "[section]" } else { "" });
+        } else if keep {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+impl Config {
+    /// Every problem of a config text, one line each: unknown sections and keys (with their lines), and
+    /// the first bad value of each section.
+    pub fn check(text: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Err(e) = toml::from_str::<toml::Table>(text) {
+            let msg = e.message().trim().replace('\n', " ");
+            return vec![match e.span() {
+                Some(span) => format!("line {}: {msg}", line_of(text, span.start)),
+                None => msg,
+            }];
+        }
+        let mut section = String::new();
+        for (i, line) in text.lines().enumerate() {
+            let t = line.trim();
+            if t.is_empty() || t.starts_with('#') {
+                continue;
+            }
+            if t.starts_with('[') && t.ends_with(']') {
+                section = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+                if !KNOWN.iter().any(|(s, _)| *s == section) {
+                    problems.push(format!(
+                        "line {}: unknown section [{section}]; sections are {}",
+                        i + 1,
+                        KNOWN
+                            .iter()
+                            .map(|(s, _)| format!("[{s}]"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+                continue;
+            }
+            let Some((key, _)) = t.split_once('=') else {
+                continue;
+            };
+            let key = key.trim();
+            if let Some((_, keys)) = KNOWN.iter().find(|(s, _)| *s == section)
+                && !keys.contains(&key)
+            {
+                problems.push(format!(
+                    "line {}: unknown key `{key}` in [{section}]; it takes {}",
+                    i + 1,
+                    keys.join(", ")
+                ));
+            }
+        }
+        problems.extend(section_error::<NodeSection>(text, "node"));
+        problems.extend(section_error::<MetaSection>(text, "meta"));
+        problems.extend(section_error::<FrontendSection>(text, "frontend"));
+        problems.extend(section_error::<VolumeSection>(text, "volume"));
+        problems.extend(section_error::<RepairSection>(text, "repair"));
+        problems.extend(section_error::<AdminSection>(text, "admin"));
+        if problems.is_empty()
+            && let Err(e) = Config::parse(text)
+        {
+            problems.push(e);
+        }
+        // One report per line is enough: the unknown-key pass and a section's own error may agree.
+        let mut seen = std::collections::HashSet::new();
+        problems.retain(|p| {
+            let line = p.split(':').next().unwrap_or("").to_string();
+            !line.starts_with("line ") || seen.insert(line)
+        });
+        problems
+    }
+}
+
 fn check_url(key: &str, url: &str) -> Result<(), String> {
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         return Err(format!(
@@ -360,11 +526,46 @@ mod tests {
     }
 
     #[test]
+    fn check_names_every_bad_key_with_its_line() {
+        let text = "[meta]\nlisten = \"127.0.0.1:1\"\ndata_dir = \"/x\"\nlistne = 3\nextent_size = \"lots\"\n[frontend]\nlisten = \"nope\"\nmeta = \"http://x:1\"\nopen_volums = 2\n[bogus]\nx = 1\n";
+        let p = Config::check(text);
+        let joined = p.join("\n");
+        assert!(
+            joined.contains("line 4: unknown key `listne` in [meta]"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("line 9: unknown key `open_volums` in [frontend]"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("line 10: unknown section [bogus]"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("line 7") && joined.contains("nope"),
+            "{joined}"
+        );
+        assert!(p.iter().all(|l| !l.contains('\n')));
+        // A broken value of a known key, alone.
+        let p = Config::check(
+            "[meta]\nlisten = \"127.0.0.1:1\"\ndata_dir = \"/x\"\nextent_size = \"lots\"\n",
+        );
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("line 4:") && p[0].contains("lots"),
+            "{p:?}"
+        );
+        assert!(Config::check(include_str!("../../../deploy/config/meta.toml")).is_empty());
+    }
+
+    #[test]
     fn deploy_examples_are_valid() {
         for text in [
             include_str!("../../../deploy/config/meta.toml"),
             include_str!("../../../deploy/config/volume.toml"),
             include_str!("../../../deploy/config/frontend.toml"),
+            include_str!("../../../deploy/config/repair.toml"),
         ] {
             Config::parse(text).unwrap();
         }

@@ -120,6 +120,11 @@ enum Cmd {
 enum ConfigCmd {
     /// Validate a config file; names every problem with its line.
     Check { file: PathBuf },
+    /// Print a commented example config for a role.
+    Example {
+        #[arg(value_parser = ["meta", "volume", "frontend", "repair"])]
+        role: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -191,15 +196,32 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Admin(args) => admin_cli::run(args).await,
         Cmd::Config {
             cmd: ConfigCmd::Check { file },
-        } => match config::Config::load(&file) {
-            Ok(_) => {
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| anyhow::anyhow!("config {}: cannot read: {e}", file.display()))?;
+            let problems = config::Config::check(&text);
+            if problems.is_empty() {
                 println!("{}: ok", file.display());
-                Ok(ExitCode::SUCCESS)
+                return Ok(ExitCode::SUCCESS);
             }
-            Err(e) => {
-                eprintln!("hoard: {e}");
-                Ok(ExitCode::FAILURE)
+            for p in &problems {
+                eprintln!("hoard: config {}: {p}", file.display());
             }
-        },
+            Ok(ExitCode::FAILURE)
+        }
+        Cmd::Config {
+            cmd: ConfigCmd::Example { role },
+        } => {
+            print!(
+                "{}",
+                match role.as_str() {
+                    "meta" => include_str!("../../../deploy/config/meta.toml"),
+                    "volume" => include_str!("../../../deploy/config/volume.toml"),
+                    "frontend" => include_str!("../../../deploy/config/frontend.toml"),
+                    _ => include_str!("../../../deploy/config/repair.toml"),
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

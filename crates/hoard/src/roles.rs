@@ -83,6 +83,31 @@ async fn health_and_reflection() -> anyhow::Result<(
     Ok((reporter, health, reflection))
 }
 
+/// Keeps a service's `grpc.health.v1` status in step with its readiness, checked every two seconds.
+fn follow_readiness<S, F, Fut>(reporter: tonic_health::server::HealthReporter, stop: Stop, check: F)
+where
+    S: tonic::server::NamedService,
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
+{
+    let mut stopped = stop.subscribe();
+    tokio::spawn(async move {
+        loop {
+            match check().await {
+                Ok(()) => reporter.set_serving::<S>().await,
+                Err(why) => {
+                    tracing::debug!("not ready: {why}");
+                    reporter.set_not_serving::<S>().await
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = stopped.changed() => return,
+            }
+        }
+    });
+}
+
 fn incoming(l: TcpListener) -> tokio_stream::wrappers::TcpListenerStream {
     tokio_stream::wrappers::TcpListenerStream::new(l)
 }
@@ -219,9 +244,17 @@ pub async fn start_frontend(
     let listener = bind("frontend", listen).await?;
     let addr = listener.local_addr()?;
     let (reporter, health, reflection) = health_and_reflection().await?;
-    reporter
-        .set_serving::<BlockStoreServer<BlockStoreService>>()
-        .await;
+    {
+        let fe = Arc::clone(&fe);
+        follow_readiness::<BlockStoreServer<BlockStoreService>, _, _>(
+            reporter,
+            stop.clone(),
+            move || {
+                let fe = Arc::clone(&fe);
+                async move { fe.ready().await.map_err(|e| e.to_string()) }
+            },
+        );
+    }
     let svc = BlockStoreServer::new(BlockStoreService::new(Arc::clone(&fe)))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -280,9 +313,8 @@ impl AdminSource for ProcessAdmin {
                 fe.ready().await.map_err(|e| format!("frontend: {e}"))?;
             }
             for v in &self.volumes {
-                if v.disks().iter().all(|d| d.failure().is_some()) {
-                    return Err(format!("volume {}: no usable disk", v.node_id));
-                }
+                v.ready()
+                    .map_err(|e| format!("volume {}: {e}", v.node_id))?;
             }
             Ok(())
         })
