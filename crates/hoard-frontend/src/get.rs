@@ -8,6 +8,7 @@ use bytes::Bytes;
 use hoard_proto::v1;
 use hoard_types::{BlockHash, BlockLocation, Geometry};
 use tonic::Code;
+use tracing::Instrument;
 
 use crate::{Frontend, FrontendError};
 
@@ -88,6 +89,16 @@ impl Frontend {
     /// Reads `[offset, offset + len)` of a block (`len` 0: to its end). Returns the bytes, as slices of
     /// the fragments read (no copy), and the block's whole length.
     pub async fn get(
+        self: &Arc<Self>,
+        hash: BlockHash,
+        offset: u64,
+        len: u64,
+    ) -> Result<(Vec<Bytes>, u64), FrontendError> {
+        let span = tracing::info_span!("get", block = %hash.short());
+        self.get_inner(hash, offset, len).instrument(span).await
+    }
+
+    async fn get_inner(
         self: &Arc<Self>,
         hash: BlockHash,
         offset: u64,

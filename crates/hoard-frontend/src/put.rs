@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use tracing::Instrument;
 use hoard_erasure::Stripe;
 use hoard_proto::v1;
 use hoard_types::{BlockHash, BlockLocation, MAX_BLOCK_LEN};
@@ -56,10 +57,18 @@ impl Frontend {
                 "expected hash {want} but the bytes hash to {hash}"
             )));
         }
-        let span = tracing::debug_span!("put", block = %hash.short(), len);
-        let _e = span.enter();
-        drop(_e);
+        let span = tracing::info_span!("put", block = %hash.short(), len);
+        self.store(data, hash, started).instrument(span).await
+    }
 
+    /// The put after hashing: dedup, then volumes until one takes the block.
+    async fn store(
+        self: &Arc<Self>,
+        data: Bytes,
+        hash: BlockHash,
+        started: Instant,
+    ) -> Result<PutOutcome, FrontendError> {
+        let len = data.len() as u64;
         if self.is_live(&hash).await? {
             metrics::counter!("hoard_frontend_dedup_hits_total").increment(1);
             return Ok(PutOutcome {

@@ -161,15 +161,19 @@ impl RepairDaemon {
                                 continue;
                             }
                             let (me, volume, stop) = (Arc::clone(&self), task.volume, stop.clone());
+                            let span = tracing::info_span!("repair", volume);
                             running.insert(
                                 volume,
-                                tokio::spawn(async move {
-                                    match me.repair_volume(volume, stop).await {
-                                        Ok(()) => {}
-                                        Err(RepairError::Stopping) => {}
-                                        Err(e) => tracing::warn!(volume, "repair failed: {e}"),
-                                    }
-                                }),
+                                tokio::spawn(tracing::Instrument::instrument(
+                                    async move {
+                                        match me.repair_volume(volume, stop).await {
+                                            Ok(()) => {}
+                                            Err(RepairError::Stopping) => {}
+                                            Err(e) => tracing::warn!("repair failed: {e}"),
+                                        }
+                                    },
+                                    span,
+                                )),
                             );
                         }
                     }

@@ -117,7 +117,11 @@ impl Scrubber {
     pub fn spawn(self: &Arc<Self>, stop: watch::Receiver<bool>) {
         for d in self.store.disks() {
             let (me, disk, stop) = (Arc::clone(self), Arc::clone(d), stop.clone());
-            tokio::spawn(async move { me.run_disk(disk, stop).await });
+            let span = tracing::info_span!("scrub", node = %self.store.node_id, disk = %d.id);
+            tokio::spawn(tracing::Instrument::instrument(
+                async move { me.run_disk(disk, stop).await },
+                span,
+            ));
         }
     }
 

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use hoard_proto::v1::{self, volume_server::Volume};
 use hoard_types::BlockHash;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::VolumeError;
 use crate::extent::MemberFile;
@@ -298,8 +299,16 @@ impl Volume for VolumeService {
         )?;
         let extent = self.store.extent(e.volume, e.member)?;
         let n = req.fragment.len() as u64;
+        let span = tracing::info_span!(
+            "append",
+            node = %self.store.node_id,
+            volume = e.volume,
+            member = e.member,
+            block = %record.hash.short()
+        );
         extent
             .append(e.generation, req.epoch, record, req.fragment)
+            .instrument(span)
             .await
             .map_err(|err| {
                 tracing::warn!(volume = e.volume, member = e.member, "append failed: {err}");
