@@ -4,10 +4,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use tracing::Instrument;
 use hoard_erasure::Stripe;
 use hoard_proto::v1;
 use hoard_types::{BlockHash, BlockLocation, MAX_BLOCK_LEN};
+use tracing::Instrument;
 
 use crate::writer::OpenVolume;
 use crate::{Frontend, FrontendError};

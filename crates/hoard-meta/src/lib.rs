@@ -3,6 +3,7 @@
 //! RocksDB.
 
 pub mod engine;
+pub mod moves;
 pub mod placement;
 pub mod rebuild_index;
 pub mod records;
@@ -36,6 +37,8 @@ pub enum MetaError {
     CreateFailed(String),
     #[error("invalid request: {0}")]
     Invalid(String),
+    #[error("{0}")]
+    Full(String),
     #[error("metadata tier is shutting down")]
     ShuttingDown,
 }
@@ -48,6 +51,7 @@ impl MetaError {
         match self {
             MetaError::NoVolume(_) => Status::not_found(msg),
             MetaError::Invalid(_) => Status::invalid_argument(msg),
+            MetaError::Full(_) => Status::resource_exhausted(msg),
             MetaError::Placement(_) | MetaError::CreateFailed(_) | MetaError::ShuttingDown => {
                 Status::unavailable(msg)
             }

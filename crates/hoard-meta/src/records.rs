@@ -137,6 +137,54 @@ pub struct RangeRow {
     pub reported_unix_ms: u64,
 }
 
+/// A member move (table `repair`, key `m` + id).
+#[derive(Clone, PartialEq, Message)]
+pub struct MoveRow {
+    #[prost(uint64, tag = "1")]
+    pub volume: u64,
+    #[prost(uint32, tag = "2")]
+    pub member: u32,
+    #[prost(string, tag = "3")]
+    pub from_disk: String,
+    #[prost(string, tag = "4")]
+    pub to_disk: String,
+    #[prost(uint64, tag = "5")]
+    pub bytes: u64,
+    /// "pending", "running", "done", "failed", "dropped".
+    #[prost(string, tag = "6")]
+    pub state: String,
+    /// "rebalance" or "drain".
+    #[prost(string, tag = "7")]
+    pub reason: String,
+    /// The moved member's new generation, once started.
+    #[prost(uint64, tag = "8")]
+    pub generation: u64,
+    #[prost(string, tag = "9")]
+    pub session: String,
+    #[prost(uint64, tag = "10")]
+    pub done_bytes: u64,
+    #[prost(string, tag = "11")]
+    pub error: String,
+    #[prost(uint64, tag = "12")]
+    pub created_unix_ms: u64,
+    #[prost(uint32, tag = "13")]
+    pub attempts: u32,
+}
+
+/// The rebalance job (table `config`, key `rebalance`).
+#[derive(Clone, PartialEq, Message)]
+pub struct RebalanceRow {
+    #[prost(bool, tag = "1")]
+    pub paused: bool,
+    /// "idle", "running", "done", "cancelled".
+    #[prost(string, tag = "2")]
+    pub state: String,
+    #[prost(double, tag = "3")]
+    pub tolerance_pct: f64,
+    #[prost(uint64, tag = "4")]
+    pub started_unix_ms: u64,
+}
+
 /// The live repair knobs (table `config`, key `repair_knobs`).
 #[derive(Clone, PartialEq, Message)]
 pub struct KnobsRow {
@@ -199,6 +247,9 @@ pub struct DiskRow {
     /// The cluster id in the disk's label.
     #[prost(string, tag = "10")]
     pub cluster_id: String,
+    /// An operator is draining the disk: no new members, and its members move away.
+    #[prost(bool, tag = "11")]
+    pub draining: bool,
 }
 
 #[derive(Clone, PartialEq, Message)]

@@ -29,6 +29,7 @@ pub const KEY_COUNTERS: &[u8] = b"repair_counters";
 pub enum RepairKey {
     Rebuild(VolumeId),
     Range(VolumeId, u32, u64),
+    Move(u64),
 }
 
 impl RepairKey {
@@ -42,6 +43,7 @@ impl RepairKey {
                 &o.to_be_bytes(),
             ]
             .concat(),
+            RepairKey::Move(id) => crate::moves::move_key(*id),
         }
     }
 
@@ -424,23 +426,11 @@ impl MetaState {
                 )));
             }
             let used: Vec<&str> = v.members.iter().map(|m| m.disk_id.as_str()).collect();
-            let as_candidate = |disk: &str| {
-                let d = cell.disks.get(disk)?;
-                let n = cell.nodes.get(&d.node_id)?;
-                Some(Candidate {
-                    disk_id: disk.to_string(),
-                    node_id: d.node_id.clone(),
-                    zone: n.labels.get("zone").cloned().unwrap_or_default(),
-                    rack: n.labels.get("rack").cloned().unwrap_or_default(),
-                    free_bytes: d.free_bytes,
-                    members: 0,
-                })
-            };
             let existing: Vec<Candidate> = v
                 .members
                 .iter()
                 .filter(|m| m.state == MEMBER_OK)
-                .filter_map(|m| as_candidate(&m.disk_id))
+                .filter_map(|m| crate::state::candidate_of(cell, &m.disk_id))
                 .collect();
             let per_node = self
                 .config()
@@ -677,7 +667,11 @@ mod tests {
 
     #[test]
     fn repair_keys_round_trip() {
-        for k in [RepairKey::Rebuild(7), RepairKey::Range(7, 3, 1 << 40)] {
+        for k in [
+            RepairKey::Rebuild(7),
+            RepairKey::Range(7, 3, 1 << 40),
+            RepairKey::Move(9),
+        ] {
             assert_eq!(RepairKey::parse(&k.encode()), Some(k));
         }
         assert_eq!(RepairKey::parse(b"x"), None);

@@ -219,6 +219,51 @@ impl Meta for MetaService {
         Ok(Response::new(v1::RangeDoneResponse {}))
     }
 
+    async fn move_queue(
+        &self,
+        _req: Request<v1::MoveQueueRequest>,
+    ) -> Result<Response<v1::MoveQueueResponse>, Status> {
+        Ok(Response::new(self.state.move_queue()))
+    }
+
+    async fn start_move(
+        &self,
+        req: Request<v1::StartMoveRequest>,
+    ) -> Result<Response<v1::RepairPlan>, Status> {
+        let id = req.get_ref().id;
+        let state = Arc::clone(&self.state);
+        let plan = tokio::task::spawn_blocking(move || state.start_move(id))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(plan))
+    }
+
+    async fn move_progress(
+        &self,
+        req: Request<v1::MoveProgressRequest>,
+    ) -> Result<Response<v1::RepairProgressResponse>, Status> {
+        let r = req.into_inner();
+        let current = self.state.move_progress(r.id, &r.session, r.done_bytes)?;
+        Ok(Response::new(v1::RepairProgressResponse { current }))
+    }
+
+    async fn commit_move(
+        &self,
+        req: Request<v1::CommitMoveRequest>,
+    ) -> Result<Response<v1::CommitRepairResponse>, Status> {
+        self.state.commit_move(req.get_ref().id)?;
+        Ok(Response::new(v1::CommitRepairResponse {}))
+    }
+
+    async fn fail_move(
+        &self,
+        req: Request<v1::FailMoveRequest>,
+    ) -> Result<Response<v1::CommitRepairResponse>, Status> {
+        let r = req.into_inner();
+        self.state.fail_move(r.id, &r.error)?;
+        Ok(Response::new(v1::CommitRepairResponse {}))
+    }
+
     async fn repair_status(
         &self,
         _req: Request<v1::RepairStatusRequest>,

@@ -46,6 +46,9 @@ pub struct MetaConfig {
     pub heartbeat_grace: Duration,
     /// Keep at most `m` members of a volume on one node (refuse to place otherwise).
     pub node_failure_domain: bool,
+    /// A disk filled past this share of its capacity (counting the room its open extents may still
+    /// take) takes no new members.
+    pub high_water: f64,
 }
 
 impl Default for MetaConfig {
@@ -56,6 +59,7 @@ impl Default for MetaConfig {
             lease: Duration::from_secs(30),
             heartbeat_grace: Duration::from_secs(15 * 60),
             node_failure_domain: true,
+            high_water: 0.9,
         }
     }
 }
@@ -71,6 +75,10 @@ pub(crate) struct Cell {
     pub(crate) repairs: BTreeMap<VolumeId, crate::records::RepairRow>,
     /// Corrupt fragments to rewrite in place, by (volume, member, offset).
     pub(crate) ranges: BTreeMap<(VolumeId, u32, u64), crate::records::RangeRow>,
+    /// Member moves (rebalance, drain), by id.
+    pub(crate) moves: BTreeMap<u64, crate::records::MoveRow>,
+    pub(crate) next_move: u64,
+    pub(crate) rebalance: crate::records::RebalanceRow,
     pub(crate) knobs: crate::records::KnobsRow,
     pub(crate) scrub_knobs: crate::records::ScrubKnobsRow,
     /// The last scrub status each disk reported. Memory only: the checkpoints live on the disks.
@@ -83,6 +91,20 @@ pub(crate) struct Cell {
     /// Disks a frontend reported failing since their node's last heartbeat: no new members go there
     /// until the node proves itself alive again. Memory only.
     pub(crate) suspect: std::collections::HashSet<String>,
+}
+
+/// A disk as placement sees it (for any disk meta knows, healthy or not).
+pub(crate) fn candidate_of(cell: &Cell, disk: &str) -> Option<Candidate> {
+    let d = cell.disks.get(disk)?;
+    let n = cell.nodes.get(&d.node_id)?;
+    Some(Candidate {
+        disk_id: disk.to_string(),
+        node_id: d.node_id.clone(),
+        zone: n.labels.get("zone").cloned().unwrap_or_default(),
+        rack: n.labels.get("rack").cloned().unwrap_or_default(),
+        free_bytes: d.free_bytes,
+        members: 0,
+    })
 }
 
 /// What meta answers a heartbeat.
@@ -201,6 +223,14 @@ impl MetaState {
                         Err(e) => err = Some(e),
                     }
                 }
+                Some(crate::repair::RepairKey::Move(id)) => {
+                    match decode::<crate::records::MoveRow>("repair", v) {
+                        Ok(row) => {
+                            cell.moves.insert(id, row);
+                        }
+                        Err(e) => err = Some(e),
+                    }
+                }
                 Some(crate::repair::RepairKey::Range(vol, member, off)) => {
                     match decode::<crate::records::RangeRow>("repair", v) {
                         Ok(row) => {
@@ -225,6 +255,17 @@ impl MetaState {
             Some(b) => decode("config", &b)?,
             None => crate::repair::default_knobs(),
         };
+        if let Some(b) = engine.get(Cf::Config, crate::moves::KEY_REBALANCE)? {
+            cell.rebalance = decode("config", &b)?;
+        }
+        if let Some(v) = engine.get(Cf::Config, b"next_move")?
+            && v.len() == 8
+        {
+            cell.next_move = u64::from_be_bytes(v.try_into().expect("8 bytes"));
+        }
+        cell.next_move = cell
+            .next_move
+            .max(cell.moves.keys().next_back().copied().unwrap_or(0));
         cell.scrub_knobs = match engine.get(Cf::Config, crate::scrub::KEY_SCRUB_KNOBS)? {
             Some(b) => decode("config", &b)?,
             None => crate::scrub::default_knobs(),
@@ -482,6 +523,7 @@ impl MetaState {
             for d in &req.disks {
                 cell.suspect.remove(&d.disk_id);
                 let declared_empty = cell.disks.get(&d.disk_id).is_some_and(|r| r.declared_empty);
+                let draining = cell.disks.get(&d.disk_id).is_some_and(|r| r.draining);
                 let unknown = req
                     .extents
                     .iter()
@@ -517,6 +559,7 @@ impl MetaState {
                     hold,
                     declared_empty,
                     cluster_id: d.cluster_id.clone(),
+                    draining,
                 };
                 b.put(Cf::Disks, d.disk_id.as_bytes(), encode(&row));
                 cell.disks.insert(d.disk_id.clone(), row);
@@ -583,6 +626,53 @@ impl MetaState {
         }
     }
 
+    /// Bytes a disk holds or has promised: its used bytes, plus the room its members of open volumes may
+    /// still fill.
+    pub(crate) fn committed_bytes(&self, cell: &Cell, disk: &str) -> u64 {
+        let d = match cell.disks.get(disk) {
+            Some(d) => d,
+            None => return 0,
+        };
+        let open = cell
+            .volumes
+            .values()
+            .filter(|v| v.state == STATE_OPEN || v.state == STATE_CREATING)
+            .flat_map(|v| v.members.iter())
+            .filter(|m| m.disk_id == disk)
+            .count() as u64;
+        d.used_bytes + open * self.cfg.extent_capacity
+    }
+
+    /// Healthy disks of live nodes that are not held, whatever their fill.
+    fn healthy_disks<'a>(
+        &self,
+        cell: &'a Cell,
+        now: u64,
+    ) -> impl Iterator<Item = (&'a String, &'a DiskRow)> {
+        cell.disks.iter().filter(move |(_, d)| {
+            d.state == "ok"
+                && d.hold.is_empty()
+                && !d.draining
+                && cell
+                    .nodes
+                    .get(&d.node_id)
+                    .is_some_and(|n| self.node_up(n, now))
+        })
+    }
+
+    /// Whether the cell lacks room rather than disks: enough healthy disks, too few below high water.
+    pub(crate) fn full_reason(&self, cell: &Cell, now: u64, width: usize) -> Option<String> {
+        let healthy = self.healthy_disks(cell, now).count();
+        let roomy = self.candidates(cell, now).len();
+        (healthy >= width && roomy < width).then(|| {
+            format!(
+                "the cell is full: {healthy} healthy disks, {roomy} below the high-water mark of {:.0}% with room for a {} extent; add capacity or delete data",
+                self.cfg.high_water * 100.0,
+                crate::scrub::human(self.cfg.extent_capacity)
+            )
+        })
+    }
+
     pub(crate) fn candidates(&self, cell: &Cell, now: u64) -> Vec<Candidate> {
         let mut members: HashMap<&str, u32> = HashMap::new();
         for v in cell.volumes.values().filter(|v| v.state != STATE_RETIRED) {
@@ -590,14 +680,16 @@ impl MetaState {
                 *members.entry(m.disk_id.as_str()).or_default() += 1;
             }
         }
-        cell.disks
-            .iter()
-            .filter(|(_, d)| {
-                d.state == "ok" && d.hold.is_empty() && d.free_bytes >= self.cfg.extent_capacity
+        self.healthy_disks(cell, now)
+            .filter(|(id, d)| {
+                let after = self.committed_bytes(cell, id) + self.cfg.extent_capacity;
+                d.free_bytes >= self.cfg.extent_capacity
+                    && (d.capacity_bytes == 0
+                        || after as f64 <= self.cfg.high_water * d.capacity_bytes as f64)
             })
             .filter_map(|(id, d)| {
                 let node = cell.nodes.get(&d.node_id)?;
-                self.node_up(node, now).then(|| Candidate {
+                Some(Candidate {
                     disk_id: id.clone(),
                     node_id: d.node_id.clone(),
                     zone: node.labels.get("zone").cloned().unwrap_or_default(),
@@ -656,6 +748,7 @@ impl MetaState {
             lease_holder: row.lease_holder.clone(),
             lease_epoch: row.lease_epoch,
             seal_reason: row.seal_reason.clone(),
+            violations: Vec::new(),
         }
     }
 
@@ -735,8 +828,17 @@ impl MetaState {
                     .cfg
                     .node_failure_domain
                     .then_some(geometry.m.max(1) as usize);
-                let (cands, chosen) =
-                    self.place_on(cell, now, &[], width, cap, |c| !avoid.contains(&c.disk_id))?;
+                let (cands, chosen) = match self
+                    .place_on(cell, now, &[], width, cap, |c| !avoid.contains(&c.disk_id))
+                {
+                    Ok(p) => p,
+                    Err(e) => {
+                        return Err(match self.full_reason(cell, now, width) {
+                            Some(why) => MetaError::Full(why),
+                            None => e.into(),
+                        });
+                    }
+                };
                 let id = cell.next_volume;
                 cell.next_volume += 1;
                 b.put(
@@ -986,10 +1088,17 @@ impl MetaState {
                     capacity_bytes: d.capacity_bytes,
                     used_bytes: d.used_bytes,
                     free_bytes: d.free_bytes,
-                    state: if d.hold.is_empty() || d.state != "ok" {
+                    state: if d.state != "ok" {
                         d.state.clone()
-                    } else {
+                    } else if !d.hold.is_empty() {
                         format!("held: {}", d.hold)
+                    } else if d.draining {
+                        match members_per_disk.get(id.as_str()).copied().unwrap_or(0) {
+                            0 => "drained".to_string(),
+                            n => format!("draining ({n} members left)"),
+                        }
+                    } else {
+                        d.state.clone()
                     },
                     extents: d.extents,
                     cluster_id: d.cluster_id.clone(),
@@ -999,10 +1108,27 @@ impl MetaState {
                 members: members_per_disk.get(id.as_str()).copied().unwrap_or(0),
             })
             .collect();
+        let every_disk: Vec<Candidate> = cell
+            .disks
+            .keys()
+            .filter_map(|d| candidate_of(&cell, d))
+            .collect();
         let volumes: Vec<v1::VolumeInfo> = cell
             .volumes
             .iter()
-            .map(|(id, v)| self.volume_info(&cell, *id, v, now))
+            .map(|(id, v)| {
+                let mut info = self.volume_info(&cell, *id, v, now);
+                if v.state != STATE_RETIRED && self.cfg.node_failure_domain {
+                    let members: Vec<Candidate> = v
+                        .members
+                        .iter()
+                        .filter(|m| m.state == MEMBER_OK)
+                        .filter_map(|m| candidate_of(&cell, &m.disk_id))
+                        .collect();
+                    info.violations = placement::violations(&members, &every_disk, v.m as usize);
+                }
+                info
+            })
             .collect();
         v1::ClusterStatusResponse {
             cluster_id: cell.cluster_id.clone(),

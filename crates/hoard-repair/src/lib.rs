@@ -48,6 +48,13 @@ pub enum RepairError {
     Stopping,
 }
 
+/// What a rebuild session is for: repairing a volume's lost members, or moving one member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Job {
+    Repair(u64),
+    Move(u64),
+}
+
 /// A token bucket over rebuilt bytes, shared by all running rebuilds; its rate follows the knob.
 struct Throttle {
     state: Mutex<(f64, Instant)>,
@@ -128,7 +135,7 @@ impl RepairDaemon {
 
     /// Works the queue until `stop` turns true.
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let mut running: HashMap<u64, tokio::task::JoinHandle<()>> = HashMap::new();
+        let mut running: HashMap<Job, tokio::task::JoinHandle<()>> = HashMap::new();
         let mut meta_down = false;
         loop {
             running.retain(|_, h| !h.is_finished());
@@ -157,13 +164,13 @@ impl RepairDaemon {
                             if running.len() >= knobs.concurrency.max(1) as usize {
                                 break;
                             }
-                            if running.contains_key(&task.volume) {
+                            if running.contains_key(&Job::Repair(task.volume)) {
                                 continue;
                             }
                             let (me, volume, stop) = (Arc::clone(&self), task.volume, stop.clone());
                             let span = tracing::info_span!("repair", volume);
                             running.insert(
-                                volume,
+                                Job::Repair(volume),
                                 tokio::spawn(tracing::Instrument::instrument(
                                     async move {
                                         match me.repair_volume(volume, stop).await {
@@ -176,6 +183,9 @@ impl RepairDaemon {
                                 )),
                             );
                         }
+                        // Moves (rebalance, drain) after repairs, in what room is left.
+                        self.start_moves(&mut running, knobs.concurrency.max(1) as usize, &stop)
+                            .await;
                     }
                 }
                 Err(e) => {
@@ -192,6 +202,83 @@ impl RepairDaemon {
         }
         for (_, h) in running {
             h.abort();
+        }
+    }
+
+    async fn start_moves(
+        self: &Arc<Self>,
+        running: &mut HashMap<Job, tokio::task::JoinHandle<()>>,
+        limit: usize,
+        stop: &watch::Receiver<bool>,
+    ) {
+        let Ok(q) = self.meta().move_queue(v1::MoveQueueRequest {}).await else {
+            return;
+        };
+        let q = q.into_inner();
+        if q.paused {
+            return;
+        }
+        for m in q.moves {
+            if running.len() >= limit {
+                break;
+            }
+            let job = Job::Move(m.id);
+            if running.contains_key(&job)
+                || running
+                    .keys()
+                    .any(|j| matches!(j, Job::Repair(v) if *v == m.volume))
+            {
+                continue;
+            }
+            let (me, stop) = (Arc::clone(self), stop.clone());
+            let span = tracing::info_span!("move", id = m.id, volume = m.volume, member = m.member);
+            running.insert(
+                job,
+                tokio::spawn(tracing::Instrument::instrument(
+                    async move {
+                        match me.move_member(m.id, stop).await {
+                            Ok(()) | Err(RepairError::Stopping) => {}
+                            Err(e) => tracing::warn!("move failed: {e}"),
+                        }
+                    },
+                    span,
+                )),
+            );
+        }
+    }
+
+    /// Copies one member to its new disk and commits it.
+    async fn move_member(
+        &self,
+        id: u64,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<(), RepairError> {
+        let plan = match self.meta().start_move(v1::StartMoveRequest { id }).await {
+            Ok(p) => p.into_inner(),
+            Err(s) => {
+                // Dropped, waiting for a repair, or no room: meta says which; nothing to undo.
+                tracing::debug!(move_id = id, "move not started: {}", s.message());
+                return Ok(());
+            }
+        };
+        match self.drive(&plan, Job::Move(id), &mut stop).await {
+            Ok(_) => self
+                .meta()
+                .commit_move(v1::CommitMoveRequest { id })
+                .await
+                .map(|_| ())
+                .map_err(|s| RepairError::Meta(s.message().to_string())),
+            Err(RepairError::Stopping) => Err(RepairError::Stopping),
+            Err(e) => {
+                let _ = self
+                    .meta()
+                    .fail_move(v1::FailMoveRequest {
+                        id,
+                        error: e.to_string(),
+                    })
+                    .await;
+                Err(e)
+            }
         }
     }
 
@@ -230,7 +317,7 @@ impl RepairDaemon {
             .map_err(|s| RepairError::Meta(s.message().to_string()))?
             .into_inner();
         let started = Instant::now();
-        match self.drive(&plan, &mut stop).await {
+        match self.drive(&plan, Job::Repair(volume), &mut stop).await {
             Ok(bytes) => {
                 self.meta()
                     .commit_repair(v1::CommitRepairRequest {
@@ -278,6 +365,7 @@ impl RepairDaemon {
     async fn drive(
         &self,
         plan: &v1::RepairPlan,
+        job: Job,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<u64, RepairError> {
         let runner_err = |message: String| RepairError::Runner {
@@ -313,14 +401,17 @@ impl RepairDaemon {
                     capacity: plan.capacity,
                     sources: plan.sources.clone(),
                     outputs: plan.outputs.clone(),
+                    copy_from: match job {
+                        Job::Move(_) => plan.outputs.first().map(|o| o.member),
+                        Job::Repair(_) => None,
+                    },
                 })
                 .await
                 .map_err(|s| runner_err(s.message().to_string()))?
                 .into_inner();
             session = resp.session;
             tracing::info!(volume = plan.volume, %session, total = resp.total_bytes, "rebuild begun");
-            self.progress(plan.volume, &session, 0, resp.total_bytes)
-                .await?;
+            self.progress(job, &session, 0, resp.total_bytes).await?;
         }
         loop {
             self.wait_unpaused(stop).await?;
@@ -340,7 +431,7 @@ impl RepairDaemon {
                 .into_inner();
             self.throttle.spend((r.done_bytes - done) * outputs).await;
             done = r.done_bytes;
-            self.progress(plan.volume, &session, r.done_bytes, r.total_bytes)
+            self.progress(job, &session, r.done_bytes, r.total_bytes)
                 .await?;
             if r.finished {
                 break;
@@ -449,23 +540,43 @@ impl RepairDaemon {
 
     async fn progress(
         &self,
-        volume: u64,
+        job: Job,
         session: &str,
         done: u64,
         total: u64,
     ) -> Result<(), RepairError> {
-        let r = self
-            .meta()
-            .repair_progress(v1::RepairProgressRequest {
-                volume,
-                session: session.to_string(),
-                done_bytes: done,
-                total_bytes: total,
-            })
-            .await
-            .map_err(|s| RepairError::Meta(s.message().to_string()))?;
-        if !r.get_ref().current {
-            return Err(RepairError::Superseded(volume));
+        let meta_err = |s: tonic::Status| RepairError::Meta(s.message().to_string());
+        let current = match job {
+            Job::Repair(volume) => {
+                self.meta()
+                    .repair_progress(v1::RepairProgressRequest {
+                        volume,
+                        session: session.to_string(),
+                        done_bytes: done,
+                        total_bytes: total,
+                    })
+                    .await
+                    .map_err(meta_err)?
+                    .into_inner()
+                    .current
+            }
+            Job::Move(id) => {
+                self.meta()
+                    .move_progress(v1::MoveProgressRequest {
+                        id,
+                        session: session.to_string(),
+                        done_bytes: done,
+                    })
+                    .await
+                    .map_err(meta_err)?
+                    .into_inner()
+                    .current
+            }
+        };
+        if !current {
+            return Err(RepairError::Superseded(match job {
+                Job::Repair(v) | Job::Move(v) => v,
+            }));
         }
         Ok(())
     }

@@ -167,6 +167,12 @@ pub struct ClusterOpts {
     pub repair: bool,
     /// Extra lines for the frontend's `[frontend]` section.
     pub frontend_extra: String,
+    /// Extra lines for meta's `[meta]` section.
+    pub meta_extra: String,
+    /// Capacity each disk reports (e.g. "256MiB"), instead of its filesystem's size.
+    pub disk_capacity: Option<String>,
+    /// Volume servers started with the cell (the others can be started later); all when `None`.
+    pub start_volumes: Option<usize>,
 }
 
 impl Default for ClusterOpts {
@@ -182,6 +188,9 @@ impl Default for ClusterOpts {
             open_volumes: 4,
             repair: true,
             frontend_extra: String::new(),
+            meta_extra: String::new(),
+            disk_capacity: None,
+            start_volumes: None,
         }
     }
 }
@@ -212,7 +221,7 @@ impl Cluster {
             meta_url: String::new(),
         };
         c.start_meta()?;
-        for i in 0..c.volumes.len() {
+        for i in 0..c.opts.start_volumes.unwrap_or(c.volumes.len()) {
             c.start_volume(i)?;
         }
         c.start_frontend()?;
@@ -266,13 +275,14 @@ impl Cluster {
     fn start_meta_on(&mut self, listen: &str) -> anyhow::Result<()> {
         let o = &self.opts;
         let cfg = format!(
-            "[meta]\nlisten = \"{listen}\"\ndata_dir = \"{}\"\nec = \"{}\"\nextent_size = \"{}\"\nlease = \"{}\"\nheartbeat_grace = \"{}\"\nfailure_domain = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            "[meta]\nlisten = \"{listen}\"\ndata_dir = \"{}\"\nec = \"{}\"\nextent_size = \"{}\"\nlease = \"{}\"\nheartbeat_grace = \"{}\"\nfailure_domain = \"{}\"\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
             self.path().join("meta").display(),
             o.ec,
             o.extent_size,
             o.lease,
             o.heartbeat_grace,
-            o.failure_domain
+            o.failure_domain,
+            o.meta_extra
         );
         let p = self.write_config("meta", &cfg)?;
         let proc = self.spawn("meta", &p, &["meta", "admin"])?;
@@ -297,8 +307,14 @@ impl Cluster {
             .iter()
             .map(|d| format!("\"{}\"", d.display()))
             .collect();
+        let capacity = self
+            .opts
+            .disk_capacity
+            .as_ref()
+            .map(|c| format!("disk_capacity = \"{c}\"\n"))
+            .unwrap_or_default();
         let cfg = format!(
-            "[node]\nid = \"vol-{i}\"\n[volume]\nlisten = \"127.0.0.1:0\"\nmeta = \"{}\"\ndisks = [{}]\nheartbeat = \"500ms\"\nlabels = {{ host = \"vol-{i}\" }}\n",
+            "[node]\nid = \"vol-{i}\"\n[volume]\nlisten = \"127.0.0.1:0\"\nmeta = \"{}\"\ndisks = [{}]\nheartbeat = \"500ms\"\nlabels = {{ host = \"vol-{i}\" }}\n{capacity}",
             self.meta_url,
             disks.join(", ")
         );
@@ -416,7 +432,9 @@ impl Cluster {
     pub fn restart_all(&mut self) -> anyhow::Result<()> {
         self.start_meta()?;
         for i in 0..self.volumes.len() {
-            self.start_volume(i)?;
+            if self.volumes[i].is_none() {
+                self.start_volume(i)?;
+            }
         }
         self.start_frontend()?;
         if self.opts.repair {

@@ -50,6 +50,8 @@ pub struct Session {
     good: Vec<BlockRecord>,
     unrecoverable: Vec<(BlockHash, u64)>,
     codec: Arc<Codec>,
+    /// A move: the member whose own bytes are copied.
+    copy_from: Option<u32>,
 }
 
 fn to_wire(r: &BlockRecord) -> v1::BlockRecord {
@@ -84,7 +86,7 @@ impl VolumeStore {
     ) -> Result<v1::BeginRebuildResponse, VolumeError> {
         let geometry =
             Geometry::new(req.k, req.m).map_err(|e| VolumeError::BadRequest(e.to_string()))?;
-        if req.sources.len() < req.k as usize {
+        if req.copy_from.is_none() && req.sources.len() < req.k as usize {
             return Err(VolumeError::BadRequest(format!(
                 "{} sources given, {} needed",
                 req.sources.len(),
@@ -174,6 +176,7 @@ impl VolumeStore {
             codec: Arc::new(
                 Codec::new(geometry).map_err(|e| VolumeError::Internal(e.to_string()))?,
             ),
+            copy_from: req.copy_from,
         };
         let n = session.records.len() as u64;
         self.sessions.lock().insert(
@@ -309,6 +312,9 @@ impl VolumeStore {
         lo: u64,
         hi: u64,
     ) -> Result<(), VolumeError> {
+        if let Some(member) = s.copy_from {
+            return self.copy_span(s, member, first, last, lo, hi).await;
+        }
         let width = s.geometry.width() as usize;
         let k = s.geometry.k as usize;
         // Read the span from k sources at once; more only when some fragment fails its crc.
@@ -406,7 +412,67 @@ impl VolumeStore {
                 }
             }
         }
-        // Write the verified fragments: locally, or to the member's server.
+        self.write_outputs(s, per_output).await
+    }
+
+    /// Copies a span of one member's own bytes (a move), checking every fragment; a fragment that fails
+    /// its crc is rebuilt from the other members instead.
+    async fn copy_span(
+        &self,
+        s: &mut Session,
+        member: u32,
+        first: usize,
+        last: usize,
+        lo: u64,
+        hi: u64,
+    ) -> Result<(), VolumeError> {
+        let src = s
+            .sources
+            .iter()
+            .find(|x| x.member == member)
+            .cloned()
+            .ok_or_else(|| {
+                VolumeError::BadRequest(format!("member {member} is not among the sources"))
+            })?;
+        let span = self.read_span(s.volume, &src, lo, hi).await?;
+        if span.len() as u64 != hi - lo {
+            return Err(VolumeError::Internal("short span read".into()));
+        }
+        let mut per_output: Vec<Vec<(u64, Bytes)>> = vec![Vec::new(); s.outputs.len()];
+        for j in first..=last {
+            let rec = s.records[j].clone();
+            let a = (rec.offset - lo) as usize;
+            let frag = span.slice(a..a + rec.frag_len as usize);
+            let bytes = if crc32c::crc32c(&frag) == rec.crcs[member as usize] {
+                Some(vec![frag])
+            } else {
+                self.rebuild_record(s, &rec).await
+            };
+            match bytes {
+                Some(f)
+                    if f.len() == s.outputs.len()
+                        && crc32c::crc32c(&f[0]) == rec.crcs[member as usize] =>
+                {
+                    for (i, b) in f.into_iter().enumerate() {
+                        per_output[i].push((rec.offset, b));
+                    }
+                    s.good.push(rec);
+                }
+                _ => {
+                    tracing::warn!(volume = s.volume, offset = rec.offset, block = %rec.hash.short(), "record not copyable");
+                    s.unrecoverable.push((rec.hash, rec.offset));
+                }
+            }
+        }
+        self.write_outputs(s, per_output).await
+    }
+
+    /// Writes verified fragments: locally, or to the member's server.
+    async fn write_outputs(
+        &self,
+        s: &Session,
+        per_output: Vec<Vec<(u64, Bytes)>>,
+    ) -> Result<(), VolumeError> {
         for (o, frags) in s.outputs.iter().zip(per_output) {
             if frags.is_empty() {
                 continue;

@@ -242,7 +242,16 @@ impl VolumeStore {
         let disk = self.disk(&staged.mf.disk_id)?;
         let final_dir = disk.extents_dir().join(volume.to_string());
         if final_dir.exists() {
-            // An older member of this volume that once lived here: out of service for good.
+            // A member of this volume in service here must never be replaced by another member.
+            let in_service = self
+                .extents
+                .read()
+                .values()
+                .any(|(e, _)| e.dir == final_dir && e.member != member);
+            if in_service {
+                return Err(VolumeError::ExtentConflict { volume, member });
+            }
+            // An older copy of this member, or a stale leftover: out of service for good.
             self.trash(&disk, &final_dir, volume)?;
         }
         let extent = staged.finish(records, &final_dir)?;
@@ -305,6 +314,26 @@ impl VolumeStore {
         std::fs::rename(dir, &dest).map_err(|e| VolumeError::io(dir, e))?;
         tracing::info!(volume, from = %dir.display(), "extent moved to trash");
         Ok(())
+    }
+
+    /// Deletes trashed extents older than `grace` (their names end in the time they were trashed).
+    pub fn sweep_trash(&self, grace: std::time::Duration) -> usize {
+        let cutoff = hoard_types::now_ms().saturating_sub(grace.as_millis() as u64);
+        let mut n = 0;
+        for d in &self.disks {
+            let Ok(entries) = fs::read_dir(d.path.join(crate::disk::TRASH_DIR)) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                let trashed = name.rsplit('-').next().and_then(|t| t.parse::<u64>().ok());
+                if trashed.is_some_and(|t| t < cutoff) && fs::remove_dir_all(e.path()).is_ok() {
+                    tracing::info!(disk = %d.id, entry = %name, "trashed extent deleted after its grace period");
+                    n += 1;
+                }
+            }
+        }
+        n
     }
 
     /// Checks that every disk still carries its label; a disk whose label vanished or changed was

@@ -35,6 +35,12 @@ pub fn routes(meta: Arc<MetaState>) -> Router {
         .route("/api/v1/rebuild-index", get(index_status).post(index_start))
         .route("/api/v1/verify", get(verify_status).post(verify_start))
         .route("/api/v1/backup", post(backup))
+        .route("/api/v1/rebalance", get(rebalance_status))
+        .route("/api/v1/rebalance/plan", get(rebalance_plan))
+        .route("/api/v1/rebalance/apply", post(rebalance_apply))
+        .route("/api/v1/rebalance/{action}", post(rebalance_action))
+        .route("/api/v1/drain", post(drain))
+        .route("/api/v1/undrain", post(undrain))
         .route("/api/v1/blocks/sample", get(sample_blocks))
         .route("/api/v1/disks/{id}/declare-empty", post(declare_empty))
         .route("/api/v1/scrub", get(scrub_status))
@@ -321,4 +327,105 @@ async fn backup(State(m): State<Arc<MetaState>>, Json(body): Json<Value>) -> Api
     Ok(Json(
         json!({ "dir": dir, "bytes": bytes, "seconds": started.elapsed().as_secs_f64() }),
     ))
+}
+
+fn rebalance_json(m: &MetaState) -> Json<Value> {
+    let (job, moves, drains) = m.moves();
+    let mut by_state = std::collections::BTreeMap::<String, u64>::new();
+    let (mut done, mut total) = (0u64, 0u64);
+    for t in &moves {
+        *by_state.entry(t.state.clone()).or_default() += 1;
+        if t.state != "dropped" {
+            total += t.bytes;
+            done += if t.state == "done" {
+                t.bytes
+            } else {
+                t.done_bytes
+            };
+        }
+    }
+    Json(json!({
+        "state": if job.state.is_empty() { "idle".to_string() } else { job.state.clone() },
+        "paused": job.paused,
+        "tolerance_pct": job.tolerance_pct,
+        "moves_by_state": by_state,
+        "bytes_done": done,
+        "bytes_total": total,
+        "moves": moves.iter().filter(|t| t.state != "done" && t.state != "dropped").map(admin_json::move_task).collect::<Vec<_>>(),
+        "drains": drains.iter().map(|(d, drained, left)| json!({"disk": d, "drained": drained, "members_left": left})).collect::<Vec<_>>(),
+    }))
+}
+
+async fn rebalance_status(State(m): State<Arc<MetaState>>) -> ApiResult {
+    Ok(rebalance_json(&m))
+}
+
+#[derive(serde::Deserialize)]
+struct Tolerance {
+    #[serde(default = "ten")]
+    tolerance: f64,
+}
+
+fn ten() -> f64 {
+    10.0
+}
+
+async fn rebalance_plan(State(m): State<Arc<MetaState>>, Query(q): Query<Tolerance>) -> ApiResult {
+    if !(0.0..=100.0).contains(&q.tolerance) {
+        return Err(bad("tolerance must be 0 to 100 (percentage points)"));
+    }
+    let plan = m.plan_rebalance(q.tolerance);
+    Ok(Json(json!({
+        "tolerance_pct": q.tolerance,
+        "bytes": plan.iter().map(|p| p.bytes).sum::<u64>(),
+        "moves": plan.iter().map(|p| json!({
+            "volume": p.volume, "member": p.member, "from_disk": p.from_disk,
+            "to_disk": p.to_disk, "bytes": p.bytes,
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+async fn rebalance_apply(State(m): State<Arc<MetaState>>, body: Option<Json<Value>>) -> ApiResult {
+    let tol = body
+        .and_then(|Json(b)| b["tolerance"].as_f64())
+        .unwrap_or(10.0);
+    if !(0.0..=100.0).contains(&tol) {
+        return Err(bad("tolerance must be 0 to 100 (percentage points)"));
+    }
+    m.apply_rebalance(tol).map_err(bad)?;
+    Ok(rebalance_json(&m))
+}
+
+async fn rebalance_action(
+    State(m): State<Arc<MetaState>>,
+    Path(action): Path<String>,
+) -> ApiResult {
+    m.rebalance_control(&action).map_err(bad)?;
+    Ok(rebalance_json(&m))
+}
+
+fn drain_targets(m: &MetaState, body: &Value) -> Result<Vec<String>, (StatusCode, String)> {
+    if let Some(d) = body["disk"].as_str() {
+        return Ok(vec![d.to_string()]);
+    }
+    if let Some(n) = body["node"].as_str() {
+        let disks = m.disks_of_node(n);
+        if disks.is_empty() {
+            return Err(bad(format!("no node {n} with disks")));
+        }
+        return Ok(disks);
+    }
+    Err(bad("give {\"disk\": ID} or {\"node\": ID}"))
+}
+
+async fn drain(State(m): State<Arc<MetaState>>, Json(body): Json<Value>) -> ApiResult {
+    let disks = drain_targets(&m, &body)?;
+    let n = m.drain(&disks).map_err(bad)?;
+    Ok(Json(json!({ "disks": disks, "moves": n })))
+}
+
+async fn undrain(State(m): State<Arc<MetaState>>, Json(body): Json<Value>) -> ApiResult {
+    let disks = drain_targets(&m, &body)?;
+    m.undrain(&disks).map_err(bad)?;
+    Ok(Json(json!({ "disks": disks, "undrained": true })))
 }

@@ -59,11 +59,56 @@ pub enum AdminCmd {
     /// Let a held disk (labelled for another cluster, or holding extents meta does not know) take
     /// new members. What it held is abandoned.
     DeclareEmpty { disk: String },
+    /// Even out disk fill: plan, apply, status, pause, resume, cancel.
+    Rebalance {
+        #[command(subcommand)]
+        cmd: RebalanceCmd,
+    },
+    /// Move every member off a disk or a node, then mark it drained (safe to pull).
+    Drain {
+        /// `disk` or `node`.
+        #[arg(value_parser = ["disk", "node"])]
+        what: String,
+        id: String,
+        /// Wait until drained, with progress.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Let a draining disk or node take members again.
+    Undrain {
+        #[arg(value_parser = ["disk", "node"])]
+        what: String,
+        id: String,
+    },
     /// Disk scrubbing: every fragment read back and checked on a schedule.
     Scrub {
         #[command(subcommand)]
         cmd: ScrubCmd,
     },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum RebalanceCmd {
+    /// Print the moves that bring every disk within the tolerance of the mean fill.
+    Plan {
+        /// Percentage points around the mean fill.
+        #[arg(long, default_value_t = 10.0)]
+        tolerance: f64,
+    },
+    /// Record the plan's moves and run them (throttled with repair's knobs).
+    Apply {
+        #[arg(long, default_value_t = 10.0)]
+        tolerance: f64,
+        /// Wait until every move is done, with progress.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Moves by state, bytes done and total.
+    Status,
+    Pause,
+    Resume,
+    /// Drop the moves not started yet.
+    Cancel,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -213,7 +258,19 @@ fn print_volumes(v: &Value) {
                 format!("{ok}/{}", members.len()),
                 s(&vol["blocks"]),
                 human_bytes(vol["bytes"].as_u64().unwrap_or(0)),
-                s(&vol["seal_reason"]),
+                {
+                    let v: Vec<String> = vol["violations"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(s)
+                        .collect();
+                    if v.is_empty() {
+                        s(&vol["seal_reason"])
+                    } else {
+                        format!("PLACEMENT: {}", v.join("; "))
+                    }
+                },
             ]
         })
         .collect();
@@ -474,6 +531,136 @@ async fn verify(
     })
 }
 
+/// Waits until no move of `reason` is pending or running, with a progress bar over bytes.
+async fn wait_moves(base: &str, reason: &str) -> anyhow::Result<Value> {
+    let pb = bar("moves [{bar:30}] {bytes}/{total_bytes} {msg}");
+    loop {
+        let v = http_json(base, "GET", "/api/v1/rebalance", None)
+            .await
+            .map_err(|e| anyhow!(e))?;
+        pb.set_length(v["bytes_total"].as_u64().unwrap_or(0));
+        pb.set_position(v["bytes_done"].as_u64().unwrap_or(0));
+        let open = v["moves"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| {
+                m["reason"] == reason && (m["state"] == "pending" || m["state"] == "running")
+            })
+            .count();
+        pb.set_message(format!("{open} move(s) left"));
+        let drains_left = reason == "drain"
+            && v["drains"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|d| d["drained"] == false);
+        if open == 0 && !drains_left {
+            pb.finish_and_clear();
+            return Ok(v);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+fn print_moves(v: &Value) {
+    let rows: Vec<Vec<String>> = v["moves"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            vec![
+                s(&m["volume"]),
+                s(&m["member"]),
+                s(&m["from_disk"]),
+                s(&m["to_disk"]),
+                human_bytes(m["bytes"].as_u64().unwrap_or(0)),
+                m.get("state").map(s).unwrap_or_else(|| "planned".into()),
+                m.get("reason").map(s).unwrap_or_else(|| "rebalance".into()),
+            ]
+        })
+        .collect();
+    table(
+        &["VOLUME", "MEMBER", "FROM", "TO", "BYTES", "STATE", "WHY"],
+        &rows,
+    );
+}
+
+async fn rebalance(base: &str, json: bool, cmd: &RebalanceCmd) -> anyhow::Result<ExitCode> {
+    let call = |method: &'static str, path: String, body: Option<Value>| async move {
+        http_json(base, method, &path, body.as_ref())
+            .await
+            .map_err(|e| anyhow!(e))
+    };
+    let v = match cmd {
+        RebalanceCmd::Plan { tolerance } => {
+            let v = call(
+                "GET",
+                format!("/api/v1/rebalance/plan?tolerance={tolerance}"),
+                None,
+            )
+            .await?;
+            if !json {
+                println!(
+                    "{} move(s), {} to copy, to bring every disk within {tolerance} points of the mean fill",
+                    v["moves"].as_array().map(|m| m.len()).unwrap_or(0),
+                    human_bytes(v["bytes"].as_u64().unwrap_or(0))
+                );
+                print_moves(&v);
+            }
+            v
+        }
+        RebalanceCmd::Apply { tolerance, wait } => {
+            let v = call(
+                "POST",
+                "/api/v1/rebalance/apply".into(),
+                Some(serde_json::json!({ "tolerance": tolerance })),
+            )
+            .await?;
+            if *wait {
+                wait_moves(base, "rebalance").await?
+            } else {
+                v
+            }
+        }
+        RebalanceCmd::Status => call("GET", "/api/v1/rebalance".into(), None).await?,
+        RebalanceCmd::Pause => {
+            call("POST", "/api/v1/rebalance/pause".into(), Some(Value::Null)).await?
+        }
+        RebalanceCmd::Resume => {
+            call("POST", "/api/v1/rebalance/resume".into(), Some(Value::Null)).await?
+        }
+        RebalanceCmd::Cancel => {
+            call("POST", "/api/v1/rebalance/cancel".into(), Some(Value::Null)).await?
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else if !matches!(cmd, RebalanceCmd::Plan { .. }) {
+        println!(
+            "rebalance: {}{}  moves {}  {} / {} copied",
+            s(&v["state"]),
+            if v["paused"].as_bool().unwrap_or(false) {
+                " (PAUSED)"
+            } else {
+                ""
+            },
+            v["moves_by_state"]
+                .as_object()
+                .map(|m| m
+                    .iter()
+                    .map(|(k, n)| format!("{k}={n}"))
+                    .collect::<Vec<_>>()
+                    .join(" "))
+                .unwrap_or_default(),
+            human_bytes(v["bytes_done"].as_u64().unwrap_or(0)),
+            human_bytes(v["bytes_total"].as_u64().unwrap_or(0)),
+        );
+        print_moves(&v);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn rebuild_index(base: &str, json: bool) -> anyhow::Result<ExitCode> {
     http_json(base, "POST", "/api/v1/rebuild-index", Some(&Value::Null))
         .await
@@ -533,6 +720,52 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
     let base = args.admin.trim_end_matches('/').to_string();
     match &args.cmd {
         AdminCmd::RebuildIndex => return rebuild_index(&base, args.json).await,
+        AdminCmd::Rebalance { cmd } => return rebalance(&base, args.json, cmd).await,
+        AdminCmd::Drain { what, id, wait } => {
+            let v = http_json(
+                &base,
+                "POST",
+                "/api/v1/drain",
+                Some(&serde_json::json!({ what.as_str(): id })),
+            )
+            .await
+            .map_err(|e| anyhow!(e))?;
+            if !args.json {
+                println!(
+                    "draining {what} {id}: {} member move(s) planned",
+                    s(&v["moves"])
+                );
+            }
+            if *wait {
+                wait_moves(&base, "drain").await?;
+                if !args.json {
+                    println!("{what} {id} drained: safe to pull");
+                }
+            }
+            if args.json {
+                println!("{v}");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        AdminCmd::Undrain { what, id } => {
+            let v = http_json(
+                &base,
+                "POST",
+                "/api/v1/undrain",
+                Some(&serde_json::json!({ what.as_str(): id })),
+            )
+            .await
+            .map_err(|e| anyhow!(e))?;
+            println!(
+                "{}",
+                if args.json {
+                    v.to_string()
+                } else {
+                    format!("{what} {id} takes members again")
+                }
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
         AdminCmd::Verify { deep, sample, ep } => {
             return verify(&base, args.json, *deep, *sample, ep).await;
         }
@@ -587,7 +820,10 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
         AdminCmd::RebuildIndex
         | AdminCmd::DeclareEmpty { .. }
         | AdminCmd::Verify { .. }
-        | AdminCmd::Backup { .. } => unreachable!("handled above"),
+        | AdminCmd::Backup { .. }
+        | AdminCmd::Rebalance { .. }
+        | AdminCmd::Drain { .. }
+        | AdminCmd::Undrain { .. } => unreachable!("handled above"),
         AdminCmd::Repair { cmd } => match cmd {
             RepairCmd::Status => ("GET", "/api/v1/repair", None),
             RepairCmd::Pause => ("POST", "/api/v1/repair/pause", Some(Value::Null)),
@@ -672,7 +908,10 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
         AdminCmd::RebuildIndex
         | AdminCmd::DeclareEmpty { .. }
         | AdminCmd::Verify { .. }
-        | AdminCmd::Backup { .. } => {}
+        | AdminCmd::Backup { .. }
+        | AdminCmd::Rebalance { .. }
+        | AdminCmd::Drain { .. }
+        | AdminCmd::Undrain { .. } => {}
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -37,6 +37,7 @@ pub fn volume(v: &v1::VolumeInfo) -> Value {
         "capacity": v.capacity,
         "lease_holder": v.lease_holder,
         "seal_reason": v.seal_reason,
+        "violations": v.violations,
         "members": v.members.iter().map(|m| json!({
             "index": m.index,
             "disk": m.disk_id,
@@ -143,4 +144,12 @@ pub fn dir_bytes(p: &std::path::Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
+}
+
+pub fn move_task(t: &v1::MoveTask) -> Value {
+    json!({
+        "id": t.id, "volume": t.volume, "member": t.member, "from_disk": t.from_disk,
+        "to_disk": t.to_disk, "bytes": t.bytes, "state": t.state, "reason": t.reason,
+        "done_bytes": t.done_bytes, "error": t.error,
+    })
 }

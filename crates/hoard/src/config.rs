@@ -152,6 +152,13 @@ pub struct MetaSection {
     pub heartbeat_grace: Duration,
     #[serde(default)]
     pub failure_domain: FailureDomain,
+    /// Disks filled past this share of their capacity take no new members.
+    #[serde(default = "default_high_water")]
+    pub high_water: f64,
+}
+
+fn default_high_water() -> f64 {
+    0.9
 }
 
 #[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -218,6 +225,9 @@ pub struct VolumeSection {
     pub disk_capacity: Option<Size>,
     #[serde(default)]
     pub labels: HashMap<String, String>,
+    /// How long superseded extents stay in a disk's trash before deletion.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub trash_grace: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -291,6 +301,9 @@ impl Config {
             if m.lease < Duration::from_secs(1) {
                 return Err("meta.lease must be at least 1s".into());
             }
+            if !(0.1..=1.0).contains(&m.high_water) {
+                return Err("meta.high_water must be between 0.1 and 1.0".into());
+            }
         }
         if let Some(v) = &self.volume {
             if v.disks.is_empty() {
@@ -327,6 +340,7 @@ const KNOWN: &[(&str, &[&str])] = &[
             "lease",
             "heartbeat_grace",
             "failure_domain",
+            "high_water",
         ],
     ),
     (
@@ -349,6 +363,7 @@ const KNOWN: &[(&str, &[&str])] = &[
             "heartbeat",
             "disk_capacity",
             "labels",
+            "trash_grace",
         ],
     ),
     ("repair", &["meta"]),

@@ -80,6 +80,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         lease: args.lease,
         heartbeat_grace: args.heartbeat_grace,
         node_failure_domain: node_domain,
+        ..MetaConfig::default()
     };
     let (meta_role, meta) =
         roles::start_meta(loopback, &args.data.join("meta"), meta_cfg, &stop).await?;
@@ -102,6 +103,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             disk_capacity: None,
             labels: [("host".to_string(), format!("node-{n}"))].into(),
             heartbeat: Duration::from_secs(2),
+            trash_grace: Duration::from_secs(86_400),
         };
         let (role, store) = roles::start_volume(cfg, &stop).await?;
         tracing::info!(node = n, addr = %role.addr, "volume server up");

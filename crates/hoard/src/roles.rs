@@ -167,6 +167,8 @@ pub struct VolumeRoleConfig {
     pub disk_capacity: Option<u64>,
     pub labels: HashMap<String, String>,
     pub heartbeat: Duration,
+    /// How long superseded extents stay in trash.
+    pub trash_grace: Duration,
 }
 
 pub async fn start_volume(
@@ -208,8 +210,27 @@ pub async fn start_volume(
         hb,
         stop.subscribe(),
     ));
+    {
+        let (store, grace, mut stopped) = (Arc::clone(&store), cfg.trash_grace, stop.subscribe());
+        tokio::spawn(async move {
+            loop {
+                let s = Arc::clone(&store);
+                let _ = tokio::task::spawn_blocking(move || s.sweep_trash(grace)).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(600).min(grace)) => {}
+                    _ = stopped.changed() => return,
+                }
+            }
+        });
+    }
     let (reporter, health, reflection) = health_and_reflection().await?;
-    reporter.set_serving::<VolumeServer<VolumeService>>().await;
+    {
+        let store = Arc::clone(&store);
+        follow_readiness::<VolumeServer<VolumeService>, _, _>(reporter, stop.clone(), move || {
+            let store = Arc::clone(&store);
+            async move { store.ready() }
+        });
+    }
     let svc = VolumeServer::new(VolumeService::new(Arc::clone(&store)))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);

@@ -25,6 +25,7 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
             lease: m.lease,
             heartbeat_grace: m.heartbeat_grace,
             node_failure_domain: m.failure_domain == FailureDomain::Node,
+            high_water: m.high_water,
         };
         let (role, state) = roles::start_meta(m.listen, &m.data_dir, mc, &stop).await?;
         println!("hoard meta listening on {}", role.addr);
@@ -41,6 +42,7 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
             disk_capacity: v.disk_capacity.map(|s| s.0),
             labels: v.labels.clone(),
             heartbeat: v.heartbeat.unwrap_or(Duration::from_secs(5)),
+            trash_grace: v.trash_grace.unwrap_or(Duration::from_secs(86_400)),
         };
         let (role, store) = roles::start_volume(vc, &stop).await?;
         println!("hoard volume listening on {}", role.addr);
