@@ -477,5 +477,12 @@ async fn the_watcher_reads_back_stored_blocks_after_its_delays() {
     .await
     .unwrap();
     let m = cluster.metrics_of(fe).await.unwrap();
-    assert!(!m.contains("result=\"failed\""), "{m}");
+    assert!(
+        m.contains("hoard_watcher_checks_total{result=\"failed\"} 0"),
+        "{m}"
+    );
+    assert!(
+        m.contains("hoard_watcher_pending 0"),
+        "every check done: {m}"
+    );
 }

