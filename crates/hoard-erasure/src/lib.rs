@@ -4,6 +4,8 @@
 //! `[i * frag_len, (i + 1) * frag_len)` of the block, zero padded past its end, so a reader that holds the
 //! data fragments needs no decoding at all.
 
+pub mod pool;
+
 use bytes::{Bytes, BytesMut};
 use hoard_types::Geometry;
 use reed_solomon_erasure::galois_8::ReedSolomon;
@@ -81,17 +83,19 @@ impl Codec {
             if end - start == frag_len {
                 fragments.push(block.slice(start..end));
             } else {
-                let mut padded = vec![0u8; frag_len];
+                let mut padded = pool::take(frag_len);
                 padded[..end - start].copy_from_slice(&block[start..end]);
-                fragments.push(Bytes::from(padded));
+                padded[end - start..].fill(0);
+                fragments.push(pool::share(padded));
             }
         }
         if m > 0 {
-            let mut parity: Vec<Vec<u8>> = (0..m).map(|_| vec![0u8; frag_len]).collect();
+            // Parity is written over in full by the encoder: pooled buffers need no zeroing.
+            let mut parity: Vec<Vec<u8>> = (0..m).map(|_| pool::take(frag_len)).collect();
             self.rs
                 .encode_sep(&fragments, &mut parity)
                 .map_err(ErasureError::Codec)?;
-            fragments.extend(parity.into_iter().map(Bytes::from));
+            fragments.extend(parity.into_iter().map(pool::share));
         }
         let crcs = fragments.iter().map(|f| crc(f)).collect();
         Ok(Stripe {
@@ -156,16 +160,71 @@ impl Codec {
         {
             return Ok(fragments.into_iter().take(k).flatten().collect());
         }
-        let mut slots: Vec<Option<Vec<u8>>> = fragments
+        let len = fragments
             .iter()
-            .map(|f| f.as_ref().map(|b| b.to_vec()))
-            .collect();
-        self.reconstruct(&mut slots, true)?;
-        Ok(slots
-            .into_iter()
-            .take(k)
-            .map(|s| Bytes::from(s.unwrap_or_default()))
-            .collect())
+            .flatten()
+            .map(|f| f.len())
+            .next()
+            .unwrap_or(0);
+        // The codec works in place over mutable buffers: copy what is present into pooled ones and give
+        // the missing data slots pooled scratch space.
+        // Only k fragments are needed: the present data ones first (they also come back as they are),
+        // then parity.
+        let mut use_it = vec![false; fragments.len()];
+        let mut chosen = 0;
+        for i in (0..fragments.len())
+            .filter(|&i| i < k)
+            .chain(k..fragments.len())
+        {
+            if chosen < k && fragments[i].is_some() {
+                use_it[i] = true;
+                chosen += 1;
+            }
+        }
+        let mut bufs: Vec<Vec<u8>> = Vec::with_capacity(fragments.len());
+        let mut present: Vec<bool> = Vec::with_capacity(fragments.len());
+        for (i, f) in fragments.iter().enumerate() {
+            let mut b = pool::take(len);
+            let used = use_it[i];
+            if let Some(f) = f.as_ref().filter(|_| used) {
+                if f.len() != len {
+                    return Err(ErasureError::FragmentLength {
+                        index: i,
+                        got: f.len(),
+                        want: len,
+                    });
+                }
+                b.copy_from_slice(f);
+            }
+            present.push(used);
+            bufs.push(b);
+        }
+        let have = present.iter().filter(|p| **p).count();
+        if have < k || self.geometry.m == 0 {
+            return Err(ErasureError::TooFewFragments { need: k, have });
+        }
+        {
+            let mut slices: Vec<(&mut [u8], bool)> = bufs
+                .iter_mut()
+                .zip(&present)
+                .map(|(b, p)| (b.as_mut_slice(), *p))
+                .collect();
+            self.rs
+                .reconstruct_data(&mut slices)
+                .map_err(ErasureError::Codec)?;
+        }
+        // Data fragments that were present go back as they came; rebuilt ones as pooled buffers.
+        let mut out = Vec::with_capacity(k);
+        for (i, b) in bufs.into_iter().enumerate().take(k) {
+            match &fragments[i] {
+                Some(f) => {
+                    out.push(f.clone());
+                    drop(pool::share(b));
+                }
+                None => out.push(pool::share(b)),
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -246,6 +305,31 @@ mod tests {
             let data = codec.decode_data(present).unwrap();
             let whole = assemble(&data, 0, stripe.frag_len, 0, len as u64);
             assert_eq!(whole, block, "len {len}");
+        }
+    }
+
+    #[test]
+    fn reused_buffers_never_leak_old_bytes_into_new_stripes() {
+        let codec = Codec::new(Geometry::DEFAULT).unwrap();
+        for round in 0..20 {
+            // Sizes that pad the last data fragment, so that pooled padding must be zeroed.
+            let len = 1_000_003 + round * 4097;
+            let block = random_block(len);
+            let stripe = codec.encode(&block).unwrap();
+            let mut present: Vec<Option<Bytes>> =
+                stripe.fragments.iter().cloned().map(Some).collect();
+            present[round % 6] = None;
+            present[6 + round % 3] = None;
+            let data = codec.decode_data(present).unwrap();
+            assert_eq!(
+                assemble(&data, 0, stripe.frag_len, 0, len as u64),
+                block,
+                "round {round}"
+            );
+            // The padding of the last fragment is zeros, whatever the pool held before.
+            let last = &stripe.fragments[5];
+            let used = len - 5 * stripe.frag_len;
+            assert!(last[used..].iter().all(|&b| b == 0), "round {round}");
         }
     }
 
