@@ -57,6 +57,9 @@ impl RepairKey {
                 u32::from_be_bytes(k[9..13].try_into().ok()?),
                 u64::from_be_bytes(k[13..21].try_into().ok()?),
             )),
+            (b'm', 9) => Some(RepairKey::Move(u64::from_be_bytes(
+                k[1..9].try_into().ok()?,
+            ))),
             _ => None,
         }
     }

@@ -1304,7 +1304,7 @@ mod tests {
         let (vid, cluster) = {
             let engine = Arc::new(crate::engine::RocksEngine::open(dir.path()).unwrap());
             let state = MetaState::open(engine, cfg.clone(), ops.clone()).unwrap();
-            for n in 0..3 {
+            for n in 0..4 {
                 state
                     .heartbeat(&v1::HeartbeatRequest {
                         node_id: format!("n{n}"),
@@ -1326,6 +1326,9 @@ mod tests {
             }
             let (info, _) = state.acquire_volume("fe", &[]).await.unwrap();
             state.commit(h, loc(info.id, 0, 100)).await.unwrap();
+            // A drain leaves planned moves in the repair table; they must load again.
+            let disk = state.volume(info.id).unwrap().members[0].disk_id.clone();
+            assert!(state.drain(&[disk]).unwrap() > 0);
             state.shutdown();
             (info.id, state.cluster_id())
         };
@@ -1337,6 +1340,9 @@ mod tests {
             vid
         );
         assert_eq!(state.volume(vid).unwrap().blocks, 1);
+        let (_, tasks, _) = state.moves();
+        assert_eq!(tasks.len(), 1, "the drain's move survives a restart");
+        assert_eq!(tasks[0].volume, vid);
         let (next, epoch) = state.acquire_volume("fe2", &[]).await.unwrap();
         // The old lease has not expired yet, so a fresh volume with a new id is created.
         assert!(next.id > vid || epoch > 1);
