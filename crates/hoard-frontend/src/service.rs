@@ -174,6 +174,34 @@ impl BlockStore for BlockStoreService {
         }))
     }
 
+    async fn locate(
+        &self,
+        req: Request<v1::LocateRequest>,
+    ) -> Result<Response<v1::LocateResponse>, Status> {
+        let hash = parse_hash(&req.get_ref().hash)?;
+        let l = self.fe.locate(&hash).await.map_err(|e| e.to_status())?;
+        Ok(Response::new(v1::LocateResponse {
+            volume: l.location.volume,
+            offset: l.location.offset,
+            frag_len: l.location.frag_len,
+            block_len: l.location.block_len,
+            k: l.volume.k,
+            m: l.volume.m,
+            crcs: l.location.crcs.clone(),
+            members: l
+                .volume
+                .members
+                .iter()
+                .map(|m| v1::FragmentSource {
+                    member: m.index,
+                    address: m.address.clone(),
+                    generation: m.generation,
+                    state: m.state.clone(),
+                })
+                .collect(),
+        }))
+    }
+
     async fn find_missing(
         &self,
         req: Request<v1::FindMissingRequest>,

@@ -43,6 +43,9 @@ pub struct BenchArgs {
     /// For `put`: write the stored hashes here, one per line.
     #[arg(long)]
     pub save_hashes: Option<PathBuf>,
+    /// Read fragments straight from the volume servers (the client checks crcs and BLAKE3).
+    #[arg(long)]
+    pub direct: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -114,6 +117,7 @@ async fn run_ops(
     ops: Vec<Op>,
     concurrency: usize,
     label: &str,
+    direct: bool,
 ) -> (Tally, Duration, Vec<BlockHash>) {
     let total = ops.len() as u64;
     let ops = Arc::new(parking_lot::Mutex::new(ops.into_iter()));
@@ -149,7 +153,12 @@ async fn run_ops(
                     }
                     Op::Get(h) => {
                         let t0 = Instant::now();
-                        (t0, client.get(&h).await.map(|b| b.len() as u64))
+                        let r = if direct {
+                            client.get_direct(&h).await
+                        } else {
+                            client.get(&h).await
+                        };
+                        (t0, r.map(|b| b.len() as u64))
                     }
                 };
                 let dt = t0.elapsed().as_secs_f64();
@@ -283,6 +292,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 ops,
                 args.concurrency,
                 "put (setup)",
+                false,
             )
             .await;
             let mut r = report("put", &args, tally, elapsed);
@@ -318,6 +328,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         ops,
         args.concurrency,
         &args.mode,
+        args.direct,
     )
     .await;
     let errors = tally.errors.load(Ordering::Relaxed);
