@@ -72,13 +72,21 @@ async fn check_all(client: &Client, blocks: &[(u64, usize)], hashes: &[BlockHash
         .for_each_concurrent(8, |((seed, len), h)| {
             let c = client.clone();
             async move {
+                let want = block(seed, len);
                 let got = c
                     .get(&h)
                     .await
                     .unwrap_or_else(|e| panic!("get {h} ({len} B): {e}"));
+                assert!(got == want, "block {h} of {len} B came back different");
+                // The direct read (fragments straight from volume servers, or the frontend when one
+                // is missing) returns the same bytes.
+                let direct = c
+                    .get_direct(&h)
+                    .await
+                    .unwrap_or_else(|e| panic!("direct get {h} ({len} B): {e}"));
                 assert!(
-                    got == block(seed, len),
-                    "block {h} of {len} B came back different"
+                    direct == want,
+                    "block {h} of {len} B came back different from a direct read"
                 );
             }
         })
@@ -98,6 +106,10 @@ async fn round_trip_of_500_random_blocks_is_byte_exact() {
     assert!(blocks.iter().any(|&(_, l)| l % 6 != 0));
     let hashes = put_all(&client, &blocks).await;
     check_all(&client, &blocks, &hashes).await;
+    let never = BlockHash::of(b"never stored");
+    let (code, msg) = code_of(client.get_direct(&never).await.unwrap_err());
+    assert_eq!(code, Code::NotFound, "{msg}");
+    assert!(msg.contains(&never.to_hex()), "{msg}");
 
     // Ranges, including ones that cross fragment boundaries and the last byte.
     let mut rng = rand::rngs::StdRng::seed_from_u64(99);

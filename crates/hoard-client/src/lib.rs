@@ -83,6 +83,21 @@ impl Client {
     /// fewer than through the frontend), checking each fragment's crc32c and the block's BLAKE3. Falls
     /// back to the frontend, which decodes from parity, whenever a fragment cannot be read as is.
     pub async fn get_direct(&self, hash: &BlockHash) -> Result<Bytes, ClientError> {
+        let mut parts = self.get_direct_parts(hash).await?;
+        if parts.len() == 1 {
+            return Ok(parts.pop().expect("one part"));
+        }
+        let mut out = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+        for p in parts {
+            out.extend_from_slice(&p);
+        }
+        Ok(out.freeze())
+    }
+
+    /// [`Client::get_direct`] without joining the block into one buffer: its bytes in order, as the
+    /// data fragments arrived (for callers that write them out with vectored I/O). The BLAKE3 check
+    /// covers the parts together.
+    pub async fn get_direct_parts(&self, hash: &BlockHash) -> Result<Vec<Bytes>, ClientError> {
         let loc = self
             .inner
             .clone()
@@ -92,12 +107,12 @@ impl Client {
             .await?
             .into_inner();
         match self.read_direct(hash, &loc).await {
-            Some(b) => Ok(b),
-            None => self.get(hash).await,
+            Some(parts) => Ok(parts),
+            None => Ok(vec![self.get(hash).await?]),
         }
     }
 
-    async fn read_direct(&self, hash: &BlockHash, loc: &v1::LocateResponse) -> Option<Bytes> {
+    async fn read_direct(&self, hash: &BlockHash, loc: &v1::LocateResponse) -> Option<Vec<Bytes>> {
         let k = loc.k as usize;
         if loc.members.len() < k || loc.crcs.len() < k {
             return None;
@@ -133,30 +148,22 @@ impl Client {
         let mut parts = Vec::with_capacity(k);
         for f in frags {
             let n = left.min(f.len());
-            parts.push(f.slice(..n));
+            if n > 0 {
+                parts.push(f.slice(..n));
+            }
             left -= n;
         }
-        let parts2 = parts.clone();
+        let hashed = parts.clone();
         let actual = tokio::task::spawn_blocking(move || {
             let mut h = blake3::Hasher::new();
-            for p in &parts2 {
+            for p in &hashed {
                 h.update(p);
             }
             BlockHash::from_bytes(*h.finalize().as_bytes())
         })
         .await
         .ok()?;
-        if actual != *hash {
-            return None;
-        }
-        if parts.len() == 1 {
-            return parts.pop();
-        }
-        let mut out = BytesMut::with_capacity(loc.block_len as usize);
-        for p in parts {
-            out.extend_from_slice(&p);
-        }
-        Some(out.freeze())
+        (actual == *hash).then_some(parts)
     }
 
     /// Stores one block (1 B to 4 MiB).
