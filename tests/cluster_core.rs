@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use hoard_testkit::{Client, Cluster, ClusterOpts, block};
+use hoard_testkit::{Client, Cluster, ClusterOpts, block, wait_for};
 use hoard_types::{BlockHash, MAX_BLOCK_LEN};
 use rand::{Rng, SeedableRng};
 use tonic::Code;
@@ -191,6 +191,70 @@ async fn reads_and_writes_survive_a_killed_volume_server() {
         .collect();
     let more_hashes = put_all(&client, &more).await;
     check_all(&client, &more, &more_hashes).await;
+}
+
+/// The frontend's count of whole-block reads it served.
+async fn frontend_gets(cluster: &Cluster) -> u64 {
+    let m = cluster
+        .metrics_of(cluster.frontend.as_ref().unwrap())
+        .await
+        .unwrap();
+    m.lines()
+        .find_map(|l| l.strip_prefix("hoard_frontend_get_seconds_count "))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn direct_reads_decode_from_parity_when_members_are_lost() {
+    let mut cluster = start(ClusterOpts {
+        heartbeat_grace: "2s".into(),
+        repair: false,
+        // No read-back checks, so that every read the frontend counts is a fallback of ours.
+        frontend_extra: "watch_share = 0.0".into(),
+        ..ClusterOpts::default()
+    });
+    let client = cluster.client().await.unwrap();
+    let blocks: Vec<(u64, usize)> = sizes(40, 21)
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| (7000 + i as u64, l))
+        .collect();
+    let hashes = put_all(&client, &blocks).await;
+
+    cluster.kill_volume(2);
+    // Meta marks the dead server's members lost once its heartbeats stop for the grace period.
+    wait_for(
+        "members on the dead server lost",
+        Duration::from_secs(30),
+        || async {
+            let vols = cluster.admin_get("/api/v1/volumes").await.ok()?;
+            vols.as_array()?
+                .iter()
+                .flat_map(|v| v["members"].as_array().cloned().unwrap_or_default())
+                .any(|m| m["state"] == "lost")
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+
+    let before = frontend_gets(&cluster).await;
+    for (&(seed, len), h) in blocks.iter().zip(&hashes) {
+        let got = client
+            .get_direct(h)
+            .await
+            .unwrap_or_else(|e| panic!("direct get {h} ({len} B): {e}"));
+        assert!(got == block(seed, len), "block {h} of {len} B differs");
+    }
+    assert_eq!(
+        frontend_gets(&cluster).await,
+        before,
+        "direct reads fell back to the frontend instead of decoding from parity"
+    );
+    // The count moves when the frontend does serve a read.
+    client.get(&hashes[0]).await.unwrap();
+    assert_eq!(frontend_gets(&cluster).await, before + 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

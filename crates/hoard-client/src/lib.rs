@@ -1,10 +1,12 @@
 //! A Rust client of Hoard's public `BlockStore` service, for sync clients, the CLI, tests and benchmarks.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use hoard_erasure::Codec;
 use hoard_proto::v1::{self, block_store_client::BlockStoreClient, put_request::Msg};
-use hoard_types::BlockHash;
+use hoard_types::{BlockHash, Geometry};
 use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 
@@ -46,6 +48,8 @@ pub struct Client {
     inner: BlockStoreClient<Channel>,
     /// Volume servers, for direct reads.
     volumes: std::sync::Arc<hoard_proto::VolumeClients>,
+    /// Codecs by geometry, for direct reads that need parity.
+    codecs: std::sync::Arc<std::sync::Mutex<HashMap<(u32, u32), std::sync::Arc<Codec>>>>,
 }
 
 impl Client {
@@ -76,6 +80,7 @@ impl Client {
                 .max_decoding_message_size(hoard_proto::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(hoard_proto::MAX_MESSAGE_BYTES),
             volumes: Default::default(),
+            codecs: Default::default(),
         }
     }
 
@@ -112,58 +117,94 @@ impl Client {
         }
     }
 
+    fn codec(&self, k: u32, m: u32) -> Option<std::sync::Arc<Codec>> {
+        let mut codecs = self.codecs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = codecs.get(&(k, m)) {
+            return Some(std::sync::Arc::clone(c));
+        }
+        let c = std::sync::Arc::new(Codec::new(Geometry::new(k, m).ok()?).ok()?);
+        codecs.insert((k, m), std::sync::Arc::clone(&c));
+        Some(c)
+    }
+
+    /// Reads `k` fragments from members meta lists as healthy, data members first, and decodes the
+    /// block from parity when a data member is not among them. `None` sends the caller to the
+    /// frontend: too few healthy members, a fragment that could not be read, or a hash mismatch.
     async fn read_direct(&self, hash: &BlockHash, loc: &v1::LocateResponse) -> Option<Vec<Bytes>> {
-        let k = loc.k as usize;
-        if loc.members.len() < k || loc.crcs.len() < k {
+        let (k, m) = (loc.k as usize, loc.m as usize);
+        if k == 0 || loc.members.len() != k + m || loc.crcs.len() != k + m {
             return None;
         }
-        let reads = loc.members[..k].iter().map(|m| {
-            let client = self.volumes.get(&m.address);
+        let chosen: Vec<&v1::FragmentSource> = loc
+            .members
+            .iter()
+            .filter(|s| s.state == "ok" && (s.member as usize) < k + m)
+            .take(k)
+            .collect();
+        if chosen.len() < k {
+            return None;
+        }
+        let reads = chosen.iter().map(|s| {
+            let client = self.volumes.get(&s.address);
             let req = v1::ReadFragmentRequest {
                 extent: Some(v1::ExtentRef {
                     volume: loc.volume,
-                    member: m.member,
-                    generation: m.generation,
+                    member: s.member,
+                    generation: s.generation,
                 }),
                 offset: loc.offset,
                 frag_len: loc.frag_len as u32,
-                expected_crc: loc.crcs[m.member as usize],
+                expected_crc: loc.crcs[s.member as usize],
                 hash: Bytes::copy_from_slice(hash.as_bytes()),
             };
-            let ok = m.state == "ok";
+            let index = s.member as usize;
             async move {
-                if !ok {
-                    return None;
-                }
                 let mut c = client.ok()?;
                 let f = c.read_fragment(req).await.ok()?.into_inner().fragment;
-                (f.len() as u64 == loc.frag_len).then_some(f)
+                (f.len() as u64 == loc.frag_len).then_some((index, f))
             }
         });
-        let frags: Vec<Bytes> = futures::future::join_all(reads)
+        let got: Vec<(usize, Bytes)> = futures::future::join_all(reads)
             .await
             .into_iter()
             .collect::<Option<_>>()?;
-        let mut left = loc.block_len as usize;
-        let mut parts = Vec::with_capacity(k);
-        for f in frags {
-            let n = left.min(f.len());
-            if n > 0 {
-                parts.push(f.slice(..n));
-            }
-            left -= n;
-        }
-        let hashed = parts.clone();
-        let actual = tokio::task::spawn_blocking(move || {
+        let block_len = loc.block_len;
+        let frag_len = loc.frag_len as usize;
+        let data_only = got.iter().all(|(i, _)| *i < k);
+        let codec = if data_only {
+            None
+        } else {
+            Some(self.codec(loc.k, loc.m)?)
+        };
+        let expected = *hash;
+        // Decoding (when parity was read) and hashing leave the async workers free.
+        tokio::task::spawn_blocking(move || {
+            let data: Vec<Bytes> = match codec {
+                None => {
+                    let mut d = got;
+                    d.sort_by_key(|(i, _)| *i);
+                    d.into_iter().map(|(_, f)| f).collect()
+                }
+                Some(codec) => {
+                    let mut slots: Vec<Option<Bytes>> = vec![None; k + m];
+                    for (i, f) in got {
+                        slots[i] = Some(f);
+                    }
+                    codec.decode_data(slots).ok()?
+                }
+            };
+            let parts: Vec<Bytes> = hoard_erasure::slices(&data, 0, frag_len, 0, block_len)
+                .into_iter()
+                .filter(|p| !p.is_empty())
+                .collect();
             let mut h = blake3::Hasher::new();
-            for p in &hashed {
+            for p in &parts {
                 h.update(p);
             }
-            BlockHash::from_bytes(*h.finalize().as_bytes())
+            (BlockHash::from_bytes(*h.finalize().as_bytes()) == expected).then_some(parts)
         })
         .await
-        .ok()?;
-        (actual == *hash).then_some(parts)
+        .ok()?
     }
 
     /// Stores one block (1 B to 4 MiB).
