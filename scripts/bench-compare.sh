@@ -3,7 +3,7 @@
 # concurrency; then Hoard's degraded get (one member of every volume missing).
 #
 #   usage: scripts/bench-compare.sh            env: N (blocks, default 256), C (concurrency, default 8),
-#                                                   WORK (default /var/tmp/hoard-bench-compare),
+#                                                   WORK (default /var/tmp/hoard-bench-compare, removed unless KEEP=1),
 #                                                   PEERS (default ../shared/peers), SWFS=0 to skip it
 # MB = 10^6 bytes. SeaweedFS is measured with its own harness (bench.py: Python client, HTTP).
 set -euo pipefail
@@ -28,7 +28,9 @@ dev_up() { # DATA ARGS... ; sets dev, HOARD_ENDPOINT, HOARD_ADMIN
   export HOARD_ADMIN=$(sed -n 's/^hoard dev: admin on //p' "$data.out")
 }
 dev_down() { kill "$dev" 2>/dev/null || true; wait "$dev" 2>/dev/null || true; }
-trap dev_down EXIT
+# The cells hold gigabytes; nothing is left behind unless KEEP=1.
+cleanup() { dev_down; [ "${KEEP:-0}" = 1 ] || rm -rf "$WORK"; }
+trap cleanup EXIT
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 
 results=()
@@ -54,8 +56,11 @@ sleep 1
 put=$("$hoard" bench put --count "$N" --concurrency "$C" --json --save-hashes "$WORK/hashes")
 row "Hoard put (RS 6+3, all synced)" "$put"
 get=$("$hoard" bench get --count "$N" --concurrency "$C" --json --hashes "$WORK/hashes")
-row "Hoard get (BLAKE3 checked)" "$get"
+row "Hoard get via frontend (BLAKE3 checked)" "$get"
+direct=$("$hoard" bench get --direct --count "$N" --concurrency "$C" --json --hashes "$WORK/hashes")
+row "Hoard get direct from volumes (BLAKE3 checked)" "$direct"
 dev_down
+rm -rf "$WORK/dev"
 
 # Degraded get: 9 nodes x 1 disk, so that every volume has one member on each disk; one disk wiped
 # with repair paused leaves one member of every volume missing.
@@ -64,6 +69,8 @@ sleep 1
 "$hoard" bench put --count "$N" --concurrency "$C" --json --save-hashes "$WORK/hashes9" >/dev/null
 healthy=$("$hoard" bench get --count "$N" --concurrency "$C" --json --hashes "$WORK/hashes9")
 row "Hoard get, 9x1 cell, healthy" "$healthy"
+healthy_direct=$("$hoard" bench get --direct --count "$N" --concurrency "$C" --json --hashes "$WORK/hashes9")
+row "Hoard get direct, 9x1 cell, healthy" "$healthy_direct"
 "$hoard" admin repair pause >/dev/null
 rm -rf "$WORK/dev9/node-1/disk-1/"*
 for _ in $(seq 1 60); do
@@ -74,6 +81,8 @@ for _ in $(seq 1 60); do
 done
 degraded=$("$hoard" bench get --count "$N" --concurrency "$C" --json --hashes "$WORK/hashes9")
 row "Hoard get, 9x1 cell, 1 member of every volume gone" "$degraded"
+degraded_direct=$("$hoard" bench get --direct --count "$N" --concurrency "$C" --json --hashes "$WORK/hashes9")
+row "Hoard get direct, 1 member of every volume gone" "$degraded_direct"
 dev_down
 
 echo
@@ -81,4 +90,5 @@ echo "== $N blocks of 4 MiB, concurrency $C, $(date -u +%FT%TZ)"
 printf '%s\n' "${results[@]}"
 python3 -c "
 h=float('$(field "$healthy" mb_per_s)'); d=float('$(field "$degraded" mb_per_s)')
-print(f'degraded / healthy get: {d/h*100:.0f}%')"
+hd=float('$(field "$healthy_direct" mb_per_s)'); dd=float('$(field "$degraded_direct" mb_per_s)')
+print(f'degraded / healthy get: via frontend {d/h*100:.0f}%, direct {dd/hd*100:.0f}%')"

@@ -3,7 +3,8 @@
 # separate processes (meta, frontend, 4 volume servers) takes 10,000 and then 100,000 small blocks, and
 # the volume servers' RSS is printed at each point.
 #
-#   usage: scripts/bench-memory.sh        env: WORK (default /var/tmp/hoard-bench-memory), SIZE (16KiB)
+#   usage: scripts/bench-memory.sh        env: WORK (default /var/tmp/hoard-bench-memory, removed at the
+#                                          end unless KEEP=1), SIZE (16KiB)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${WORK:-/var/tmp/hoard-bench-memory}
@@ -14,7 +15,8 @@ cargo test --release --workspace --locked --no-run >/dev/null 2>&1
 hoard="$CARGO_TARGET_DIR/release/hoard"
 rm -rf "$WORK" && mkdir -p "$WORK"
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true' EXIT
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; [ "${KEEP:-0}" = 1 ] || rm -rf "$WORK"; }
+trap cleanup EXIT
 
 start() { # NAME CONFIG-TEXT -> prints the address it listens on
   printf '%s\n' "$2" >"$WORK/$1.toml"

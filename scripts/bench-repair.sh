@@ -5,7 +5,7 @@
 #
 #   usage: scripts/bench-repair.sh [BLOCKS]        BLOCKS of 4 MiB to fill with (default 4096 = 16 GiB,
 #                                                  which puts about 2 GiB of members on each of 12 disks)
-#   env:   WORK (default /var/tmp/hoard-bench-repair), SWFS=0 to skip SeaweedFS,
+#   env:   WORK (default /var/tmp/hoard-bench-repair, removed at the end unless KEEP=1), SWFS=0 to skip SeaweedFS,
 #          PEERS (default ../shared/peers), GRACE (heartbeat grace, default 5s)
 # MB = 10^6 bytes.
 set -euo pipefail
@@ -23,7 +23,9 @@ rm -rf "$WORK" && mkdir -p "$WORK"
 "$hoard" dev --data "$WORK/data" --listen 127.0.0.1:0 --admin 127.0.0.1:0 --heartbeat-grace "$GRACE" \
   --extent-size 1GiB >"$WORK/dev.out" 2>"$WORK/dev.log" &
 dev=$!
-trap 'kill $dev 2>/dev/null || true; wait $dev 2>/dev/null || true' EXIT
+# The cell holds tens of gigabytes; nothing is left behind unless KEEP=1.
+cleanup() { kill $dev 2>/dev/null || true; wait $dev 2>/dev/null || true; [ "${KEEP:-0}" = 1 ] || rm -rf "$WORK"; }
+trap cleanup EXIT
 for _ in $(seq 1 200); do grep -q 'client endpoint' "$WORK/dev.out" 2>/dev/null && break; sleep 0.1; done
 export HOARD_ENDPOINT=$(sed -n 's/^hoard dev: client endpoint //p' "$WORK/dev.out")
 export HOARD_ADMIN=$(sed -n 's/^hoard dev: admin on //p' "$WORK/dev.out")
@@ -69,7 +71,8 @@ rebuild_rate=$(python3 -c "print(f'{$rebuilt/max($rebuild_secs,1e-3)/1e6:.1f}')"
 # This machine's disk read rate, on a member file of another disk (O_DIRECT, no page cache).
 big=$(find "$WORK/data" -name '*.dat' -printf '%s %p\n' | sort -rn | awk 'NR == 1 { print $2 }')
 read_rate=$(dd if="$big" of=/dev/null bs=4M iflag=direct 2>&1 | tail -1 | awk -F', ' '{print $NF}')
-kill $dev; wait $dev 2>/dev/null || true; trap - EXIT
+kill $dev; wait $dev 2>/dev/null || true
+[ "${KEEP:-0}" = 1 ] || rm -rf "$WORK/data"
 
 echo
 echo "== Hoard repair (RS 6+3, 4 nodes x 3 disks, one disk wiped)"
