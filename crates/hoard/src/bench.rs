@@ -43,7 +43,8 @@ pub struct BenchArgs {
     /// For `put`: write the stored hashes here, one per line.
     #[arg(long)]
     pub save_hashes: Option<PathBuf>,
-    /// Read fragments straight from the volume servers (the client checks crcs and BLAKE3).
+    /// Read fragments straight from the volume servers, decoding from parity in the client when a
+    /// data member is lost; every block is checked against its BLAKE3 hash.
     #[arg(long)]
     pub direct: bool,
     /// Print one JSON object instead of a table.
