@@ -1,6 +1,7 @@
 //! A Rust client of Hoard's public `BlockStore` service, for sync clients, the CLI, tests and benchmarks.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -43,13 +44,16 @@ pub struct Put {
     pub deduplicated: bool,
 }
 
+/// Codecs by `(k, m)`.
+type Codecs = HashMap<(u32, u32), Arc<Codec>>;
+
 #[derive(Clone)]
 pub struct Client {
     inner: BlockStoreClient<Channel>,
     /// Volume servers, for direct reads.
-    volumes: std::sync::Arc<hoard_proto::VolumeClients>,
+    volumes: Arc<hoard_proto::VolumeClients>,
     /// Codecs by geometry, for direct reads that need parity.
-    codecs: std::sync::Arc<std::sync::Mutex<HashMap<(u32, u32), std::sync::Arc<Codec>>>>,
+    codecs: Arc<Mutex<Codecs>>,
 }
 
 impl Client {
@@ -117,13 +121,13 @@ impl Client {
         }
     }
 
-    fn codec(&self, k: u32, m: u32) -> Option<std::sync::Arc<Codec>> {
+    fn codec(&self, k: u32, m: u32) -> Option<Arc<Codec>> {
         let mut codecs = self.codecs.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = codecs.get(&(k, m)) {
-            return Some(std::sync::Arc::clone(c));
+            return Some(Arc::clone(c));
         }
-        let c = std::sync::Arc::new(Codec::new(Geometry::new(k, m).ok()?).ok()?);
-        codecs.insert((k, m), std::sync::Arc::clone(&c));
+        let c = Arc::new(Codec::new(Geometry::new(k, m).ok()?).ok()?);
+        codecs.insert((k, m), Arc::clone(&c));
         Some(c)
     }
 
