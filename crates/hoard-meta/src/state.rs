@@ -576,10 +576,10 @@ impl MetaState {
                 .filter(|e| match cell.volumes.get(&e.volume) {
                     None => false,
                     Some(v) if v.state == STATE_RETIRED => true,
-                    Some(v) => v
-                        .members
-                        .get(e.member as usize)
-                        .is_some_and(|m| m.generation > e.generation),
+                    Some(v) => v.members.get(e.member as usize).is_some_and(|m| {
+                        m.generation > e.generation
+                            || (e.generation > m.generation && !Self::in_flight(cell, e))
+                    }),
                 })
                 .collect();
             cell.in_service.insert(req.node_id.clone(), req.extents.clone());
@@ -589,6 +589,24 @@ impl MetaState {
                 adopt_disks: adopt,
             }
         })
+    }
+
+    /// Whether a rebuild or move still in progress is writing this generation of the member. A newer
+    /// generation than meta's that nothing is writing was left by a rebuild or move that was abandoned
+    /// (or put in service just before its commit failed): it holds space and will never serve.
+    fn in_flight(cell: &Cell, e: &v1::ExtentRef) -> bool {
+        let rebuilding = cell.repairs.get(&e.volume).is_some_and(|r| {
+            r.outputs
+                .iter()
+                .any(|o| o.member == e.member && o.generation == e.generation)
+        });
+        rebuilding
+            || cell.moves.values().any(|mv| {
+                mv.volume == e.volume
+                    && mv.member == e.member
+                    && mv.generation == e.generation
+                    && (mv.state == "pending" || mv.state == "running")
+            })
     }
 
     pub(crate) fn node_up(&self, node: &NodeRow, now: u64) -> bool {
@@ -1293,6 +1311,51 @@ mod tests {
         assert!(!state.renew_lease("fe", info.id, 1, false).unwrap());
         let (next, _) = state.acquire_volume("fe", &[]).await.unwrap();
         assert_ne!(next.id, info.id);
+    }
+
+    #[tokio::test]
+    async fn abandoned_newer_generations_are_retired_but_running_moves_are_not() {
+        let (state, _) = cell(4, 3);
+        let (info, _) = state.acquire_volume("fe", &[]).await.unwrap();
+        let vid = info.id;
+        let report = |generation: u64| v1::HeartbeatRequest {
+            node_id: "n0".into(),
+            address: "127.0.0.1:9000".into(),
+            labels: Default::default(),
+            interval_ms: 1000,
+            disks: Vec::new(),
+            extents: vec![v1::ExtentInfo {
+                extent: Some(v1::ExtentRef {
+                    volume: vid,
+                    member: 0,
+                    generation,
+                }),
+                ..Default::default()
+            }],
+        };
+        let current = state.volume(vid).unwrap().members[0].generation;
+        // The generation meta lists stays; a newer one nothing is writing goes to the trash.
+        assert!(state.heartbeat(&report(current)).unwrap().retire.is_empty());
+        let retire = state.heartbeat(&report(current + 5)).unwrap().retire;
+        assert_eq!(retire.len(), 1);
+        assert_eq!(retire[0].generation, current + 5);
+
+        // A move that is copying member 0 writes a newer generation: that extent must stay.
+        let disk = state.volume(vid).unwrap().members[0].disk_id.clone();
+        assert!(state.drain(&[disk]).unwrap() > 0);
+        let (_, tasks, _) = state.moves();
+        let id = tasks
+            .iter()
+            .find(|t| t.volume == vid && t.member == 0)
+            .unwrap()
+            .id;
+        let plan = state.start_move(id).unwrap();
+        let writing = plan.outputs[0].generation;
+        assert!(writing > current);
+        assert!(state.heartbeat(&report(writing)).unwrap().retire.is_empty());
+        // A failed attempt abandons what it wrote (the next attempt writes a new generation).
+        state.fail_move(id, "test").unwrap();
+        assert_eq!(state.heartbeat(&report(writing)).unwrap().retire.len(), 1);
     }
 
     #[tokio::test]
