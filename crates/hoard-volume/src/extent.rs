@@ -539,6 +539,37 @@ impl Extent {
                 "repair past the extent capacity".into(),
             ));
         }
+        // The caller's record must be the one this extent's own index holds at that offset: a repair
+        // never writes where this member did not store that block.
+        let mut mine: Option<BlockRecord> = None;
+        self.for_each_record(|_, r| {
+            if r.offset == record.offset {
+                mine = Some(r.clone());
+            }
+        })?;
+        match mine {
+            Some(r)
+                if r.hash == record.hash
+                    && r.frag_len == record.frag_len
+                    && r.block_len == record.block_len
+                    && r.crcs == record.crcs => {}
+            Some(r) => {
+                return Err(VolumeError::BadRequest(format!(
+                    "record for block {} does not match the index of volume {} member {} at offset {} (block {})",
+                    record.hash.short(),
+                    self.volume,
+                    self.member,
+                    record.offset,
+                    r.hash.short()
+                )));
+            }
+            None => {
+                return Err(VolumeError::BadRequest(format!(
+                    "volume {} member {} holds no block at offset {}",
+                    self.volume, self.member, record.offset
+                )));
+            }
+        }
         let _one_sync = self.sync_lock.lock();
         self.dat
             .write_all_at(fragment, DAT_HEADER_LEN + record.offset)
@@ -642,6 +673,39 @@ mod tests {
 
     fn create(dir: &Path) -> Arc<Extent> {
         Extent::create(&dir.join("staging"), &dir.join("extents/7"), member(7, 0)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn in_place_repair_only_writes_what_the_index_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = create(dir.path());
+        e.fence(1, 1).unwrap();
+        let frag = Bytes::from(vec![5u8; 64]);
+        e.append(1, 1, rec(0, &frag), frag.clone()).await.unwrap();
+        // Rot the stored fragment.
+        e.dat.write_all_at(&[9u8; 64], DAT_HEADER_LEN).unwrap();
+        let crc = crc32c::crc32c(&frag);
+        assert!(e.read_fragment(1, 0, 64, crc).is_err());
+
+        // A record for another block, or for an offset where nothing was stored, is refused.
+        let mut other = rec(0, &frag);
+        other.hash = BlockHash::of(b"someone else");
+        let err = e.repair_fragment(1, &other, &frag).unwrap_err();
+        assert!(
+            err.to_string().contains("does not match the index"),
+            "{err}"
+        );
+        let nothing = rec(3, &frag);
+        let err = e.repair_fragment(1, &nothing, &frag).unwrap_err();
+        assert!(
+            err.to_string().contains("holds no block at offset 192"),
+            "{err}"
+        );
+        assert!(e.read_fragment(1, 0, 64, crc).is_err(), "nothing written");
+
+        // The record the index holds is repaired in place.
+        e.repair_fragment(1, &rec(0, &frag), &frag).unwrap();
+        assert_eq!(e.read_fragment(1, 0, 64, crc).unwrap(), frag);
     }
 
     #[tokio::test]
