@@ -515,6 +515,12 @@ async fn more_than_m_lost_is_data_loss_for_that_volume_only() {
         "volumes share disks: {vd:?}"
     );
     let paths = disk_paths(&cluster).await;
+    // Repair paused, so that the four losses count together: repair picks a loss up within a second,
+    // and would otherwise rebuild the first members before the last disk is wiped.
+    cluster
+        .admin_post("/api/v1/repair/pause", Value::Null)
+        .await
+        .unwrap();
     for d in vd[&lost_v].iter().take(4) {
         wipe(&paths[d].0);
     }

@@ -26,6 +26,16 @@ impl Meta for MetaService {
         req: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
         let a = self.state.heartbeat(req.get_ref())?;
+        // A failed disk is acted on now rather than at the next periodic health check: its members
+        // are marked lost and queued for repair within this beat.
+        if req.get_ref().disks.iter().any(|d| d.state != "ok") {
+            let state = Arc::clone(&self.state);
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = state.check_health() {
+                    tracing::error!("health check after a failed disk report: {e}");
+                }
+            });
+        }
         Ok(Response::new(v1::HeartbeatResponse {
             cluster_id: a.cluster_id,
             retire: a.retire,

@@ -21,7 +21,8 @@ use tonic::transport::Channel;
 /// Settings of the daemon (the knobs operators turn live are in meta).
 #[derive(Clone, Debug)]
 pub struct RepairConfig {
-    /// How often the queue is read when nothing is running.
+    /// How often the queue is read (an in-memory read on meta): a new loss or a freed slot is picked up
+    /// within this.
     pub poll: Duration,
     /// Bytes per source a rebuild step reads at most.
     pub step_bytes: u64,
@@ -30,7 +31,7 @@ pub struct RepairConfig {
 impl Default for RepairConfig {
     fn default() -> Self {
         RepairConfig {
-            poll: Duration::from_secs(1),
+            poll: Duration::from_millis(250),
             step_bytes: 64 << 20,
         }
     }

@@ -355,6 +355,20 @@ impl VolumeStore {
         }
     }
 
+    /// Disks that failed, or hold an extent that failed.
+    pub fn failed_disks(&self) -> usize {
+        let extents = self.extents.read();
+        self.disks
+            .iter()
+            .filter(|d| {
+                d.failure().is_some()
+                    || extents
+                        .values()
+                        .any(|(e, disk)| disk.id == d.id && e.failure().is_some())
+            })
+            .count()
+    }
+
     /// Writes the cluster id into every disk's label, refusing disks of another cluster.
     /// Labels unlabelled disks (and those meta names in `force`) with the cluster id.
     pub fn adopt_cluster(&self, cluster_id: &str, force: &[String]) {
