@@ -139,6 +139,19 @@ fn dev_cell_serves_the_cli_and_survives_sigkill() {
         ],
     ));
     assert!(std::fs::read(&big_back2).unwrap() == block(2, big_len).to_vec());
+    // The same through direct reads from the volume servers.
+    let big_back3 = dir.path().join("big.back3");
+    ok(&hoard(
+        &ep,
+        &[
+            "download",
+            "--direct",
+            manifest.to_str().unwrap(),
+            "-o",
+            big_back3.to_str().unwrap(),
+        ],
+    ));
+    assert!(std::fs::read(&big_back3).unwrap() == block(2, big_len).to_vec());
     // And it still takes writes.
     let fresh = dir.path().join("fresh.bin");
     std::fs::write(&fresh, block(3, 5000)).unwrap();

@@ -227,6 +227,7 @@ pub async fn download(
     manifest: &Path,
     out: Option<&Path>,
     concurrency: usize,
+    direct: bool,
 ) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(manifest)
         .with_context(|| format!("cannot read manifest {}", manifest.display()))?;
@@ -246,7 +247,13 @@ pub async fn download(
     let mut stream = futures::stream::iter(hashes)
         .map(|h| {
             let client = client.clone();
-            async move { client.get(&h).await.map_err(answer) }
+            async move {
+                if direct {
+                    client.get_direct_parts(&h).await.map_err(answer)
+                } else {
+                    client.get(&h).await.map(|b| vec![b]).map_err(answer)
+                }
+            }
         })
         .buffered(concurrency.max(1));
     // Stream to the output in order; to a file through a temporary name, renamed when complete.
@@ -257,10 +264,11 @@ pub async fn download(
         )),
         None => Box::new(std::io::stdout().lock()),
     };
-    while let Some(block) = stream.next().await {
-        let block = block?;
-        sink.write_all(&block)?;
-        pb.inc(block.len() as u64);
+    while let Some(parts) = stream.next().await {
+        for part in parts? {
+            sink.write_all(&part)?;
+            pb.inc(part.len() as u64);
+        }
     }
     sink.flush()?;
     drop(sink);

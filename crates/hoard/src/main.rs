@@ -102,6 +102,10 @@ enum Cmd {
         output: Option<PathBuf>,
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
+        /// Read fragments straight from the volume servers (they must be reachable from here), one
+        /// network hop fewer; any block that cannot be read so comes through the frontend.
+        #[arg(long)]
+        direct: bool,
         #[command(flatten)]
         ep: cli::EndpointArg,
     },
@@ -190,8 +194,9 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             manifest,
             output,
             concurrency,
+            direct,
             ep,
-        } => cli::download(&ep, &manifest, output.as_deref(), concurrency).await,
+        } => cli::download(&ep, &manifest, output.as_deref(), concurrency, direct).await,
         Cmd::Bench(args) => bench::run(args).await,
         Cmd::Admin(args) => admin_cli::run(args).await,
         Cmd::Config {
