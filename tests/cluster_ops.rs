@@ -298,6 +298,34 @@ async fn a_node_drains_under_load_without_client_errors() {
         assert_eq!(d["members"], 0, "{d}");
         assert_eq!(d["state"], "drained", "{d}");
     }
+    // The moved members' old copies leave service for vol-0's trash (deleted after the grace period),
+    // and operators see the space they hold.
+    wait_for(
+        "old copies in the trash",
+        Duration::from_secs(30),
+        || async {
+            let disks = cluster.admin_get("/api/v1/disks").await.ok()?;
+            let mine: Vec<Value> = disks
+                .as_array()?
+                .iter()
+                .filter(|d| d["node"] == "vol-0")
+                .cloned()
+                .collect();
+            let trash: u64 = mine
+                .iter()
+                .map(|d| d["trash_bytes"].as_u64().unwrap_or(0))
+                .sum();
+            (mine.iter().all(|d| d["used_bytes"] == 0) && trash > 0).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["admin", "disks"])
+        .env("HOARD_ADMIN", cluster.admin_url())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("TRASH"));
     no_violations(&cluster).await;
     for (h, seed, len) in blocks.iter() {
         assert_eq!(client.get(h).await.unwrap(), block(*seed, *len));

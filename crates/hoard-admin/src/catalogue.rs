@@ -148,6 +148,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ),
     ("hoard_disk_capacity_bytes", Gauge, "Capacity of a disk."),
     (
+        "hoard_disk_trash_bytes",
+        Gauge,
+        "Bytes of retired extents in a disk's trash, deleted after the trash grace period.",
+    ),
+    (
         "hoard_disk_fill_ratio",
         Gauge,
         "Used share of a disk's capacity.",

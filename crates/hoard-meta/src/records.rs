@@ -250,6 +250,9 @@ pub struct DiskRow {
     /// An operator is draining the disk: no new members, and its members move away.
     #[prost(bool, tag = "11")]
     pub draining: bool,
+    /// Bytes of retired extents in the disk's trash.
+    #[prost(uint64, tag = "12")]
+    pub trash_bytes: u64,
 }
 
 #[derive(Clone, PartialEq, Message)]

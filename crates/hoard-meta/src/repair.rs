@@ -238,6 +238,7 @@ impl MetaState {
         for (id, d) in &cell.disks {
             let labels = [("disk", id.clone()), ("node", d.node_id.clone())];
             metrics::gauge!("hoard_disk_used_bytes", &labels).set(d.used_bytes as f64);
+            metrics::gauge!("hoard_disk_trash_bytes", &labels).set(d.trash_bytes as f64);
             metrics::gauge!("hoard_disk_capacity_bytes", &labels).set(d.capacity_bytes as f64);
             let fill = if d.capacity_bytes == 0 {
                 0.0

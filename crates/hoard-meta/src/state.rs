@@ -560,6 +560,7 @@ impl MetaState {
                     declared_empty,
                     cluster_id: d.cluster_id.clone(),
                     draining,
+                    trash_bytes: d.trash_bytes,
                 };
                 b.put(Cf::Disks, d.disk_id.as_bytes(), encode(&row));
                 cell.disks.insert(d.disk_id.clone(), row);
@@ -1106,6 +1107,7 @@ impl MetaState {
                     capacity_bytes: d.capacity_bytes,
                     used_bytes: d.used_bytes,
                     free_bytes: d.free_bytes,
+                    trash_bytes: d.trash_bytes,
                     state: if d.state != "ok" {
                         d.state.clone()
                     } else if !d.hold.is_empty() {

@@ -68,6 +68,7 @@ pub fn disk_info(d: &crate::store::DiskReport) -> v1::DiskInfo {
         extents: d.extents,
         cluster_id: d.cluster_id.clone(),
         scrub: None,
+        trash_bytes: d.trash_bytes,
     }
 }
 

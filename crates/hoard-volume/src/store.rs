@@ -33,6 +33,8 @@ pub struct DiskReport {
     pub free_bytes: u64,
     pub state: String,
     pub extents: u32,
+    /// Bytes of retired extents waiting in the trash.
+    pub trash_bytes: u64,
 }
 
 /// Every extent this server holds, by (volume, member), with the disk it lives on.
@@ -433,8 +435,25 @@ impl VolumeStore {
                         None => "ok".into(),
                     },
                     extents: mine.len() as u32,
+                    trash_bytes: dir_bytes(&d.path.join(crate::disk::TRASH_DIR)),
                 }
             })
             .collect()
     }
+}
+
+/// Bytes of the files under `dir` (allocated blocks, as they count against the disk).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
 }

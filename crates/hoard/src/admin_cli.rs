@@ -205,12 +205,15 @@ fn print_disks(v: &Value) {
                 s(&d["members"]),
                 human_bytes(used),
                 fill_bar(used, cap),
+                human_bytes(d["trash_bytes"].as_u64().unwrap_or(0)),
                 s(&d["path"]),
             ]
         })
         .collect();
     table(
-        &["DISK", "NODE", "STATE", "MEMBERS", "USED", "FILL", "PATH"],
+        &[
+            "DISK", "NODE", "STATE", "MEMBERS", "USED", "FILL", "TRASH", "PATH",
+        ],
         &rows,
     );
 }

@@ -13,6 +13,7 @@ pub fn disk(d: &v1::DiskStatus) -> Value {
         "capacity_bytes": info.capacity_bytes,
         "used_bytes": info.used_bytes,
         "free_bytes": info.free_bytes,
+        "trash_bytes": info.trash_bytes,
         "members": d.members,
     })
 }
