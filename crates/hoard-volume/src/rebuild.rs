@@ -392,25 +392,7 @@ impl VolumeStore {
             } else {
                 self.rebuild_record(s, &rec).await
             };
-            let ok = frags.as_ref().is_some_and(|f| {
-                f.iter()
-                    .zip(&s.outputs)
-                    .all(|(bytes, o)| crc32c::crc32c(bytes) == rec.crcs[o.member as usize])
-            });
-            match (ok, frags) {
-                (true, Some(f)) => {
-                    for (i, bytes) in f.into_iter().enumerate() {
-                        per_output[i].push((rec.offset, bytes));
-                    }
-                    s.good.push(rec);
-                }
-                _ => {
-                    // Typically the tail of a put that was never acknowledged: its fragments never
-                    // reached every member. The caller checks these against the block index.
-                    tracing::warn!(volume = s.volume, offset = rec.offset, block = %rec.hash.short(), "record not rebuildable");
-                    s.unrecoverable.push((rec.hash, rec.offset));
-                }
-            }
+            accept_record(s, &mut per_output, rec, frags);
         }
         self.write_outputs(s, per_output).await
     }
@@ -448,21 +430,7 @@ impl VolumeStore {
             } else {
                 self.rebuild_record(s, &rec).await
             };
-            match bytes {
-                Some(f)
-                    if f.len() == s.outputs.len()
-                        && crc32c::crc32c(&f[0]) == rec.crcs[member as usize] =>
-                {
-                    for (i, b) in f.into_iter().enumerate() {
-                        per_output[i].push((rec.offset, b));
-                    }
-                    s.good.push(rec);
-                }
-                _ => {
-                    tracing::warn!(volume = s.volume, offset = rec.offset, block = %rec.hash.short(), "record not copyable");
-                    s.unrecoverable.push((rec.hash, rec.offset));
-                }
-            }
+            accept_record(s, &mut per_output, rec, bytes);
         }
         self.write_outputs(s, per_output).await
     }
@@ -721,6 +689,35 @@ impl VolumeStore {
             if o.local.is_some() {
                 self.drop_staged(s.volume, o.member, o.generation);
             }
+        }
+    }
+}
+
+/// Queues a record's fragments for the outputs when there is one per output and each matches its
+/// crc in the record; otherwise notes the record as not recoverable. That is typically the tail of a
+/// put that was never acknowledged (its fragments never reached every member): the caller checks
+/// those against the block index.
+fn accept_record(
+    s: &mut Session,
+    per_output: &mut [Vec<(u64, Bytes)>],
+    rec: BlockRecord,
+    frags: Option<Vec<Bytes>>,
+) {
+    match frags {
+        Some(f)
+            if f.len() == s.outputs.len()
+                && f.iter()
+                    .zip(&s.outputs)
+                    .all(|(bytes, o)| crc32c::crc32c(bytes) == rec.crcs[o.member as usize]) =>
+        {
+            for (i, bytes) in f.into_iter().enumerate() {
+                per_output[i].push((rec.offset, bytes));
+            }
+            s.good.push(rec);
+        }
+        _ => {
+            tracing::warn!(volume = s.volume, offset = rec.offset, block = %rec.hash.short(), "record not recoverable");
+            s.unrecoverable.push((rec.hash, rec.offset));
         }
     }
 }

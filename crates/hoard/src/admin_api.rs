@@ -20,6 +20,17 @@ fn bad(e: impl std::fmt::Display) -> (StatusCode, String) {
     (StatusCode::BAD_REQUEST, e.to_string())
 }
 
+/// An optional non-negative integer field of a JSON body; absent or null is `None`.
+fn optional_u64(body: &Value, k: &str) -> Result<Option<u64>, (StatusCode, String)> {
+    match body.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| bad(format!("{k} must be a non-negative integer"))),
+    }
+}
+
 pub fn routes(meta: Arc<MetaState>) -> Router {
     Router::new()
         .route("/", get(status_page))
@@ -120,15 +131,7 @@ async fn repair_resume(State(m): State<Arc<MetaState>>) -> ApiResult {
 }
 
 async fn repair_throttle(State(m): State<Arc<MetaState>>, Json(body): Json<Value>) -> ApiResult {
-    let field = |k: &str| -> Result<Option<u64>, (StatusCode, String)> {
-        match body.get(k) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| bad(format!("{k} must be a non-negative integer"))),
-        }
-    };
+    let field = |k: &str| optional_u64(&body, k);
     let concurrency = match field("concurrency")? {
         Some(c) if c == 0 || c > 1024 => return Err(bad("concurrency must be 1 to 1024")),
         c => c.map(|c| c as u32),
@@ -187,15 +190,7 @@ async fn scrub_resume(State(m): State<Arc<MetaState>>) -> ApiResult {
 }
 
 async fn scrub_throttle(State(m): State<Arc<MetaState>>, Json(body): Json<Value>) -> ApiResult {
-    let field = |k: &str| -> Result<Option<u64>, (StatusCode, String)> {
-        match body.get(k) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| bad(format!("{k} must be a non-negative integer"))),
-        }
-    };
+    let field = |k: &str| optional_u64(&body, k);
     scrub_set(
         &m,
         ScrubChange {

@@ -291,6 +291,15 @@ fn print_volumes(v: &Value) {
     );
 }
 
+/// A bytes-per-second throttle as shown to operators; 0 is no throttle.
+fn throttle_text(rate: u64) -> String {
+    if rate == 0 {
+        "none".to_string()
+    } else {
+        format!("{}/s", human_bytes(rate))
+    }
+}
+
 fn print_repair(r: &Value) {
     let rate = r["bytes_per_sec"].as_u64().unwrap_or(0);
     println!(
@@ -300,11 +309,7 @@ fn print_repair(r: &Value) {
         } else {
             "running"
         },
-        if rate == 0 {
-            "none".to_string()
-        } else {
-            format!("{}/s", human_bytes(rate))
-        },
+        throttle_text(rate),
         s(&r["concurrency"]),
         s(&r["degraded_volumes"]),
         s(&r["lost_volumes"]),
@@ -349,11 +354,7 @@ fn print_scrub(v: &Value) {
         } else {
             "on"
         },
-        if rate == 0 {
-            "none".to_string()
-        } else {
-            format!("{}/s", human_bytes(rate))
-        },
+        throttle_text(rate),
         humantime::format_duration(std::time::Duration::from_secs(
             v["interval_secs"].as_u64().unwrap_or(0)
         )),
