@@ -366,9 +366,18 @@ async fn a_volume_missing_two_members_is_rebuilt_first() {
     wipe(&paths[&a].0);
     wipe(&paths[&b].0);
     // Both losses are seen before anything is repaired.
+    // The two disks can be reported on different heartbeats, so wait for the whole picture: every
+    // affected volume queued, each double-loss volume with both members lost.
     wait_for("all losses queued", Duration::from_secs(30), || async {
         let r = cluster.admin_get("/api/v1/repair").await.ok()?;
-        (r["queue"].as_array()?.len() == doubles.len() + singles.len()).then_some(())
+        let mut lost: HashMap<u64, usize> = HashMap::new();
+        for t in r["queue"].as_array()? {
+            lost.insert(t["volume"].as_u64()?, t["lost_members"].as_array()?.len());
+        }
+        let complete = lost.len() == doubles.len() + singles.len()
+            && doubles.iter().all(|v| lost.get(v) == Some(&2))
+            && singles.iter().all(|v| lost.get(v) == Some(&1));
+        complete.then_some(())
     })
     .await
     .unwrap();
