@@ -2,6 +2,8 @@
 //!
 //! Wire values are validated once, here, on receive: the rest of the code works with `hoard_types`.
 
+pub mod raw;
+
 #[allow(clippy::all, clippy::pedantic)]
 pub mod v1 {
     tonic::include_proto!("hoard.v1");

@@ -314,12 +314,12 @@ impl Cluster {
             .map(|c| format!("disk_capacity = \"{c}\"\n"))
             .unwrap_or_default();
         let cfg = format!(
-            "[node]\nid = \"vol-{i}\"\n[volume]\nlisten = \"127.0.0.1:0\"\nmeta = \"{}\"\ndisks = [{}]\nheartbeat = \"500ms\"\nlabels = {{ host = \"vol-{i}\" }}\n{capacity}",
+            "[node]\nid = \"vol-{i}\"\n[volume]\nlisten = \"127.0.0.1:0\"\nmeta = \"{}\"\ndisks = [{}]\nheartbeat = \"500ms\"\nlabels = {{ host = \"vol-{i}\" }}\n{capacity}[admin]\nlisten = \"127.0.0.1:0\"\n",
             self.meta_url,
             disks.join(", ")
         );
         let p = self.write_config(&format!("vol-{i}"), &cfg)?;
-        self.volumes[i] = Some(self.spawn(&format!("vol-{i}"), &p, &["volume"])?);
+        self.volumes[i] = Some(self.spawn(&format!("vol-{i}"), &p, &["volume", "admin"])?);
         Ok(())
     }
 

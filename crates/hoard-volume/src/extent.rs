@@ -485,6 +485,28 @@ impl Extent {
         Ok(Bytes::from_owner(buf))
     }
 
+    /// Where a raw read of `len` bytes at `offset` of the data region lies in [`Extent::cached_dat`]:
+    /// the byte offset in that file. No crc32c check; the reader checks the block's BLAKE3. Refuses
+    /// ranges past what appends have written.
+    pub fn raw_source(&self, generation: u64, offset: u64, len: u32) -> Result<u64, VolumeError> {
+        self.check_usable(generation)?;
+        let end = offset.checked_add(u64::from(len));
+        if end.is_none_or(|end| end > self.data_len()) {
+            return Err(VolumeError::BadRequest(format!(
+                "extent {}/{}: read of {len} bytes at {offset} lies past the {} bytes written",
+                self.volume,
+                self.member,
+                self.data_len()
+            )));
+        }
+        Ok(DAT_HEADER_LEN + offset)
+    }
+
+    /// The `.dat` opened through the page cache (for `sendfile`).
+    pub fn cached_dat(&self) -> &File {
+        &self.dat
+    }
+
     /// Reads raw bytes of the data region (no checks: the caller checks fragments against records).
     /// Bytes past the end of the file read as zeros, as they were never written. Uses O_DIRECT where it
     /// can: these are streaming reads (repair, scrub) that should neither cost a page-cache copy nor

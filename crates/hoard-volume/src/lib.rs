@@ -5,6 +5,7 @@ pub mod disk;
 pub mod extent;
 pub mod format;
 pub mod heartbeat;
+pub mod raw;
 pub mod rebuild;
 pub mod scrub;
 pub mod service;

@@ -240,12 +240,16 @@ pub async fn start_volume(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let shutdown = stop.wait();
+    let raw_store = Arc::clone(&store);
     let task = tokio::spawn(async move {
         hoard_proto::server()
             .add_service(health)
             .add_service(reflection)
             .add_service(svc)
-            .serve_with_incoming_shutdown(incoming(listener), shutdown)
+            .serve_with_incoming_shutdown(
+                hoard_volume::raw::incoming(listener, raw_store),
+                shutdown,
+            )
             .await
             .context("volume server")?;
         Ok(())

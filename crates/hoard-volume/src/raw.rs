@@ -1,0 +1,321 @@
+//! The server side of raw fragment reads (see [`hoard_proto::raw`]): the volume server's listener hands
+//! gRPC connections to tonic and serves raw ones itself, answering each read with `sendfile(2)` from the
+//! page cache.
+
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hoard_proto::raw::{self, RawRead};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::store::VolumeStore;
+
+/// How long a new connection may stay silent before it is dropped, and how long a raw read may wait for
+/// a client that does not take its bytes.
+const IDLE: Duration = Duration::from_secs(30);
+
+/// Accepts connections on `listener`; raw ones are served here, the others come out of the returned
+/// stream for the gRPC server. Accepting stops when the stream is dropped.
+pub fn incoming(
+    listener: TcpListener,
+    store: Arc<VolumeStore>,
+) -> ReceiverStream<std::io::Result<TcpStream>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Out of descriptors and the like: say so, wait, go on.
+                        tracing::warn!("volume server: accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = tx.closed() => return,
+            };
+            let _ = stream.set_nodelay(true);
+            set_keepalive(&stream);
+            let (tx, store) = (tx.clone(), Arc::clone(&store));
+            tokio::spawn(async move {
+                let mut first = [0u8; 1];
+                match tokio::time::timeout(IDLE, stream.peek(&mut first)).await {
+                    Ok(Ok(1)) if raw::is_raw(first[0]) => serve(store, stream).await,
+                    Ok(Ok(1)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    _ => {}
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+fn set_keepalive(s: &TcpStream) {
+    let on: libc::c_int = 1;
+    let idle: libc::c_int = 60;
+    // SAFETY: setsockopt on a socket this process owns, with pointers to live c_ints of the right size.
+    unsafe {
+        let fd = s.as_raw_fd();
+        let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        let p = |v: &libc::c_int| v as *const libc::c_int as *const libc::c_void;
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, p(&on), len);
+        libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, p(&idle), len);
+    }
+}
+
+/// Serves raw reads on one connection until the client closes it or something goes wrong mid-answer.
+async fn serve(store: Arc<VolumeStore>, mut stream: TcpStream) {
+    loop {
+        let req = match tokio::time::timeout(IDLE * 10, raw::read_request(&mut stream)).await {
+            Ok(Ok(Some(r))) => r,
+            _ => return,
+        };
+        let req = match req {
+            Ok(r) => r,
+            Err(why) => {
+                // A malformed request leaves the stream out of step: answer, then close.
+                let _ = raw::write_error(&mut stream, &why).await;
+                return;
+            }
+        };
+        match answer(&store, stream, req).await {
+            Some(s) => stream = s,
+            None => return,
+        }
+    }
+}
+
+/// Answers one read; gives the connection back when it is still in step.
+async fn answer(
+    store: &Arc<VolumeStore>,
+    mut stream: TcpStream,
+    req: RawRead,
+) -> Option<TcpStream> {
+    let extent = match store.extent(req.volume, req.member) {
+        Ok(e) => e,
+        Err(e) => {
+            raw::write_error(&mut stream, &e.to_string()).await.ok()?;
+            return Some(stream);
+        }
+    };
+    let file_offset = match extent.raw_source(req.generation, req.offset, req.len) {
+        Ok(at) => at,
+        Err(e) => {
+            raw::write_error(&mut stream, &e.to_string()).await.ok()?;
+            return Some(stream);
+        }
+    };
+    stream.write_all(&raw::ok_header(req.len)).await.ok()?;
+    // sendfile blocks while it reads from the disk what the page cache does not hold: off the async
+    // workers, with the connection (and so its descriptor) owned by the blocking task until it is done.
+    let (stream, sent) = tokio::task::spawn_blocking(move || {
+        let sent = send_range(&stream, extent.cached_dat(), file_offset, req.len as usize);
+        (stream, sent)
+    })
+    .await
+    .ok()?;
+    match sent {
+        Ok(()) => {
+            metrics::counter!("hoard_volume_read_bytes_total").increment(u64::from(req.len));
+            metrics::counter!("hoard_volume_raw_read_bytes_total").increment(u64::from(req.len));
+            Some(stream)
+        }
+        Err(e) => {
+            // The header promised bytes that did not all go: the client sees a short read.
+            tracing::warn!(
+                volume = req.volume,
+                member = req.member,
+                "raw read of {} bytes at {}: {e}",
+                req.len,
+                req.offset
+            );
+            None
+        }
+    }
+}
+
+/// `sendfile` of `[offset, offset + len)` of `file` to the (non-blocking) socket, waiting with `poll`
+/// whenever the socket's buffer is full.
+fn send_range(
+    stream: &TcpStream,
+    file: &std::fs::File,
+    offset: u64,
+    len: usize,
+) -> std::io::Result<()> {
+    let (out_fd, in_fd) = (stream.as_raw_fd(), file.as_raw_fd());
+    let mut off = offset as libc::off_t;
+    let mut left = len;
+    while left > 0 {
+        // SAFETY: both descriptors are open for the whole call (the socket and the extent are owned by
+        // the caller); `off` is a live off_t.
+        let n = unsafe { libc::sendfile(out_fd, in_fd, &mut off, left) };
+        if n > 0 {
+            left -= n as usize;
+            continue;
+        }
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the extent file ends early",
+            ));
+        }
+        let e = std::io::Error::last_os_error();
+        match e.kind() {
+            std::io::ErrorKind::WouldBlock => wait_writable(out_fd)?,
+            std::io::ErrorKind::Interrupted => {}
+            _ => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn wait_writable(fd: libc::c_int) -> std::io::Result<()> {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one live pollfd.
+        let r = unsafe { libc::poll(&mut p, 1, IDLE.as_millis() as libc::c_int) };
+        match r {
+            1 if p.revents & (libc::POLLERR | libc::POLLHUP) != 0 => {
+                return Err(std::io::ErrorKind::ConnectionReset.into());
+            }
+            1 => return Ok(()),
+            0 => return Err(std::io::ErrorKind::TimedOut.into()),
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::extent::MemberFile;
+    use crate::format::BlockRecord;
+    use crate::store::VolumeStoreConfig;
+    use bytes::{Bytes, BytesMut};
+    use hoard_proto::raw::RawError;
+    use hoard_types::BlockHash;
+    use tokio::io::AsyncWriteExt;
+    use tokio_stream::StreamExt;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn raw_reads_send_stored_bytes_and_name_what_they_refuse() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            VolumeStore::open(&VolumeStoreConfig {
+                node_id: "n1".into(),
+                disks: vec![dir.path().join("d0")],
+                disk_capacity: Some(1 << 30),
+            })
+            .unwrap(),
+        );
+        let disk_id = store.disks()[0].id.clone();
+        let extent = store
+            .create_extent(MemberFile {
+                format: 1,
+                volume: 5,
+                member: 1,
+                k: 2,
+                m: 1,
+                generation: 1,
+                epoch: 0,
+                capacity: 1 << 24,
+                disk_id,
+                created_unix_ms: 0,
+            })
+            .unwrap();
+        extent.fence(1, 1).unwrap();
+        let frag: Bytes = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        let record = BlockRecord {
+            hash: BlockHash::of(b"block"),
+            offset: 0,
+            frag_len: frag.len() as u32,
+            block_len: 600_000,
+            crcs: vec![crc32c::crc32c(&frag); 3],
+        };
+        extent.append(1, 1, record, frag.clone()).await.unwrap();
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut grpc = incoming(listener, Arc::clone(&store));
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let read = RawRead {
+            volume: 5,
+            member: 1,
+            generation: 1,
+            offset: 0,
+            len: frag.len() as u32,
+        };
+        let refused = |r: Result<(), RawError>| match r {
+            Err(RawError::Refused(m)) => m,
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        // Refusals name the problem and leave the connection in step for the next read.
+        let mut buf = BytesMut::with_capacity(frag.len());
+        let m = refused(
+            hoard_proto::raw::read_fragment(&mut s, &RawRead { volume: 99, ..read }, &mut buf)
+                .await,
+        );
+        assert!(m.contains("no extent for volume 99 member 1"), "{m}");
+        let m = refused(
+            hoard_proto::raw::read_fragment(
+                &mut s,
+                &RawRead {
+                    generation: 2,
+                    ..read
+                },
+                &mut buf,
+            )
+            .await,
+        );
+        assert!(m.contains("generation 1, asked for 2"), "{m}");
+        let m = refused(
+            hoard_proto::raw::read_fragment(&mut s, &RawRead { offset: 1, ..read }, &mut buf).await,
+        );
+        assert!(m.contains("lies past the 300000 bytes written"), "{m}");
+        assert!(buf.is_empty());
+        // The stored bytes, twice on one connection, and a piece from the middle.
+        for _ in 0..2 {
+            let mut buf = BytesMut::with_capacity(frag.len());
+            hoard_proto::raw::read_fragment(&mut s, &read, &mut buf)
+                .await
+                .unwrap();
+            assert!(buf == frag);
+        }
+        let mut buf = BytesMut::with_capacity(1000);
+        let mid = RawRead {
+            offset: 150_000,
+            len: 1000,
+            ..read
+        };
+        hoard_proto::raw::read_fragment(&mut s, &mid, &mut buf)
+            .await
+            .unwrap();
+        assert!(buf[..] == frag[150_000..151_000]);
+
+        // A connection that does not start with the magic byte goes to the gRPC server.
+        let mut other = TcpStream::connect(addr).await.unwrap();
+        other.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        let handed = tokio::time::timeout(Duration::from_secs(5), grpc.next())
+            .await
+            .expect("the connection reaches the gRPC stream")
+            .unwrap()
+            .unwrap();
+        assert_eq!(handed.peer_addr().unwrap(), other.local_addr().unwrap());
+    }
+}
