@@ -55,6 +55,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Whole-block reads whose bytes did not hash to their key (answered DATA_LOSS).",
     ),
     (
+        "hoard_frontend_raw_read_mismatches_total",
+        Counter,
+        "Whole-block raw reads whose bytes did not match the hash (read again through the checked path).",
+    ),
+    (
         "hoard_watcher_checks_total",
         Counter,
         "Read-back checks of stored blocks, by result.",

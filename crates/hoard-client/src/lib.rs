@@ -55,60 +55,7 @@ pub struct Client {
     /// Codecs by geometry, for direct reads that need parity.
     codecs: Arc<Mutex<Codecs>>,
     /// Idle raw-read connections by volume server address.
-    raw: Arc<RawConns>,
-}
-
-/// Idle connections for raw fragment reads, by volume server address.
-#[derive(Default)]
-struct RawConns {
-    idle: Mutex<HashMap<String, Vec<tokio::net::TcpStream>>>,
-}
-
-/// Idle raw connections kept per volume server.
-const RAW_IDLE_PER_SERVER: usize = 32;
-
-impl RawConns {
-    async fn take(&self, address: &str) -> std::io::Result<tokio::net::TcpStream> {
-        let idle = {
-            let mut m = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            m.get_mut(address).and_then(Vec::pop)
-        };
-        if let Some(s) = idle {
-            return Ok(s);
-        }
-        let s = tokio::time::timeout(
-            Duration::from_secs(5),
-            tokio::net::TcpStream::connect(address),
-        )
-        .await
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-        s.set_nodelay(true)?;
-        Ok(s)
-    }
-
-    fn give_back(&self, address: &str, s: tokio::net::TcpStream) {
-        let mut m = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let v = m.entry(address.to_string()).or_default();
-        if v.len() < RAW_IDLE_PER_SERVER {
-            v.push(s);
-        }
-    }
-
-    /// Reads one fragment into `dst`'s spare capacity; the connection goes back to the pool only after
-    /// a whole answer, so that no connection is reused out of step.
-    async fn read(
-        &self,
-        address: &str,
-        req: hoard_proto::raw::RawRead,
-        dst: &mut BytesMut,
-    ) -> Result<(), hoard_proto::raw::RawError> {
-        let mut s = self.take(address).await?;
-        let r = hoard_proto::raw::read_fragment(&mut s, &req, dst).await;
-        if matches!(r, Ok(()) | Err(hoard_proto::raw::RawError::Refused(_))) {
-            self.give_back(address, s);
-        }
-        r
-    }
+    raw: Arc<hoard_proto::raw::Pool>,
 }
 
 impl Client {
@@ -188,51 +135,26 @@ impl Client {
         let k = loc.k as usize;
         let frag_len = usize::try_from(loc.frag_len).ok()?;
         let block_len = usize::try_from(loc.block_len).ok()?;
-        if k == 0
-            || frag_len == 0
-            || frag_len > hoard_proto::raw::MAX_READ as usize
-            || block_len > k * frag_len
-        {
-            return None;
-        }
         let mut sources: Vec<Option<&v1::FragmentSource>> = vec![None; k];
         for s in &loc.members {
             if s.state == "ok" && (s.member as usize) < k && !s.address.is_empty() {
                 sources[s.member as usize] = Some(s);
             }
         }
-        let sources: Vec<&v1::FragmentSource> = sources.into_iter().collect::<Option<_>>()?;
-        // One buffer for the whole block, cut into the k fragments' places; each read fills its own.
-        let mut rest = BytesMut::with_capacity(k * frag_len);
-        let mut places = Vec::with_capacity(k);
-        for _ in 0..k {
-            let tail = rest.split_off(frag_len.min(rest.capacity()));
-            places.push(std::mem::replace(&mut rest, tail));
-        }
-        let reads = sources.iter().zip(places).map(|(s, mut place)| {
-            let req = hoard_proto::raw::RawRead {
-                volume: loc.volume,
-                member: s.member,
-                generation: s.generation,
-                offset: loc.offset,
-                len: frag_len as u32,
-            };
-            async move {
-                self.raw
-                    .read(&s.address, req, &mut place)
-                    .await
-                    .ok()
-                    .map(|()| place)
-            }
-        });
-        let mut filled = futures::future::join_all(reads).await.into_iter();
-        let mut block = filled.next()??;
-        for place in filled {
-            // Contiguous pieces of one allocation: joining them moves no bytes.
-            block.unsplit(place?);
-        }
-        block.truncate(block_len);
-        let block = block.freeze();
+        let sources: Vec<hoard_proto::raw::Source> = sources
+            .into_iter()
+            .map(|s| {
+                s.map(|s| hoard_proto::raw::Source {
+                    address: &s.address,
+                    member: s.member,
+                    generation: s.generation,
+                })
+            })
+            .collect::<Option<_>>()?;
+        let block = self
+            .raw
+            .read_block(loc.volume, loc.offset, frag_len, block_len, &sources)
+            .await?;
         let expected = *hash;
         tokio::task::spawn_blocking(move || {
             (BlockHash::from_bytes(*blake3::hash(&block).as_bytes()) == expected).then_some(block)

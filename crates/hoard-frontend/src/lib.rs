@@ -128,6 +128,8 @@ pub struct Frontend {
     cfg: FrontendConfig,
     meta: MetaClient<Channel>,
     volumes: VolumeClients,
+    /// Connections for raw reads of whole blocks' data fragments.
+    raw: hoard_proto::raw::Pool,
     codecs: Mutex<HashMap<Geometry, Arc<Codec>>>,
     writer: writer::Writer,
     watcher: watcher::Watcher,
@@ -146,6 +148,7 @@ impl Frontend {
             cfg,
             meta,
             volumes: VolumeClients::default(),
+            raw: Default::default(),
             codecs: Mutex::new(HashMap::new()),
             watcher: Default::default(),
         });

@@ -20,8 +20,13 @@
 //! A gRPC connection starts with the HTTP/2 preface (`PRI * HTTP/2.0`); a raw one with [`MAGIC`], whose
 //! first byte is not ASCII, so the server tells them apart by the first byte.
 
-use bytes::BytesMut;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 pub const MAGIC: [u8; 4] = [0xF7, b'H', b'F', b'1'];
 pub const REQUEST_LEN: usize = 36;
@@ -177,6 +182,117 @@ pub async fn read_fragment<S: AsyncRead + AsyncWrite + Unpin>(
     }
     Ok(())
 }
+
+/// Where a data fragment of a block is read from.
+#[derive(Clone, Copy, Debug)]
+pub struct Source<'a> {
+    /// The volume server, `host:port`.
+    pub address: &'a str,
+    pub member: u32,
+    pub generation: u64,
+}
+
+/// Idle connections for raw reads, by volume server address.
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<HashMap<String, Vec<TcpStream>>>,
+}
+
+/// Idle connections kept per volume server.
+const IDLE_PER_SERVER: usize = 32;
+
+impl Pool {
+    async fn take(&self, address: &str) -> std::io::Result<TcpStream> {
+        let idle = {
+            let mut m = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            m.get_mut(address).and_then(Vec::pop)
+        };
+        if let Some(s) = idle {
+            return Ok(s);
+        }
+        let s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(address))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        s.set_nodelay(true)?;
+        Ok(s)
+    }
+
+    fn give_back(&self, address: &str, s: TcpStream) {
+        let mut m = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let v = m.entry(address.to_string()).or_default();
+        if v.len() < IDLE_PER_SERVER {
+            v.push(s);
+        }
+    }
+
+    /// Reads one fragment into `dst`'s spare capacity. A connection goes back to the pool only after a
+    /// whole answer, so that none is reused out of step.
+    pub async fn read(
+        &self,
+        address: &str,
+        req: RawRead,
+        dst: &mut BytesMut,
+    ) -> Result<(), RawError> {
+        let mut s = self.take(address).await?;
+        let r = tokio::time::timeout(READ_TIMEOUT, read_fragment(&mut s, &req, dst))
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()));
+        if matches!(r, Ok(()) | Err(RawError::Refused(_))) {
+            self.give_back(address, s);
+        }
+        r
+    }
+
+    /// Reads a block's `k` data fragments (`sources[i]` holds member `i`) into one buffer, each
+    /// straight into its place, and cuts it to `block_len`. `None` when any read fails. The caller
+    /// checks the bytes against the block's hash: the server checked no crc32c.
+    pub async fn read_block(
+        &self,
+        volume: u64,
+        offset: u64,
+        frag_len: usize,
+        block_len: usize,
+        sources: &[Source<'_>],
+    ) -> Option<Bytes> {
+        let k = sources.len();
+        if k == 0 || frag_len == 0 || frag_len > MAX_READ as usize || block_len > k * frag_len {
+            return None;
+        }
+        // One allocation cut into the k fragments' places; each read fills its own.
+        let mut rest = BytesMut::with_capacity(k * frag_len);
+        let mut places = Vec::with_capacity(k);
+        for _ in 0..k {
+            let tail = rest.split_off(frag_len.min(rest.capacity()));
+            places.push(std::mem::replace(&mut rest, tail));
+        }
+        let reads = sources.iter().zip(places).map(|(s, mut place)| {
+            let req = RawRead {
+                volume,
+                member: s.member,
+                generation: s.generation,
+                offset,
+                len: frag_len as u32,
+            };
+            async move {
+                self.read(s.address, req, &mut place)
+                    .await
+                    .ok()
+                    .map(|()| place)
+            }
+        });
+        let mut filled = futures::future::join_all(reads).await.into_iter();
+        let mut block = filled.next()??;
+        for place in filled {
+            // Contiguous pieces of one allocation: joining them moves no bytes.
+            block.unsplit(place?);
+        }
+        block.truncate(block_len);
+        Some(block.freeze())
+    }
+}
+
+/// How long one raw read may take before the connection is given up.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[cfg(test)]
 mod tests {
