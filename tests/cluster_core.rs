@@ -257,6 +257,7 @@ async fn direct_reads_decode_from_parity_when_members_are_lost() {
     .unwrap();
 
     let before = frontend_gets(&cluster).await;
+    let raw_before = cluster.raw_read_bytes().await;
     for (&(seed, len), h) in blocks.iter().zip(&hashes) {
         let got = client
             .get_direct(h)
@@ -268,6 +269,13 @@ async fn direct_reads_decode_from_parity_when_members_are_lost() {
         frontend_gets(&cluster).await,
         before,
         "direct reads fell back to the frontend instead of decoding from parity"
+    );
+    // The fragments, parity among them, came by raw reads: at least k of them for every block.
+    let raw = cluster.raw_read_bytes().await - raw_before;
+    let least: u64 = blocks.iter().map(|&(_, len)| len as u64).sum();
+    assert!(
+        raw >= least,
+        "raw reads sent {raw} bytes for {least} bytes of blocks"
     );
     // The count moves when the frontend does serve a read.
     client.get(&hashes[0]).await.unwrap();

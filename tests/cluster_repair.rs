@@ -444,12 +444,16 @@ async fn a_repair_daemon_killed_mid_rebuild_completes_after_restart() {
         .unwrap();
     let id = victim["id"].as_str().unwrap().to_string();
     wipe(victim["path"].as_str().unwrap());
+    // Killed with a throttled step still to go, not between its last step and the commit.
     wait_for("a rebuild in progress", Duration::from_secs(30), || async {
         let r = cluster.admin_get("/api/v1/repair").await.ok()?;
         r["queue"]
             .as_array()?
             .iter()
-            .any(|t| t["state"] == "running" && t["done_bytes"].as_u64().unwrap_or(0) > 0)
+            .any(|t| {
+                let done = t["done_bytes"].as_u64().unwrap_or(0);
+                t["state"] == "running" && done > 0 && done < t["total_bytes"].as_u64().unwrap_or(0)
+            })
             .then_some(())
     })
     .await
@@ -549,11 +553,15 @@ async fn more_than_m_lost_is_data_loss_for_that_volume_only() {
     };
     assert_eq!(state(lost_v), "lost");
     assert_ne!(state(kept_v), "lost");
-    let metrics = reqwest_metrics(&cluster).await;
-    assert!(
-        metrics.contains("hoard_repair_volumes_lost 1"),
-        "metrics lack the lost volume"
-    );
+    // The gauges are published just after the state the API shows.
+    wait_for("the lost-volume gauge", Duration::from_secs(10), || async {
+        reqwest_metrics(&cluster)
+            .await
+            .contains("hoard_repair_volumes_lost 1")
+            .then_some(())
+    })
+    .await
+    .expect("metrics lack the lost volume");
     for (h, seed, len) in &blocks {
         let st = client.stat(&h.to_hex()).await.unwrap();
         let res = client.get(h).await;
@@ -589,20 +597,6 @@ async fn reqwest_metrics(cluster: &Cluster) -> String {
     out
 }
 
-/// Fragment bytes the volume servers sent by raw reads, summed over the running ones.
-async fn raw_read_bytes(cluster: &Cluster) -> u64 {
-    let mut total = 0;
-    for p in cluster.volumes.iter().flatten() {
-        let m = cluster.metrics_of(p).await.unwrap();
-        total += m
-            .lines()
-            .find_map(|l| l.strip_prefix("hoard_volume_raw_read_bytes_total "))
-            .map(|v| v.trim().parse::<u64>().unwrap())
-            .unwrap_or(0);
-    }
-    total
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_corrupt_fragment_found_by_a_read_is_rewritten_in_place() {
     let cluster = Cluster::start(bin(), opts(4)).unwrap();
@@ -635,10 +629,10 @@ async fn a_corrupt_fragment_found_by_a_read_is_rewritten_in_place() {
     };
     // A direct read first: its raw reads (sendfile, no crc32c on the server) bring the damaged bytes,
     // the block's hash catches them, and the checked path answers the right bytes.
-    let raw_before = raw_read_bytes(&cluster).await;
+    let raw_before = cluster.raw_read_bytes().await;
     assert_eq!(client.get_direct(&h).await.unwrap(), data);
     assert!(
-        raw_read_bytes(&cluster).await > raw_before,
+        cluster.raw_read_bytes().await > raw_before,
         "the direct read did not use raw reads"
     );
     // The read through the frontend still answers the right bytes, decoded around the bad fragment.

@@ -87,24 +87,9 @@ fn metric_names(text: &str) -> BTreeSet<String> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_metric_of_the_dashboard_and_the_alerts_is_exported() {
-    let dir = tempfile::tempdir().unwrap();
-    let dev = start_dev(dir.path());
-    let client = hoard_testkit::Client::connect(&format!("http://{}", dev.addr("endpoint")))
-        .await
-        .unwrap();
-    let h = client.put(block(1, 100_000)).await.unwrap().hash;
-    client.get(&h).await.unwrap();
-    let admin = dev.addr("admin");
-    // Disk gauges appear once meta has heard the volume servers.
-    let metrics = wait_for("disk metrics", Duration::from_secs(20), || async {
-        let (_, m) = http_get(admin, "/metrics").await?;
-        m.contains("hoard_disk_fill_ratio{").then_some(m)
-    })
-    .await
-    .unwrap();
-    let exported: BTreeSet<String> = metrics
+/// Metric names in Prometheus text, histograms under their base name.
+fn exported_names(metrics: &str) -> BTreeSet<String> {
+    metrics
         .lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.split(['{', ' ']).next())
@@ -117,7 +102,19 @@ async fn every_metric_of_the_dashboard_and_the_alerts_is_exported() {
             }
             n.to_string()
         })
-        .collect();
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_of_the_dashboard_and_the_alerts_is_exported() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = start_dev(dir.path());
+    let client = hoard_testkit::Client::connect(&format!("http://{}", dev.addr("endpoint")))
+        .await
+        .unwrap();
+    let h = client.put(block(1, 100_000)).await.unwrap().hash;
+    client.get(&h).await.unwrap();
+    let admin = dev.addr("admin");
     let dashboard = std::fs::read_to_string(repo("deploy/grafana/hoard-cell.json")).unwrap();
     let rules = std::fs::read_to_string(repo("deploy/prometheus/alerts.yml")).unwrap();
     let mut wanted = metric_names(&dashboard);
@@ -128,6 +125,18 @@ async fn every_metric_of_the_dashboard_and_the_alerts_is_exported() {
     let from_rules = metric_names(&rules);
     assert!(from_rules.len() >= 8, "{from_rules:?}");
     wanted.extend(from_rules);
+    // Some gauges appear only once meta has heard the volume servers and checked the volumes' health:
+    // wait for the whole set, and name what is still missing if it never comes.
+    let last = std::sync::Mutex::new(BTreeSet::new());
+    let _ = wait_for("every wanted metric", Duration::from_secs(30), || async {
+        let (_, m) = http_get(admin, "/metrics").await?;
+        let names = exported_names(&m);
+        let all = wanted.iter().all(|n| names.contains(n));
+        *last.lock().unwrap() = names;
+        all.then_some(())
+    })
+    .await;
+    let exported = last.into_inner().unwrap();
     let missing: Vec<&String> = wanted.iter().filter(|n| !exported.contains(*n)).collect();
     assert!(
         missing.is_empty(),

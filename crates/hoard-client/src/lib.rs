@@ -127,34 +127,74 @@ impl Client {
         }
     }
 
-    /// The fast path of a direct read: every data member healthy, each data fragment read with a raw
-    /// read straight into its place in one buffer, the block checked against its hash. `None` leaves
-    /// the read to the gRPC path, which checks each fragment's crc32c, reports and rewrites a corrupt
-    /// one, and decodes around members that cannot be read.
+    /// The fast path of a direct read: `k` fragments from healthy members (data members first) by raw
+    /// reads, data fragments straight into their places in one buffer, parity decoded when a data
+    /// member is not healthy; the block checked against its hash. `None` leaves the read to the gRPC
+    /// path, which checks each fragment's crc32c, reports and rewrites a corrupt one, and decodes
+    /// around members that cannot be read.
     async fn read_raw(&self, hash: &BlockHash, loc: &v1::LocateResponse) -> Option<Bytes> {
-        let k = loc.k as usize;
+        let (k, m) = (loc.k as usize, loc.m as usize);
         let frag_len = usize::try_from(loc.frag_len).ok()?;
         let block_len = usize::try_from(loc.block_len).ok()?;
-        let mut sources: Vec<Option<&v1::FragmentSource>> = vec![None; k];
-        for s in &loc.members {
-            if s.state == "ok" && (s.member as usize) < k && !s.address.is_empty() {
-                sources[s.member as usize] = Some(s);
-            }
+        if k == 0 || frag_len == 0 || frag_len > hoard_proto::raw::MAX_READ as usize {
+            return None;
         }
-        let sources: Vec<hoard_proto::raw::Source> = sources
-            .into_iter()
-            .map(|s| {
-                s.map(|s| hoard_proto::raw::Source {
+        let mut healthy: Vec<Option<hoard_proto::raw::Source>> = vec![None; k + m];
+        for s in &loc.members {
+            if s.state == "ok" && (s.member as usize) < k + m && !s.address.is_empty() {
+                healthy[s.member as usize] = Some(hoard_proto::raw::Source {
                     address: &s.address,
                     member: s.member,
                     generation: s.generation,
-                })
+                });
+            }
+        }
+        let block = if healthy[..k].iter().all(Option::is_some) {
+            let sources: Vec<_> = healthy[..k].iter().flatten().copied().collect();
+            self.raw
+                .read_block(loc.volume, loc.offset, frag_len, block_len, &sources)
+                .await?
+        } else {
+            let chosen: Vec<_> = healthy.iter().flatten().copied().take(k).collect();
+            if chosen.len() < k {
+                return None;
+            }
+            let reads = chosen.iter().map(|s| {
+                let req = hoard_proto::raw::RawRead {
+                    volume: loc.volume,
+                    member: s.member,
+                    generation: s.generation,
+                    offset: loc.offset,
+                    len: frag_len as u32,
+                };
+                async move {
+                    let mut buf = BytesMut::with_capacity(frag_len);
+                    self.raw.read(s.address, req, &mut buf).await.ok()?;
+                    Some((s.member as usize, buf.freeze()))
+                }
+            });
+            let got: Vec<(usize, Bytes)> = futures::future::join_all(reads)
+                .await
+                .into_iter()
+                .collect::<Option<_>>()?;
+            let codec = self.codec(loc.k, loc.m)?;
+            tokio::task::spawn_blocking(move || {
+                let mut slots: Vec<Option<Bytes>> = vec![None; k + m];
+                for (i, f) in got {
+                    slots[i] = Some(f);
+                }
+                let data = codec.decode_data(slots).ok()?;
+                Some(hoard_erasure::assemble(
+                    &data,
+                    0,
+                    frag_len,
+                    0,
+                    block_len as u64,
+                ))
             })
-            .collect::<Option<_>>()?;
-        let block = self
-            .raw
-            .read_block(loc.volume, loc.offset, frag_len, block_len, &sources)
-            .await?;
+            .await
+            .ok()??
+        };
         let expected = *hash;
         tokio::task::spawn_blocking(move || {
             (BlockHash::from_bytes(*blake3::hash(&block).as_bytes()) == expected).then_some(block)

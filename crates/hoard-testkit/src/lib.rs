@@ -369,6 +369,20 @@ impl Cluster {
         Ok(out)
     }
 
+    /// Fragment bytes the volume servers sent by raw reads, summed over the running ones.
+    pub async fn raw_read_bytes(&self) -> u64 {
+        let mut total = 0;
+        for p in self.volumes.iter().flatten() {
+            let m = self.metrics_of(p).await.unwrap_or_default();
+            total += m
+                .lines()
+                .find_map(|l| l.strip_prefix("hoard_volume_raw_read_bytes_total "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        total
+    }
+
     /// GET a JSON document from the admin API.
     pub async fn admin_get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
         hoard_admin::http_json(&self.admin_url(), "GET", path, None)
@@ -517,7 +531,11 @@ where
 {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(v) = f().await {
+        // Each attempt is bounded too, so that a stuck server fails the test instead of hanging it.
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(200));
+        if let Ok(Some(v)) = tokio::time::timeout(left, f()).await {
             return Ok(v);
         }
         if Instant::now() > deadline {
