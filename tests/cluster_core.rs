@@ -178,6 +178,60 @@ async fn the_same_bytes_put_twice_are_stored_once() {
     assert_eq!(client.get(&hashes[0]).await.unwrap(), data2);
 }
 
+/// Fragment bytes the volume servers appended: (all, by the raw protocol).
+async fn appended(cluster: &Cluster) -> (u64, u64) {
+    (
+        cluster
+            .volume_counter("hoard_volume_append_bytes_total")
+            .await,
+        cluster
+            .volume_counter("hoard_volume_raw_append_bytes_total")
+            .await,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fragments_go_by_raw_appends_or_by_grpc_as_configured() {
+    let mut cluster = start(ClusterOpts::default());
+    let client = cluster.client().await.unwrap();
+    let blocks: Vec<(u64, usize)> = sizes(16, 41)
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| (3000 + i as u64, l))
+        .collect();
+    let hashes = put_all(&client, &blocks).await;
+    check_all(&client, &blocks, &hashes).await;
+    let least: u64 = blocks.iter().map(|&(_, l)| l as u64).sum();
+    let (all, raw) = appended(&cluster).await;
+    assert!(
+        all >= least,
+        "{all} bytes appended for {least} bytes of blocks"
+    );
+    assert_eq!(raw, all, "by default every fragment goes by a raw append");
+
+    // The same cell with a frontend told to append over gRPC.
+    cluster.kill_frontend();
+    cluster.opts.frontend_extra = "raw_appends = false".into();
+    cluster.start_frontend().unwrap();
+    let client = cluster.client().await.unwrap();
+    let more: Vec<(u64, usize)> = sizes(16, 43)
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| (4000 + i as u64, l))
+        .collect();
+    let more_hashes = put_all(&client, &more).await;
+    check_all(&client, &more, &more_hashes).await;
+    check_all(&client, &blocks, &hashes).await;
+    let more_least: u64 = more.iter().map(|&(_, l)| l as u64).sum();
+    let (all2, raw2) = appended(&cluster).await;
+    assert_eq!(raw2, raw, "raw appends with raw_appends = false");
+    assert!(
+        all2 - all >= more_least,
+        "{} bytes appended over gRPC for {more_least} bytes of blocks",
+        all2 - all
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reads_and_writes_survive_a_killed_volume_server() {
     let mut cluster = start(ClusterOpts::default());

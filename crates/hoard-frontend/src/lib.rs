@@ -32,6 +32,9 @@ pub struct FrontendConfig {
     pub append_timeout: Duration,
     /// Volumes a put tries before giving up.
     pub put_attempts: usize,
+    /// Append fragments by the raw protocol (`hoard_proto::raw`) rather than gRPC: the same checks and
+    /// durability, two user-space copies of every fragment fewer.
+    pub raw_appends: bool,
     /// Share of stored blocks the read-back watcher reads again (0 turns it off).
     pub watch_share: f64,
     /// When the watcher reads a block again, counted from the put and then from each check.
@@ -48,6 +51,7 @@ impl Default for FrontendConfig {
             fragment_timeout: Duration::from_secs(5),
             append_timeout: Duration::from_secs(30),
             put_attempts: 4,
+            raw_appends: true,
             watch_share: 0.01,
             watch_delays: vec![
                 Duration::from_secs(60),
@@ -128,7 +132,7 @@ pub struct Frontend {
     cfg: FrontendConfig,
     meta: MetaClient<Channel>,
     volumes: VolumeClients,
-    /// Connections for raw reads of whole blocks' data fragments.
+    /// Connections for raw reads of whole blocks' data fragments and for raw appends.
     raw: hoard_proto::raw::Pool,
     codecs: Mutex<HashMap<Geometry, Arc<Codec>>>,
     writer: writer::Writer,

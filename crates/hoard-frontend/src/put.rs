@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use hoard_erasure::Stripe;
+use hoard_proto::raw::RawError;
 use hoard_proto::v1;
 use hoard_types::{BlockHash, BlockLocation, MAX_BLOCK_LEN};
 use tracing::Instrument;
@@ -180,21 +181,47 @@ impl Frontend {
             crcs: stripe.crcs.clone(),
         };
         let appends = vol.info.members.iter().map(|m| {
-            let req = v1::AppendRequest {
-                extent: Some(v1::ExtentRef {
-                    volume: vol.id(),
-                    member: m.index,
-                    generation: m.generation,
-                }),
-                epoch: vol.epoch,
-                record: Some(record.clone()),
-                fragment: stripe.fragments[m.index as usize].clone(),
+            let fragment = &stripe.fragments[m.index as usize];
+            let (index, timeout) = (m.index, self.cfg.append_timeout);
+            let extent = v1::ExtentRef {
+                volume: vol.id(),
+                member: m.index,
+                generation: m.generation,
             };
-            let client = self.volumes.get(&m.address);
-            let timeout = self.cfg.append_timeout;
-            let index = m.index;
+            let record = &record;
             async move {
-                let mut c = client.map_err(|e| (index, e.to_string(), true))?;
+                if self.cfg.raw_appends {
+                    let req = hoard_proto::raw::RawAppend {
+                        volume: extent.volume,
+                        member: extent.member,
+                        generation: extent.generation,
+                        epoch: vol.epoch,
+                        hash: *hash.as_bytes(),
+                        offset,
+                        frag_len: stripe.frag_len as u32,
+                        block_len: len as u32,
+                        crcs: stripe.crcs.clone(),
+                    };
+                    return self
+                        .raw
+                        .append(&m.address, &req, fragment, timeout)
+                        .await
+                        .map_err(|e| {
+                            // Only a refusal says the server is there and the request was wrong or late.
+                            let unreachable = !matches!(e, RawError::Refused(_));
+                            (index, format!("member {index}: {e}"), unreachable)
+                        });
+                }
+                let req = v1::AppendRequest {
+                    extent: Some(extent),
+                    epoch: vol.epoch,
+                    record: Some(record.clone()),
+                    fragment: fragment.clone(),
+                };
+                let mut c = self
+                    .volumes
+                    .get(&m.address)
+                    .map_err(|e| (index, e.to_string(), true))?;
                 match tokio::time::timeout(timeout, c.append(req)).await {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(s)) => Err((

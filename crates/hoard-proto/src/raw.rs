@@ -1,39 +1,53 @@
-//! Raw fragment reads: a small binary protocol that shares the volume server's gRPC port, for clients
-//! that read whole data fragments and check the block's BLAKE3 themselves.
+//! Raw fragment reads and appends: a small binary protocol that shares the volume server's gRPC port,
+//! for the hot paths that move whole fragments.
 //!
 //! gRPC costs a user-space copy on each side of every message (the encoder writes the fragment into its
-//! frame buffer; the decoder gathers HTTP/2 frames into another). Here the volume server answers with
-//! `sendfile(2)` straight from the page cache, and the client reads each fragment into its place in the
-//! block's buffer: the bytes are copied once, by the kernel, on the way into the client.
+//! frame buffer; the decoder gathers HTTP/2 frames into another). Here the bytes are copied once, by the
+//! kernel: a read is answered with `sendfile(2)` straight from the page cache into the socket, and lands
+//! in its place in the reader's block buffer; an append is written from the sender's stripe buffer and
+//! read by the volume server straight into the page-aligned buffer it writes to disk with O_DIRECT.
 //!
-//! The server does not check the fragment's crc32c on this path; the client checks the whole block
+//! The server does not check a read fragment's crc32c on this path; the client checks the whole block
 //! against its BLAKE3 hash, which is the stronger check, and on a mismatch reads again over gRPC, where
-//! every fragment's crc32c is checked and a corrupt one is reported and rewritten.
+//! every fragment's crc32c is checked and a corrupt one is reported and rewritten. An append is checked
+//! against the crc32c in its record before it is written, as over gRPC.
 //!
 //! A connection carries one request at a time, in order; all integers are little-endian.
 //!
 //! ```text
-//! request  = MAGIC(4) volume(u64) member(u32) generation(u64) offset(u64) len(u32)      36 bytes
-//! response = status(u8) n(u32) then n bytes: the fragment (status 0) or a UTF-8 error (status 1)
+//! read     = READ_MAGIC(4) volume(u64) member(u32) generation(u64) offset(u64) len(u32)   36 bytes
+//! append   = APPEND_MAGIC(4) volume(u64) member(u32) generation(u64) epoch(u64)
+//!            hash(32) offset(u64) frag_len(u32) block_len(u32) width(u16) crcs(u32 x width)
+//!            then frag_len bytes of fragment
+//! response = status(u8) n(u32) then n bytes: the fragment of a read (status 0; an append's is empty)
+//!            or a UTF-8 error (status 1: refused; status 2: the member cannot take writes now)
 //! ```
 //!
-//! A gRPC connection starts with the HTTP/2 preface (`PRI * HTTP/2.0`); a raw one with [`MAGIC`], whose
+//! A gRPC connection starts with the HTTP/2 preface (`PRI * HTTP/2.0`); a raw one with a magic whose
 //! first byte is not ASCII, so the server tells them apart by the first byte.
 
 use std::collections::HashMap;
+use std::os::fd::AsRawFd;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub const MAGIC: [u8; 4] = [0xF7, b'H', b'F', b'1'];
+pub const APPEND_MAGIC: [u8; 4] = [0xF7, b'H', b'A', b'1'];
 pub const REQUEST_LEN: usize = 36;
-/// The largest fragment a raw read may ask for.
+/// An append's header before its crcs.
+const APPEND_FIXED_LEN: usize = 4 + 8 + 4 + 8 + 8 + 32 + 8 + 4 + 4 + 2;
+/// The largest fragment a raw read may ask for or an append may carry.
 pub const MAX_READ: u32 = 16 * 1024 * 1024;
+/// The most members (so crcs) a volume may have.
+const MAX_WIDTH: usize = 64;
 pub const STATUS_OK: u8 = 0;
 pub const STATUS_ERROR: u8 = 1;
+/// The member cannot take writes now (its extent or disk failed); gRPC's `UNAVAILABLE`.
+pub const STATUS_UNAVAILABLE: u8 = 2;
 /// The longest error message a server sends.
 const MAX_ERROR: usize = 4096;
 
@@ -87,23 +101,130 @@ impl RawRead {
     }
 }
 
-/// Reads the next request; `None` when the peer closed the connection between requests.
-pub async fn read_request<R: AsyncRead + Unpin>(
-    r: &mut R,
-) -> std::io::Result<Option<Result<RawRead, String>>> {
-    let mut b = [0u8; REQUEST_LEN];
+/// One fragment append: the fragment of block `hash` for member `member` of `volume`, written at
+/// `offset` of the member's data region under the write lease `epoch`, with the block's record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawAppend {
+    pub volume: u64,
+    pub member: u32,
+    pub generation: u64,
+    pub epoch: u64,
+    pub hash: [u8; 32],
+    pub offset: u64,
+    pub frag_len: u32,
+    pub block_len: u32,
+    /// The crc32c of every member's fragment, in member order.
+    pub crcs: Vec<u32>,
+}
+
+impl RawAppend {
+    /// The request up to the fragment's bytes, which follow it.
+    pub fn encode_header(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(APPEND_FIXED_LEN + 4 * self.crcs.len());
+        b.extend_from_slice(&APPEND_MAGIC);
+        b.extend_from_slice(&self.volume.to_le_bytes());
+        b.extend_from_slice(&self.member.to_le_bytes());
+        b.extend_from_slice(&self.generation.to_le_bytes());
+        b.extend_from_slice(&self.epoch.to_le_bytes());
+        b.extend_from_slice(&self.hash);
+        b.extend_from_slice(&self.offset.to_le_bytes());
+        b.extend_from_slice(&self.frag_len.to_le_bytes());
+        b.extend_from_slice(&self.block_len.to_le_bytes());
+        b.extend_from_slice(&(self.crcs.len() as u16).to_le_bytes());
+        for c in &self.crcs {
+            b.extend_from_slice(&c.to_le_bytes());
+        }
+        b
+    }
+
+    /// The fixed part of the header; the crcs (as many as it says) are read after it.
+    fn decode_fixed(b: &[u8; APPEND_FIXED_LEN]) -> Result<(RawAppend, usize), String> {
+        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+        let a = RawAppend {
+            volume: u64_at(4),
+            member: u32_at(12),
+            generation: u64_at(16),
+            epoch: u64_at(24),
+            hash: b[32..64].try_into().expect("32 bytes"),
+            offset: u64_at(64),
+            frag_len: u32_at(72),
+            block_len: u32_at(76),
+            crcs: Vec::new(),
+        };
+        let width = u16::from_le_bytes(b[80..82].try_into().expect("2 bytes")) as usize;
+        if a.frag_len == 0 || a.frag_len > MAX_READ {
+            return Err(format!(
+                "raw append of {} bytes: must be 1 to {MAX_READ}",
+                a.frag_len
+            ));
+        }
+        if width == 0 || width > MAX_WIDTH {
+            return Err(format!(
+                "raw append with {width} crcs: a volume has 1 to {MAX_WIDTH} members"
+            ));
+        }
+        Ok((a, width))
+    }
+}
+
+/// A request as the server reads it. An append's fragment bytes follow on the stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    Read(RawRead),
+    Append(RawAppend),
+}
+
+/// Fills `b`; `false` when the peer closed the connection before its first byte.
+async fn read_full<R: AsyncRead + Unpin>(r: &mut R, b: &mut [u8]) -> std::io::Result<bool> {
     let mut got = 0;
-    while got < REQUEST_LEN {
+    while got < b.len() {
         let n = r.read(&mut b[got..]).await?;
         if n == 0 {
             if got == 0 {
-                return Ok(None);
+                return Ok(false);
             }
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
         got += n;
     }
-    Ok(Some(RawRead::decode(&b)))
+    Ok(true)
+}
+
+/// Reads the next request (for an append, up to its fragment's bytes); `None` when the peer closed the
+/// connection between requests. A malformed request leaves the stream out of step: answer, then close.
+pub async fn read_request<R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> std::io::Result<Option<Result<Request, String>>> {
+    let mut magic = [0u8; 4];
+    if !read_full(r, &mut magic).await? {
+        return Ok(None);
+    }
+    if magic == MAGIC {
+        let mut b = [0u8; REQUEST_LEN];
+        b[..4].copy_from_slice(&magic);
+        r.read_exact(&mut b[4..]).await?;
+        return Ok(Some(RawRead::decode(&b).map(Request::Read)));
+    }
+    if magic != APPEND_MAGIC {
+        return Ok(Some(Err(format!(
+            "not a raw request (starts {magic:02x?})"
+        ))));
+    }
+    let mut b = [0u8; APPEND_FIXED_LEN];
+    b[..4].copy_from_slice(&magic);
+    r.read_exact(&mut b[4..]).await?;
+    let (mut a, width) = match RawAppend::decode_fixed(&b) {
+        Ok(x) => x,
+        Err(why) => return Ok(Some(Err(why))),
+    };
+    let mut crcs = vec![0u8; 4 * width];
+    r.read_exact(&mut crcs).await?;
+    a.crcs = crcs
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect();
+    Ok(Some(Ok(Request::Append(a))))
 }
 
 pub fn ok_header(len: u32) -> [u8; 5] {
@@ -112,14 +233,24 @@ pub fn ok_header(len: u32) -> [u8; 5] {
     h
 }
 
+/// Answers with a refusal (`STATUS_ERROR`) naming the problem.
 pub async fn write_error<W: AsyncWrite + Unpin>(w: &mut W, msg: &str) -> std::io::Result<()> {
+    write_failure(w, STATUS_ERROR, msg).await
+}
+
+/// Answers with a failure of the given status (`STATUS_ERROR` or `STATUS_UNAVAILABLE`).
+pub async fn write_failure<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    status: u8,
+    msg: &str,
+) -> std::io::Result<()> {
     let mut end = msg.len().min(MAX_ERROR);
     while !msg.is_char_boundary(end) {
         end -= 1;
     }
     let msg = &msg.as_bytes()[..end];
     let mut out = Vec::with_capacity(5 + msg.len());
-    out.push(STATUS_ERROR);
+    out.push(status);
     out.extend_from_slice(&(msg.len() as u32).to_le_bytes());
     out.extend_from_slice(msg);
     w.write_all(&out).await
@@ -127,13 +258,44 @@ pub async fn write_error<W: AsyncWrite + Unpin>(w: &mut W, msg: &str) -> std::io
 
 #[derive(Debug, thiserror::Error)]
 pub enum RawError {
-    #[error("raw read: {0}")]
+    #[error("raw request: {0}")]
     Io(#[from] std::io::Error),
-    /// The server refused the read; the connection stays usable.
+    /// The server refused the request; the connection stays usable.
     #[error("volume server: {0}")]
     Refused(String),
-    #[error("raw read: {0}")]
+    /// The member cannot take writes now (its extent or disk failed); the connection stays usable.
+    #[error("volume server: {0}")]
+    Unavailable(String),
+    #[error("raw request: {0}")]
     Protocol(String),
+}
+
+impl RawError {
+    /// The server answered: the connection is in step for the next request.
+    fn answered(&self) -> bool {
+        matches!(self, RawError::Refused(_) | RawError::Unavailable(_))
+    }
+}
+
+/// Reads a response's status and length; a failure's message is read and returned as the error.
+async fn read_status<S: AsyncRead + Unpin>(s: &mut S) -> Result<u32, RawError> {
+    let mut h = [0u8; 5];
+    s.read_exact(&mut h).await?;
+    let n = u32::from_le_bytes(h[1..].try_into().expect("4 bytes"));
+    match h[0] {
+        STATUS_OK => Ok(n),
+        st @ (STATUS_ERROR | STATUS_UNAVAILABLE) if n as usize <= MAX_ERROR => {
+            let mut msg = vec![0u8; n as usize];
+            s.read_exact(&mut msg).await?;
+            let msg = String::from_utf8_lossy(&msg).into_owned();
+            Err(if st == STATUS_ERROR {
+                RawError::Refused(msg)
+            } else {
+                RawError::Unavailable(msg)
+            })
+        }
+        st => Err(RawError::Protocol(format!("bad response status {st}"))),
+    }
 }
 
 /// Sends `req` and reads the fragment into `dst`'s spare capacity (which must hold `req.len` more
@@ -144,25 +306,12 @@ pub async fn read_fragment<S: AsyncRead + AsyncWrite + Unpin>(
     dst: &mut BytesMut,
 ) -> Result<(), RawError> {
     s.write_all(&req.encode()).await?;
-    let mut h = [0u8; 5];
-    s.read_exact(&mut h).await?;
-    let n = u32::from_le_bytes(h[1..].try_into().expect("4 bytes"));
-    match h[0] {
-        STATUS_OK if n == req.len => {}
-        STATUS_OK => {
-            return Err(RawError::Protocol(format!(
-                "asked for {} bytes, server sends {n}",
-                req.len
-            )));
-        }
-        STATUS_ERROR if n as usize <= MAX_ERROR => {
-            let mut msg = vec![0u8; n as usize];
-            s.read_exact(&mut msg).await?;
-            return Err(RawError::Refused(
-                String::from_utf8_lossy(&msg).into_owned(),
-            ));
-        }
-        st => return Err(RawError::Protocol(format!("bad response status {st}"))),
+    let n = read_status(s).await?;
+    if n != req.len {
+        return Err(RawError::Protocol(format!(
+            "asked for {} bytes, server sends {n}",
+            req.len
+        )));
     }
     let want = dst.len() + n as usize;
     if dst.capacity() < want {
@@ -183,6 +332,30 @@ pub async fn read_fragment<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// Sends one append, the header and the fragment in one vectored write, and waits for the answer: the
+/// server answers once the fragment and its record are durable.
+pub async fn append_fragment<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    req: &RawAppend,
+    fragment: &Bytes,
+) -> Result<(), RawError> {
+    if fragment.len() != req.frag_len as usize {
+        return Err(RawError::Protocol(format!(
+            "fragment has {} bytes, the request says {}",
+            fragment.len(),
+            req.frag_len
+        )));
+    }
+    let mut out = Bytes::from(req.encode_header()).chain(fragment.clone());
+    s.write_all_buf(&mut out).await?;
+    match read_status(s).await? {
+        0 => Ok(()),
+        n => Err(RawError::Protocol(format!(
+            "an append is answered with no bytes, server sends {n}"
+        ))),
+    }
+}
+
 /// Where a data fragment of a block is read from.
 #[derive(Clone, Copy, Debug)]
 pub struct Source<'a> {
@@ -192,23 +365,48 @@ pub struct Source<'a> {
     pub generation: u64,
 }
 
-/// Idle connections for raw reads, by volume server address.
+/// Idle connections for raw requests, by volume server address.
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<HashMap<String, Vec<TcpStream>>>,
+    idle: Mutex<HashMap<String, Vec<(TcpStream, Instant)>>>,
 }
 
 /// Idle connections kept per volume server.
 const IDLE_PER_SERVER: usize = 32;
 
+/// How long a connection may sit idle in the pool: well under the time after which servers drop silent
+/// connections, so that a request never goes out on a connection the server is closing.
+const MAX_IDLE: Duration = Duration::from_secs(60);
+
+/// Whether an idle connection is still open: no bytes and no end-of-stream waiting on it.
+fn still_open(s: &TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    // SAFETY: a non-blocking peek of at most one byte into a live local buffer, on a socket `s` owns.
+    let n = unsafe {
+        libc::recv(
+            s.as_raw_fd(),
+            b.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+}
+
 impl Pool {
     async fn take(&self, address: &str) -> std::io::Result<TcpStream> {
-        let idle = {
-            let mut m = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            m.get_mut(address).and_then(Vec::pop)
-        };
-        if let Some(s) = idle {
-            return Ok(s);
+        loop {
+            let idle = {
+                let mut m = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                m.get_mut(address).and_then(Vec::pop)
+            };
+            match idle {
+                // A server that restarted, or closed the connection, shows it as an end of stream:
+                // such a connection is dropped here rather than failing a request.
+                Some((s, since)) if since.elapsed() < MAX_IDLE && still_open(&s) => return Ok(s),
+                Some(_) => continue,
+                None => break,
+            }
         }
         let s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(address))
             .await
@@ -217,16 +415,27 @@ impl Pool {
         Ok(s)
     }
 
-    fn give_back(&self, address: &str, s: TcpStream) {
-        let mut m = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let v = m.entry(address.to_string()).or_default();
-        if v.len() < IDLE_PER_SERVER {
-            v.push(s);
+    /// Keeps the connection for the next request if the server answered this one (so that it is in
+    /// step), and passes the outcome on.
+    fn finish<T>(
+        &self,
+        address: &str,
+        s: TcpStream,
+        r: Result<Result<T, RawError>, tokio::time::error::Elapsed>,
+    ) -> Result<T, RawError> {
+        let r =
+            r.unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()));
+        if r.as_ref().map_or_else(RawError::answered, |_| true) {
+            let mut m = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let v = m.entry(address.to_string()).or_default();
+            if v.len() < IDLE_PER_SERVER {
+                v.push((s, Instant::now()));
+            }
         }
+        r
     }
 
-    /// Reads one fragment into `dst`'s spare capacity. A connection goes back to the pool only after a
-    /// whole answer, so that none is reused out of step.
+    /// Reads one fragment into `dst`'s spare capacity.
     pub async fn read(
         &self,
         address: &str,
@@ -234,13 +443,21 @@ impl Pool {
         dst: &mut BytesMut,
     ) -> Result<(), RawError> {
         let mut s = self.take(address).await?;
-        let r = tokio::time::timeout(READ_TIMEOUT, read_fragment(&mut s, &req, dst))
-            .await
-            .unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()));
-        if matches!(r, Ok(()) | Err(RawError::Refused(_))) {
-            self.give_back(address, s);
-        }
-        r
+        let r = tokio::time::timeout(READ_TIMEOUT, read_fragment(&mut s, &req, dst)).await;
+        self.finish(address, s, r)
+    }
+
+    /// Appends one fragment; `Ok` once the member holds it durably. `timeout` bounds the whole request.
+    pub async fn append(
+        &self,
+        address: &str,
+        req: &RawAppend,
+        fragment: &Bytes,
+        timeout: Duration,
+    ) -> Result<(), RawError> {
+        let mut s = self.take(address).await?;
+        let r = tokio::time::timeout(timeout, append_fragment(&mut s, req, fragment)).await;
+        self.finish(address, s, r)
     }
 
     /// Reads a block's `k` data fragments (`sources[i]` holds member `i`) into one buffer, each
@@ -335,11 +552,17 @@ mod tests {
             len: 100_000,
         };
         let srv = tokio::spawn(async move {
-            let got = read_request(&mut server).await.unwrap().unwrap().unwrap();
+            let Request::Read(got) = read_request(&mut server).await.unwrap().unwrap().unwrap()
+            else {
+                panic!("expected a read")
+            };
             let body: Vec<u8> = (0..got.len).map(|i| (i % 251) as u8).collect();
             server.write_all(&ok_header(got.len)).await.unwrap();
             server.write_all(&body).await.unwrap();
-            let bad = read_request(&mut server).await.unwrap().unwrap().unwrap();
+            let Request::Read(bad) = read_request(&mut server).await.unwrap().unwrap().unwrap()
+            else {
+                panic!("expected a read")
+            };
             write_error(&mut server, &format!("no member {} here", bad.member))
                 .await
                 .unwrap();
@@ -366,5 +589,137 @@ mod tests {
         );
         drop(client);
         srv.await.unwrap();
+    }
+
+    fn sample_append(frag_len: u32) -> RawAppend {
+        RawAppend {
+            volume: 9,
+            member: 4,
+            generation: 3,
+            epoch: 12,
+            hash: [0xAB; 32],
+            offset: 1 << 32,
+            frag_len,
+            block_len: 6 * frag_len - 5,
+            crcs: (0..9).map(|i| 0x1000_0000 + i).collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn appends_carry_their_fragment_and_bad_headers_are_named() {
+        let (mut client, mut server) = tokio::io::duplex(1 << 16);
+        let req = sample_append(50_000);
+        let frag: Bytes = (0..req.frag_len).map(|i| (i % 241) as u8).collect();
+        let srv = tokio::spawn(async move {
+            let mut got = Vec::new();
+            for answer in [None, Some("disk d1 failed")] {
+                let Request::Append(a) = read_request(&mut server).await.unwrap().unwrap().unwrap()
+                else {
+                    panic!("expected an append")
+                };
+                let mut body = vec![0u8; a.frag_len as usize];
+                server.read_exact(&mut body).await.unwrap();
+                got.push((a, body));
+                match answer {
+                    None => server.write_all(&ok_header(0)).await.unwrap(),
+                    Some(m) => write_failure(&mut server, STATUS_UNAVAILABLE, m)
+                        .await
+                        .unwrap(),
+                }
+            }
+            // Nonsense after good requests is named, not taken for an append.
+            let bad = read_request(&mut server).await.unwrap().unwrap();
+            (got, bad)
+        });
+        append_fragment(&mut client, &req, &frag).await.unwrap();
+        match append_fragment(&mut client, &req, &frag).await {
+            Err(RawError::Unavailable(m)) => assert_eq!(m, "disk d1 failed"),
+            other => panic!("expected unavailable, got {other:?}"),
+        }
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let (got, bad) = srv.await.unwrap();
+        for (a, body) in got {
+            assert_eq!(a, req);
+            assert!(body == frag);
+        }
+        assert!(bad.unwrap_err().contains("not a raw request"));
+
+        // A fragment that disagrees with its header is refused before anything is sent.
+        let (mut client, _server) = tokio::io::duplex(1 << 16);
+        let err = append_fragment(&mut client, &req, &frag.slice(1..))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("fragment has 49999 bytes"),
+            "{err}"
+        );
+
+        // Headers the server cannot trust are named.
+        for (bad, why) in [
+            (
+                RawAppend {
+                    frag_len: 0,
+                    ..sample_append(1)
+                },
+                "must be 1 to",
+            ),
+            (
+                RawAppend {
+                    crcs: vec![],
+                    ..sample_append(1)
+                },
+                "a volume has 1 to",
+            ),
+            (
+                RawAppend {
+                    crcs: vec![0; MAX_WIDTH + 1],
+                    ..sample_append(1)
+                },
+                "a volume has 1 to",
+            ),
+        ] {
+            let mut r: &[u8] = &bad.encode_header();
+            let err = read_request(&mut r).await.unwrap().unwrap().unwrap_err();
+            assert!(err.contains(why), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_pool_drops_connections_the_server_closed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        // Answers one read per connection, then closes it, as a server that restarted would have.
+        let srv = tokio::spawn(async move {
+            let mut accepted = 0;
+            for _ in 0..2 {
+                let (mut s, _) = listener.accept().await.unwrap();
+                accepted += 1;
+                let Request::Read(r) = read_request(&mut s).await.unwrap().unwrap().unwrap() else {
+                    panic!("expected a read")
+                };
+                s.write_all(&ok_header(r.len)).await.unwrap();
+                s.write_all(&vec![r.member as u8; r.len as usize])
+                    .await
+                    .unwrap();
+            }
+            accepted
+        });
+        let pool = Pool::default();
+        let read = |member| RawRead {
+            volume: 1,
+            member,
+            generation: 1,
+            offset: 0,
+            len: 1000,
+        };
+        let mut buf = BytesMut::with_capacity(1000);
+        pool.read(&addr, read(1), &mut buf).await.unwrap();
+        assert!(buf.iter().all(|b| *b == 1));
+        // Give the close time to arrive, then read again: a fresh connection, not a failed read.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut buf = BytesMut::with_capacity(1000);
+        pool.read(&addr, read(2), &mut buf).await.unwrap();
+        assert!(buf.iter().all(|b| *b == 2));
+        assert_eq!(srv.await.unwrap(), 2);
     }
 }

@@ -369,18 +369,25 @@ impl Cluster {
         Ok(out)
     }
 
-    /// Fragment bytes the volume servers sent by raw reads, summed over the running ones.
-    pub async fn raw_read_bytes(&self) -> u64 {
+    /// A counter of the volume servers' metrics (e.g. `hoard_volume_raw_read_bytes_total`), summed over
+    /// the running ones.
+    pub async fn volume_counter(&self, name: &str) -> u64 {
         let mut total = 0;
         for p in self.volumes.iter().flatten() {
             let m = self.metrics_of(p).await.unwrap_or_default();
             total += m
                 .lines()
-                .find_map(|l| l.strip_prefix("hoard_volume_raw_read_bytes_total "))
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .unwrap_or(0);
         }
         total
+    }
+
+    /// Fragment bytes the volume servers sent by raw reads, summed over the running ones.
+    pub async fn raw_read_bytes(&self) -> u64 {
+        self.volume_counter("hoard_volume_raw_read_bytes_total")
+            .await
     }
 
     /// GET a JSON document from the admin API.
@@ -415,6 +422,13 @@ impl Cluster {
         Client::connect(&self.endpoint())
             .await
             .map_err(|e| anyhow!("{e}"))
+    }
+
+    /// SIGKILL the frontend.
+    pub fn kill_frontend(&mut self) {
+        if let Some(mut p) = self.frontend.take() {
+            p.kill();
+        }
     }
 
     pub fn kill_volume(&mut self, i: usize) {

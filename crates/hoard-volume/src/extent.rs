@@ -275,7 +275,7 @@ impl Extent {
         self.failed.lock().clone()
     }
 
-    fn fail(&self, why: String) -> VolumeError {
+    pub(crate) fn fail(&self, why: String) -> VolumeError {
         tracing::error!(
             volume = self.volume,
             member = self.member,
@@ -333,13 +333,14 @@ impl Extent {
         Ok(self.data_len())
     }
 
-    /// Writes one fragment and its record; returns once both are durable.
-    pub async fn append(
+    /// Writes one fragment and its record; returns once both are durable. A fragment whose bytes start
+    /// on a page boundary is written as it is; others are copied into a page-aligned buffer for O_DIRECT.
+    pub async fn append<F: AsRef<[u8]> + Send + 'static>(
         self: &Arc<Self>,
         generation: u64,
         epoch: u64,
         record: BlockRecord,
-        fragment: Bytes,
+        fragment: F,
     ) -> Result<(), VolumeError> {
         self.check_usable(generation)?;
         let width = self.header.k + self.header.m;
@@ -349,10 +350,10 @@ impl Extent {
                 record.crcs.len()
             )));
         }
-        if fragment.len() != record.frag_len as usize {
+        if fragment.as_ref().len() != record.frag_len as usize {
             return Err(VolumeError::BadRequest(format!(
                 "fragment has {} bytes, record says {}",
-                fragment.len(),
+                fragment.as_ref().len(),
                 record.frag_len
             )));
         }
@@ -360,12 +361,13 @@ impl Extent {
         let this = Arc::clone(self);
         // One trip to the blocking pool per append: check, write, then join (or lead) a group sync.
         tokio::task::spawn_blocking(move || {
-            if crc32c::crc32c(&fragment) != want {
+            let fragment = fragment.as_ref();
+            if crc32c::crc32c(fragment) != want {
                 return Err(VolumeError::BadRequest(
                     "fragment does not match its crc32c in the record".into(),
                 ));
             }
-            let seq = this.write_blocking(epoch, &record, &fragment)?;
+            let seq = this.write_blocking(epoch, &record, fragment)?;
             this.sync_to(seq)
         })
         .await
@@ -399,8 +401,12 @@ impl Extent {
                 if at.is_multiple_of(aligned::ALIGN as u64)
                     && fragment.len().is_multiple_of(aligned::ALIGN) =>
             {
-                let buf = aligned::AlignedBuf::copy_of(fragment);
-                direct.write_all_at(buf.as_slice(), at)
+                if (fragment.as_ptr() as usize).is_multiple_of(aligned::ALIGN) {
+                    direct.write_all_at(fragment, at)
+                } else {
+                    let buf = aligned::AlignedBuf::copy_of(fragment);
+                    direct.write_all_at(buf.as_slice(), at)
+                }
             }
             _ => self.dat.write_all_at(fragment, at),
         };

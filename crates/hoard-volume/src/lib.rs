@@ -87,6 +87,15 @@ impl VolumeError {
     }
 
     /// The one mapping from volume-server errors to gRPC statuses.
+    /// The member cannot serve the request now (its extent or disk failed), as opposed to a request that
+    /// is wrong or late.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            VolumeError::ExtentFailed { .. } | VolumeError::Disk(..)
+        )
+    }
+
     pub fn to_status(&self) -> tonic::Status {
         use tonic::Status;
         let msg = self.to_string();

@@ -1,17 +1,21 @@
-//! The server side of raw fragment reads (see [`hoard_proto::raw`]): the volume server's listener hands
-//! gRPC connections to tonic and serves raw ones itself, answering each read with `sendfile(2)` from the
-//! page cache.
+//! The server side of raw fragment reads and appends (see [`hoard_proto::raw`]): the volume server's
+//! listener hands gRPC connections to tonic and serves raw ones itself, answering each read with
+//! `sendfile(2)` from the page cache and reading each appended fragment straight into the page-aligned
+//! buffer that is written to disk.
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hoard_proto::raw::{self, RawRead};
-use tokio::io::AsyncWriteExt;
+use hoard_proto::raw::{self, RawAppend, RawRead, Request};
+use hoard_types::BlockHash;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::aligned::AlignedBuf;
+use crate::format::BlockRecord;
 use crate::store::VolumeStore;
 
 /// How long a new connection may stay silent before it is dropped, and how long a raw read may wait for
@@ -70,7 +74,7 @@ fn set_keepalive(s: &TcpStream) {
     }
 }
 
-/// Serves raw reads on one connection until the client closes it or something goes wrong mid-answer.
+/// Serves raw requests on one connection until the client closes it or something goes wrong mid-answer.
 async fn serve(store: Arc<VolumeStore>, mut stream: TcpStream) {
     loop {
         let req = match tokio::time::timeout(IDLE * 10, raw::read_request(&mut stream)).await {
@@ -85,9 +89,16 @@ async fn serve(store: Arc<VolumeStore>, mut stream: TcpStream) {
                 return;
             }
         };
-        match answer(&store, stream, req).await {
-            Some(s) => stream = s,
-            None => return,
+        match req {
+            Request::Read(req) => match answer(&store, stream, req).await {
+                Some(s) => stream = s,
+                None => return,
+            },
+            Request::Append(req) => {
+                if !append(&store, &mut stream, req).await {
+                    return;
+                }
+            }
         }
     }
 }
@@ -139,6 +150,50 @@ async fn answer(
             None
         }
     }
+}
+
+/// Takes one append's fragment off the stream and writes it; `false` when the connection is done for.
+async fn append(store: &Arc<VolumeStore>, stream: &mut TcpStream, req: RawAppend) -> bool {
+    // The fragment goes straight into the buffer that O_DIRECT writes from. It is read off the stream
+    // before anything is checked, so that the stream stays in step whatever the answer.
+    let mut buf = AlignedBuf::with_len(req.frag_len as usize);
+    match tokio::time::timeout(IDLE, stream.read_exact(buf.as_mut_slice())).await {
+        Ok(Ok(_)) => {}
+        _ => return false,
+    }
+    let record = BlockRecord {
+        hash: BlockHash::from_bytes(req.hash),
+        offset: req.offset,
+        frag_len: req.frag_len,
+        block_len: req.block_len,
+        crcs: req.crcs,
+    };
+    let res = match store.extent(req.volume, req.member) {
+        Ok(extent) => extent.append(req.generation, req.epoch, record, buf).await,
+        Err(e) => Err(e),
+    };
+    let sent = match res {
+        Ok(()) => {
+            let n = u64::from(req.frag_len);
+            metrics::counter!("hoard_volume_append_bytes_total").increment(n);
+            metrics::counter!("hoard_volume_raw_append_bytes_total").increment(n);
+            stream.write_all(&raw::ok_header(0)).await
+        }
+        Err(e) => {
+            tracing::warn!(
+                volume = req.volume,
+                member = req.member,
+                "raw append failed: {e}"
+            );
+            let status = if e.is_unavailable() {
+                raw::STATUS_UNAVAILABLE
+            } else {
+                raw::STATUS_ERROR
+            };
+            raw::write_failure(stream, status, &e.to_string()).await
+        }
+    };
+    sent.is_ok()
 }
 
 /// `sendfile` of `[offset, offset + len)` of `file` to the (non-blocking) socket, waiting with `poll`
@@ -213,13 +268,12 @@ mod tests {
     use tokio::io::AsyncWriteExt;
     use tokio_stream::StreamExt;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn raw_reads_send_stored_bytes_and_name_what_they_refuse() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A store with member 1 of volume 5 (2+1), fenced at epoch 1.
+    fn store_with_extent(dir: &std::path::Path) -> (Arc<VolumeStore>, Arc<crate::extent::Extent>) {
         let store = Arc::new(
             VolumeStore::open(&VolumeStoreConfig {
                 node_id: "n1".into(),
-                disks: vec![dir.path().join("d0")],
+                disks: vec![dir.join("d0")],
                 disk_capacity: Some(1 << 30),
             })
             .unwrap(),
@@ -240,6 +294,20 @@ mod tests {
             })
             .unwrap();
         extent.fence(1, 1).unwrap();
+        (store, extent)
+    }
+
+    fn refused(r: Result<(), RawError>) -> String {
+        match r {
+            Err(RawError::Refused(m)) => m,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn raw_reads_send_stored_bytes_and_name_what_they_refuse() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, extent) = store_with_extent(dir.path());
         let frag: Bytes = (0..300_000u32).map(|i| (i % 253) as u8).collect();
         let record = BlockRecord {
             hash: BlockHash::of(b"block"),
@@ -260,10 +328,6 @@ mod tests {
             generation: 1,
             offset: 0,
             len: frag.len() as u32,
-        };
-        let refused = |r: Result<(), RawError>| match r {
-            Err(RawError::Refused(m)) => m,
-            other => panic!("expected a refusal, got {other:?}"),
         };
         // Refusals name the problem and leave the connection in step for the next read.
         let mut buf = BytesMut::with_capacity(frag.len());
@@ -317,5 +381,138 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(handed.peer_addr().unwrap(), other.local_addr().unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn raw_appends_are_durable_and_refusals_keep_the_connection_in_step() {
+        use hoard_proto::raw::{RawAppend, append_fragment, read_fragment};
+        let dir = tempfile::tempdir().unwrap();
+        let (store, extent) = store_with_extent(dir.path());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _grpc = incoming(listener, Arc::clone(&store));
+        let mut s = TcpStream::connect(addr).await.unwrap();
+
+        // Page-sized, so that it takes the O_DIRECT path from the buffer it was read into.
+        let frag: Bytes = (0..16 * 4096u32).map(|i| (i % 249) as u8).collect();
+        let crc = crc32c::crc32c(&frag);
+        let at = |offset: u64| RawAppend {
+            volume: 5,
+            member: 1,
+            generation: 1,
+            epoch: 1,
+            hash: *BlockHash::of(&offset.to_le_bytes()).as_bytes(),
+            offset,
+            frag_len: frag.len() as u32,
+            block_len: 2 * frag.len() as u32,
+            crcs: vec![0, crc, 0],
+        };
+        append_fragment(&mut s, &at(0), &frag).await.unwrap();
+        assert_eq!(extent.records(), 1);
+
+        let m = refused(
+            append_fragment(
+                &mut s,
+                &RawAppend {
+                    epoch: 0,
+                    ..at(8192)
+                },
+                &frag,
+            )
+            .await,
+        );
+        assert!(
+            m.contains("fenced at epoch 1; request carried epoch 0"),
+            "{m}"
+        );
+        let m = refused(
+            append_fragment(
+                &mut s,
+                &RawAppend {
+                    crcs: vec![0, crc ^ 1, 0],
+                    ..at(8192)
+                },
+                &frag,
+            )
+            .await,
+        );
+        assert!(m.contains("does not match its crc32c"), "{m}");
+        let m = refused(
+            append_fragment(
+                &mut s,
+                &RawAppend {
+                    volume: 99,
+                    ..at(8192)
+                },
+                &frag,
+            )
+            .await,
+        );
+        assert!(m.contains("no extent for volume 99 member 1"), "{m}");
+        let m = refused(
+            append_fragment(
+                &mut s,
+                &RawAppend {
+                    crcs: vec![crc],
+                    ..at(8192)
+                },
+                &frag,
+            )
+            .await,
+        );
+        assert!(m.contains("record has 1 crcs, volume has 3 members"), "{m}");
+        assert_eq!(extent.records(), 1, "a refused append wrote a record");
+
+        // The connection is still in step: another append, then both fragments read back.
+        let second = at(frag.len() as u64);
+        append_fragment(&mut s, &second, &frag).await.unwrap();
+        for offset in [0, second.offset] {
+            let mut buf = BytesMut::with_capacity(frag.len());
+            let read = RawRead {
+                volume: 5,
+                member: 1,
+                generation: 1,
+                offset,
+                len: frag.len() as u32,
+            };
+            read_fragment(&mut s, &read, &mut buf).await.unwrap();
+            assert!(buf == frag, "fragment at {offset} differs");
+        }
+        // Durable: a reopened extent finds both records.
+        assert_eq!(extent.records(), 2);
+        let path = extent.dir.clone();
+        drop(extent);
+        drop(store);
+        let (reopened, scan) = crate::extent::Extent::open(&path).unwrap();
+        assert_eq!(scan.records, 2);
+        assert_eq!(reopened.data_len(), 2 * frag.len() as u64);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_append_to_a_failed_extent_answers_unavailable() {
+        use hoard_proto::raw::{RawAppend, append_fragment};
+        let dir = tempfile::tempdir().unwrap();
+        let (store, extent) = store_with_extent(dir.path());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _grpc = incoming(listener, Arc::clone(&store));
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        extent.fail("the disk went away".into());
+        let frag = Bytes::from(vec![3u8; 4096]);
+        let req = RawAppend {
+            volume: 5,
+            member: 1,
+            generation: 1,
+            epoch: 1,
+            hash: [7; 32],
+            offset: 0,
+            frag_len: 4096,
+            block_len: 8192,
+            crcs: vec![0, crc32c::crc32c(&frag), 0],
+        };
+        match append_fragment(&mut s, &req, &frag).await {
+            Err(RawError::Unavailable(m)) => assert!(m.contains("the disk went away"), "{m}"),
+            other => panic!("expected unavailable, got {other:?}"),
+        }
     }
 }

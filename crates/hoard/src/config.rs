@@ -186,6 +186,13 @@ pub struct FrontendSection {
     /// When the read-back watcher checks a block again, e.g. ["1m", "1h", "1d", "1w"].
     #[serde(default = "default_watch_delays", deserialize_with = "de_durations")]
     pub watch_delays: Vec<Duration>,
+    /// Append fragments to volume servers by the raw protocol (true) or by gRPC (false).
+    #[serde(default = "default_raw_appends")]
+    pub raw_appends: bool,
+}
+
+fn default_raw_appends() -> bool {
+    true
 }
 
 fn default_watch_share() -> f64 {
@@ -351,6 +358,7 @@ const KNOWN: &[(&str, &[&str])] = &[
             "open_volumes",
             "watch_share",
             "watch_delays",
+            "raw_appends",
         ],
     ),
     (

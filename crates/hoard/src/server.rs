@@ -54,6 +54,7 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
             open_volumes: f.open_volumes,
             watch_share: f.watch_share,
             watch_delays: f.watch_delays.clone(),
+            raw_appends: f.raw_appends,
             ..Default::default()
         };
         let (role, fe) = roles::start_frontend(f.listen, &f.meta, fc, &stop).await?;
