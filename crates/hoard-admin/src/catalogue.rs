@@ -90,6 +90,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Fragment bytes of those sent by raw reads (sendfile, no gRPC).",
     ),
     (
+        "hoard_volume_raw_append_bytes_total",
+        Counter,
+        "Fragment bytes of those appended by raw appends (no gRPC).",
+    ),
+    (
         "hoard_volume_fragment_crc_failures_total",
         Counter,
         "Fragment reads that failed their crc32c.",

@@ -160,13 +160,7 @@ impl Client {
                 return None;
             }
             let reads = chosen.iter().map(|s| {
-                let req = hoard_proto::raw::RawRead {
-                    volume: loc.volume,
-                    member: s.member,
-                    generation: s.generation,
-                    offset: loc.offset,
-                    len: frag_len as u32,
-                };
+                let req = s.read_of(loc.volume, loc.offset, frag_len as u32);
                 async move {
                     let mut buf = BytesMut::with_capacity(frag_len);
                     self.raw.read(s.address, req, &mut buf).await.ok()?;

@@ -207,8 +207,10 @@ impl Frontend {
                         .append(&m.address, &req, fragment, timeout)
                         .await
                         .map_err(|e| {
-                            // Only a refusal says the server is there and the request was wrong or late.
-                            let unreachable = !matches!(e, RawError::Refused(_));
+                            // As over gRPC: no answer, or a member that cannot take writes, counts
+                            // against the whole server; a refusal or a malformed exchange does not.
+                            let unreachable =
+                                matches!(e, RawError::Io(_) | RawError::Unavailable(_));
                             (index, format!("member {index}: {e}"), unreachable)
                         });
                 }

@@ -20,7 +20,8 @@
 //!            hash(32) offset(u64) frag_len(u32) block_len(u32) width(u16) crcs(u32 x width)
 //!            then frag_len bytes of fragment
 //! response = status(u8) n(u32) then n bytes: the fragment of a read (status 0; an append's is empty)
-//!            or a UTF-8 error (status 1: refused; status 2: the member cannot take writes now)
+//!            or a UTF-8 error (status 1: refused; status 2: the member cannot take writes now;
+//!            status 3: the request was malformed and the server closes the connection)
 //! ```
 //!
 //! A gRPC connection starts with the HTTP/2 preface (`PRI * HTTP/2.0`); a raw one with a magic whose
@@ -40,14 +41,18 @@ pub const APPEND_MAGIC: [u8; 4] = [0xF7, b'H', b'A', b'1'];
 pub const REQUEST_LEN: usize = 36;
 /// An append's header before its crcs.
 const APPEND_FIXED_LEN: usize = 4 + 8 + 4 + 8 + 8 + 32 + 8 + 4 + 4 + 2;
-/// The largest fragment a raw read may ask for or an append may carry.
+/// The largest fragment a raw read may ask for.
 pub const MAX_READ: u32 = 16 * 1024 * 1024;
+/// The largest fragment an append may carry: a whole block of the largest size (`k` = 1), page aligned.
+pub const MAX_APPEND: u32 = hoard_types::MAX_BLOCK_LEN as u32 + hoard_types::DIRECT_ALIGN as u32;
 /// The most members (so crcs) a volume may have.
 const MAX_WIDTH: usize = 64;
 pub const STATUS_OK: u8 = 0;
 pub const STATUS_ERROR: u8 = 1;
 /// The member cannot take writes now (its extent or disk failed); gRPC's `UNAVAILABLE`.
 pub const STATUS_UNAVAILABLE: u8 = 2;
+/// The request could not be parsed; the server closes the connection after this answer.
+pub const STATUS_MALFORMED: u8 = 3;
 /// The longest error message a server sends.
 const MAX_ERROR: usize = 4096;
 
@@ -153,9 +158,9 @@ impl RawAppend {
             crcs: Vec::new(),
         };
         let width = u16::from_le_bytes(b[80..82].try_into().expect("2 bytes")) as usize;
-        if a.frag_len == 0 || a.frag_len > MAX_READ {
+        if a.frag_len == 0 || a.frag_len > MAX_APPEND {
             return Err(format!(
-                "raw append of {} bytes: must be 1 to {MAX_READ}",
+                "raw append of {} bytes: must be 1 to {MAX_APPEND}",
                 a.frag_len
             ));
         }
@@ -266,6 +271,8 @@ pub enum RawError {
     /// The member cannot take writes now (its extent or disk failed); the connection stays usable.
     #[error("volume server: {0}")]
     Unavailable(String),
+    /// The two sides disagree on the protocol (a malformed request or answer); the connection is
+    /// dropped.
     #[error("raw request: {0}")]
     Protocol(String),
 }
@@ -293,6 +300,14 @@ async fn read_status<S: AsyncRead + Unpin>(s: &mut S) -> Result<u32, RawError> {
             } else {
                 RawError::Unavailable(msg)
             })
+        }
+        STATUS_MALFORMED if n as usize <= MAX_ERROR => {
+            let mut msg = vec![0u8; n as usize];
+            s.read_exact(&mut msg).await?;
+            Err(RawError::Protocol(format!(
+                "the server could not parse the request: {}",
+                String::from_utf8_lossy(&msg)
+            )))
         }
         st => Err(RawError::Protocol(format!("bad response status {st}"))),
     }
@@ -363,6 +378,19 @@ pub struct Source<'a> {
     pub address: &'a str,
     pub member: u32,
     pub generation: u64,
+}
+
+impl Source<'_> {
+    /// The raw read of this member's fragment of the block at `offset` of `volume`.
+    pub fn read_of(&self, volume: u64, offset: u64, len: u32) -> RawRead {
+        RawRead {
+            volume,
+            member: self.member,
+            generation: self.generation,
+            offset,
+            len,
+        }
+    }
 }
 
 /// Idle connections for raw requests, by volume server address.
@@ -483,13 +511,7 @@ impl Pool {
             places.push(std::mem::replace(&mut rest, tail));
         }
         let reads = sources.iter().zip(places).map(|(s, mut place)| {
-            let req = RawRead {
-                volume,
-                member: s.member,
-                generation: s.generation,
-                offset,
-                len: frag_len as u32,
-            };
+            let req = s.read_of(volume, offset, frag_len as u32);
             async move {
                 self.read(s.address, req, &mut place)
                     .await
@@ -659,6 +681,13 @@ mod tests {
             (
                 RawAppend {
                     frag_len: 0,
+                    ..sample_append(1)
+                },
+                "must be 1 to",
+            ),
+            (
+                RawAppend {
+                    frag_len: MAX_APPEND + 1,
                     ..sample_append(1)
                 },
                 "must be 1 to",

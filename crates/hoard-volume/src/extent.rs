@@ -737,6 +737,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn page_sized_appends_from_aligned_and_unaligned_buffers_land_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = create(dir.path());
+        e.fence(1, 1).unwrap();
+        let len = 4 * aligned::ALIGN;
+        let at = |i: u64, frag: &[u8]| BlockRecord {
+            offset: i * len as u64,
+            ..rec(i, frag)
+        };
+        // Written as it is (O_DIRECT where the filesystem has it) ...
+        let mut a = aligned::AlignedBuf::with_len(len);
+        a.as_mut_slice()
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = (i % 13) as u8);
+        let want_a = Bytes::copy_from_slice(a.as_slice());
+        e.append(1, 1, at(0, a.as_slice()), a).await.unwrap();
+        // ... and copied into an aligned buffer first: a page-sized slice one byte into its allocation.
+        let big: Bytes = (0..len + 1).map(|i| (i % 7) as u8).collect();
+        let b = big.slice(1..);
+        assert_ne!(b.as_ptr() as usize % aligned::ALIGN, 0);
+        e.append(1, 1, at(1, &b), b.clone()).await.unwrap();
+        drop(e);
+        let (e, scan) = Extent::open(&dir.path().join("extents/7")).unwrap();
+        assert_eq!(scan.records, 2);
+        for (i, want) in [(0u64, &want_a), (1, &b)] {
+            let got = e
+                .read_fragment(1, i * len as u64, len as u32, crc32c::crc32c(want))
+                .unwrap();
+            assert!(got == *want, "fragment {i} differs");
+        }
+    }
+
+    #[tokio::test]
     async fn appends_are_readable_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let e = create(dir.path());

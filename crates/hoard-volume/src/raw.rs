@@ -11,7 +11,7 @@ use hoard_proto::raw::{self, RawAppend, RawRead, Request};
 use hoard_types::BlockHash;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::aligned::AlignedBuf;
@@ -22,12 +22,60 @@ use crate::store::VolumeStore;
 /// a client that does not take its bytes.
 const IDLE: Duration = Duration::from_secs(30);
 
+/// Bounds on what raw connections may hold at once. Past them, new raw connections and appends wait
+/// (their clients see the back-pressure as a slower answer), so a burst of clients cannot take the
+/// server's memory.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Raw connections served at once; a connection past it waits up to 30 s for a slot.
+    pub connections: usize,
+    /// Bytes of appended fragments held in memory at once; an append waits for room before its
+    /// fragment is read off the connection. A fragment larger than the whole budget waits for all of it.
+    pub append_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connections: 1024,
+            append_bytes: 256 << 20,
+        }
+    }
+}
+
+/// The unit in which append memory is counted.
+const APPEND_UNIT: usize = 64 << 10;
+
+/// What the raw connections of one listener share.
+struct Shared {
+    store: Arc<VolumeStore>,
+    connections: Arc<Semaphore>,
+    append_units: Semaphore,
+    max_units: u32,
+}
+
 /// Accepts connections on `listener`; raw ones are served here, the others come out of the returned
 /// stream for the gRPC server. Accepting stops when the stream is dropped.
 pub fn incoming(
     listener: TcpListener,
     store: Arc<VolumeStore>,
 ) -> ReceiverStream<std::io::Result<TcpStream>> {
+    incoming_with(listener, store, Limits::default())
+}
+
+/// [`incoming`] with explicit limits.
+pub fn incoming_with(
+    listener: TcpListener,
+    store: Arc<VolumeStore>,
+    limits: Limits,
+) -> ReceiverStream<std::io::Result<TcpStream>> {
+    let max_units = limits.append_bytes.div_ceil(APPEND_UNIT).clamp(1, 1 << 24);
+    let shared = Arc::new(Shared {
+        store,
+        connections: Arc::new(Semaphore::new(limits.connections.max(1))),
+        append_units: Semaphore::new(max_units),
+        max_units: max_units as u32,
+    });
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
@@ -45,11 +93,16 @@ pub fn incoming(
             };
             let _ = stream.set_nodelay(true);
             set_keepalive(&stream);
-            let (tx, store) = (tx.clone(), Arc::clone(&store));
+            let (tx, shared) = (tx.clone(), Arc::clone(&shared));
             tokio::spawn(async move {
                 let mut first = [0u8; 1];
                 match tokio::time::timeout(IDLE, stream.peek(&mut first)).await {
-                    Ok(Ok(1)) if raw::is_raw(first[0]) => serve(store, stream).await,
+                    Ok(Ok(1)) if raw::is_raw(first[0]) => {
+                        let slot = Arc::clone(&shared.connections).acquire_owned();
+                        if let Ok(Ok(_slot)) = tokio::time::timeout(IDLE, slot).await {
+                            serve(&shared, stream).await;
+                        }
+                    }
                     Ok(Ok(1)) => {
                         let _ = tx.send(Ok(stream)).await;
                     }
@@ -75,7 +128,7 @@ fn set_keepalive(s: &TcpStream) {
 }
 
 /// Serves raw requests on one connection until the client closes it or something goes wrong mid-answer.
-async fn serve(store: Arc<VolumeStore>, mut stream: TcpStream) {
+async fn serve(shared: &Shared, mut stream: TcpStream) {
     loop {
         let req = match tokio::time::timeout(IDLE * 10, raw::read_request(&mut stream)).await {
             Ok(Ok(Some(r))) => r,
@@ -85,17 +138,17 @@ async fn serve(store: Arc<VolumeStore>, mut stream: TcpStream) {
             Ok(r) => r,
             Err(why) => {
                 // A malformed request leaves the stream out of step: answer, then close.
-                let _ = raw::write_error(&mut stream, &why).await;
+                let _ = raw::write_failure(&mut stream, raw::STATUS_MALFORMED, &why).await;
                 return;
             }
         };
         match req {
-            Request::Read(req) => match answer(&store, stream, req).await {
+            Request::Read(req) => match answer(&shared.store, stream, req).await {
                 Some(s) => stream = s,
                 None => return,
             },
             Request::Append(req) => {
-                if !append(&store, &mut stream, req).await {
+                if !append(shared, &mut stream, req).await {
                     return;
                 }
             }
@@ -153,7 +206,13 @@ async fn answer(
 }
 
 /// Takes one append's fragment off the stream and writes it; `false` when the connection is done for.
-async fn append(store: &Arc<VolumeStore>, stream: &mut TcpStream, req: RawAppend) -> bool {
+async fn append(shared: &Shared, stream: &mut TcpStream, req: RawAppend) -> bool {
+    let units = (req.frag_len as usize)
+        .div_ceil(APPEND_UNIT)
+        .min(shared.max_units as usize) as u32;
+    let Ok(_room) = shared.append_units.acquire_many(units).await else {
+        return false;
+    };
     // The fragment goes straight into the buffer that O_DIRECT writes from. It is read off the stream
     // before anything is checked, so that the stream stays in step whatever the answer.
     let mut buf = AlignedBuf::with_len(req.frag_len as usize);
@@ -168,7 +227,7 @@ async fn append(store: &Arc<VolumeStore>, stream: &mut TcpStream, req: RawAppend
         block_len: req.block_len,
         crcs: req.crcs,
     };
-    let res = match store.extent(req.volume, req.member) {
+    let res = match shared.store.extent(req.volume, req.member) {
         Ok(extent) => extent.append(req.generation, req.epoch, record, buf).await,
         Err(e) => Err(e),
     };
@@ -372,6 +431,17 @@ mod tests {
             .unwrap();
         assert!(buf[..] == frag[150_000..151_000]);
 
+        // A malformed request is answered as such, and the connection closed: nothing reuses it.
+        let mut buf = BytesMut::with_capacity(1);
+        match hoard_proto::raw::read_fragment(&mut s, &RawRead { len: 0, ..read }, &mut buf).await {
+            Err(RawError::Protocol(m)) => assert!(m.contains("could not parse"), "{m}"),
+            other => panic!("expected a protocol error, got {other:?}"),
+        }
+        assert!(matches!(
+            hoard_proto::raw::read_fragment(&mut s, &read, &mut buf).await,
+            Err(RawError::Io(_))
+        ));
+
         // A connection that does not start with the magic byte goes to the gRPC server.
         let mut other = TcpStream::connect(addr).await.unwrap();
         other.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
@@ -514,5 +584,68 @@ mod tests {
             Err(RawError::Unavailable(m)) => assert!(m.contains("the disk went away"), "{m}"),
             other => panic!("expected unavailable, got {other:?}"),
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn past_the_limits_connections_and_appends_wait_rather_than_fail() {
+        use hoard_proto::raw::{RawAppend, append_fragment, read_fragment};
+        let dir = tempfile::tempdir().unwrap();
+        let (store, extent) = store_with_extent(dir.path());
+        let limits = Limits {
+            connections: 1,
+            append_bytes: APPEND_UNIT,
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _grpc = incoming_with(listener, Arc::clone(&store), limits);
+
+        // A fragment four times the append budget still goes in: it waits for all of the budget.
+        let frag = Bytes::from(vec![8u8; 4 * APPEND_UNIT]);
+        let req = RawAppend {
+            volume: 5,
+            member: 1,
+            generation: 1,
+            epoch: 1,
+            hash: [1; 32],
+            offset: 0,
+            frag_len: frag.len() as u32,
+            block_len: 2 * frag.len() as u32,
+            crcs: vec![0, crc32c::crc32c(&frag), 0],
+        };
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            append_fragment(&mut first, &req, &frag),
+        )
+        .await
+        .expect("an append larger than the budget is not left waiting")
+        .unwrap();
+        assert_eq!(extent.records(), 1);
+
+        // A second raw connection waits for the first one's slot.
+        let read = RawRead {
+            volume: 5,
+            member: 1,
+            generation: 1,
+            offset: 0,
+            len: 4096,
+        };
+        let second = tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            let mut buf = BytesMut::with_capacity(4096);
+            read_fragment(&mut s, &read, &mut buf).await.map(|()| buf)
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !second.is_finished(),
+            "a connection past the limit was served"
+        );
+        drop(first);
+        let got = tokio::time::timeout(Duration::from_secs(5), second)
+            .await
+            .expect("served once the first connection closed")
+            .unwrap()
+            .unwrap();
+        assert!(got[..] == frag[..4096]);
     }
 }
