@@ -312,6 +312,9 @@ async fn direct_reads_decode_from_parity_when_members_are_lost() {
 
     let before = frontend_gets(&cluster).await;
     let raw_before = cluster.raw_read_bytes().await;
+    let all_before = cluster
+        .volume_counter("hoard_volume_read_bytes_total")
+        .await;
     for (&(seed, len), h) in blocks.iter().zip(&hashes) {
         let got = client
             .get_direct(h)
@@ -330,6 +333,15 @@ async fn direct_reads_decode_from_parity_when_members_are_lost() {
     assert!(
         raw >= least,
         "raw reads sent {raw} bytes for {least} bytes of blocks"
+    );
+    // And only by raw reads: a block rebuilt wrongly would fail its hash and be read again over gRPC.
+    let all = cluster
+        .volume_counter("hoard_volume_read_bytes_total")
+        .await
+        - all_before;
+    assert_eq!(
+        all, raw,
+        "fragments read over gRPC: the raw path's decode did not produce the blocks"
     );
     // The count moves when the frontend does serve a read.
     client.get(&hashes[0]).await.unwrap();

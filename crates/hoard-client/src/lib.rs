@@ -155,36 +155,43 @@ impl Client {
                 .read_block(loc.volume, loc.offset, frag_len, block_len, &sources)
                 .await?
         } else {
-            let chosen: Vec<_> = healthy.iter().flatten().copied().take(k).collect();
-            if chosen.len() < k {
+            // Data fragments straight into their places in the block, one parity fragment per missing
+            // one beside it; the missing ones are rebuilt where they belong.
+            let data = &healthy[..k];
+            let missing = data.iter().filter(|s| s.is_none()).count();
+            let parity: Vec<_> = healthy[k..]
+                .iter()
+                .flatten()
+                .copied()
+                .take(missing)
+                .collect();
+            if parity.len() < missing {
                 return None;
             }
-            let reads = chosen.iter().map(|s| {
+            let parity_reads = parity.iter().map(|s| {
                 let req = s.read_of(loc.volume, loc.offset, frag_len as u32);
                 async move {
                     let mut buf = BytesMut::with_capacity(frag_len);
                     self.raw.read(s.address, req, &mut buf).await.ok()?;
-                    Some((s.member as usize, buf.freeze()))
+                    Some((s.member as usize, buf))
                 }
             });
-            let got: Vec<(usize, Bytes)> = futures::future::join_all(reads)
-                .await
-                .into_iter()
-                .collect::<Option<_>>()?;
+            let (block, parity) = tokio::join!(
+                self.raw.read_places(loc.volume, loc.offset, frag_len, data),
+                futures::future::join_all(parity_reads)
+            );
+            let mut block = block?;
+            let mut parity: Vec<(usize, BytesMut)> = parity.into_iter().collect::<Option<_>>()?;
+            let present: Vec<bool> = data.iter().map(Option::is_some).collect();
             let codec = self.codec(loc.k, loc.m)?;
             tokio::task::spawn_blocking(move || {
-                let mut slots: Vec<Option<Bytes>> = vec![None; k + m];
-                for (i, f) in got {
-                    slots[i] = Some(f);
-                }
-                let data = codec.decode_data(slots).ok()?;
-                Some(hoard_erasure::assemble(
-                    &data,
-                    0,
-                    frag_len,
-                    0,
-                    block_len as u64,
-                ))
+                let mut views: Vec<(usize, &mut [u8])> =
+                    parity.iter_mut().map(|(i, p)| (*i, &mut p[..])).collect();
+                codec
+                    .rebuild_data_in_place(&mut block, &present, &mut views)
+                    .ok()?;
+                block.truncate(block_len);
+                Some(block.freeze())
             })
             .await
             .ok()??

@@ -149,6 +149,69 @@ impl Codec {
         }
     }
 
+    /// Rebuilds the missing data fragments of one block in place. `data` holds the `k` data fragments
+    /// back to back; those with `present[i]` hold their bytes, the others are overwritten. `parity`
+    /// gives parity fragments by member index (`k..k+m`), at least one per missing data fragment. No
+    /// fragment is copied: readers fill `data` where the block's bytes belong, and it is the block.
+    pub fn rebuild_data_in_place(
+        &self,
+        data: &mut [u8],
+        present: &[bool],
+        parity: &mut [(usize, &mut [u8])],
+    ) -> Result<(), ErasureError> {
+        let k = self.geometry.k as usize;
+        let width = self.geometry.width() as usize;
+        if present.len() != k {
+            return Err(ErasureError::SlotCount {
+                want: k,
+                got: present.len(),
+            });
+        }
+        if data.is_empty() || !data.len().is_multiple_of(k) {
+            return Err(ErasureError::FragmentLength {
+                index: 0,
+                got: data.len(),
+                want: data.len().div_ceil(k) * k,
+            });
+        }
+        let frag_len = data.len() / k;
+        let mut parity_slots: Vec<(&mut [u8], bool)> =
+            (k..width).map(|_| (&mut [][..], false)).collect();
+        for (index, p) in parity.iter_mut() {
+            if !(k..width).contains(index) {
+                return Err(ErasureError::SlotCount {
+                    want: width,
+                    got: *index + 1,
+                });
+            }
+            if p.len() != frag_len {
+                return Err(ErasureError::FragmentLength {
+                    index: *index,
+                    got: p.len(),
+                    want: frag_len,
+                });
+            }
+            parity_slots[*index - k] = (&mut **p, true);
+        }
+        let have = present.iter().filter(|p| **p).count()
+            + parity_slots.iter().filter(|(_, p)| *p).count();
+        if have < k {
+            return Err(ErasureError::TooFewFragments { need: k, have });
+        }
+        if present.iter().all(|p| *p) {
+            return Ok(());
+        }
+        let mut slots: Vec<(&mut [u8], bool)> = data
+            .chunks_mut(frag_len)
+            .zip(present)
+            .map(|(c, p)| (c, *p))
+            .chain(parity_slots)
+            .collect();
+        self.rs
+            .reconstruct_data(&mut slots)
+            .map_err(ErasureError::Codec)
+    }
+
     /// Decodes the data fragments of one block from whatever fragments are present and returns them,
     /// `k` of them, in order.
     pub fn decode_data(&self, fragments: Vec<Option<Bytes>>) -> Result<Vec<Bytes>, ErasureError> {
@@ -279,6 +342,46 @@ mod tests {
         let mut v = vec![0u8; len];
         rand::rng().fill_bytes(&mut v);
         Bytes::from(v)
+    }
+
+    #[test]
+    fn data_fragments_are_rebuilt_in_place_from_parity() {
+        let codec = Codec::new(Geometry::DEFAULT).unwrap();
+        let block = random_block(4 * 1024 * 1024 - 77);
+        let stripe = codec.encode(&block).unwrap();
+        let fl = stripe.frag_len;
+        for lost in [vec![0usize], vec![2, 5], vec![0, 1, 4]] {
+            let mut data: Vec<u8> = stripe.fragments[..6].concat();
+            let mut present = vec![true; 6];
+            for &i in &lost {
+                data[i * fl..(i + 1) * fl].fill(0xEE);
+                present[i] = false;
+            }
+            // The last parity fragments, as many as are lost.
+            let mut parity: Vec<(usize, Vec<u8>)> = (9 - lost.len()..9)
+                .map(|i| (i, stripe.fragments[i].to_vec()))
+                .collect();
+            let mut views: Vec<(usize, &mut [u8])> =
+                parity.iter_mut().map(|(i, p)| (*i, &mut p[..])).collect();
+            codec
+                .rebuild_data_in_place(&mut data, &present, &mut views)
+                .unwrap();
+            assert!(data[..block.len()] == block[..], "lost {lost:?}");
+        }
+        // One parity fragment fewer than the losses: named, not guessed.
+        let mut data: Vec<u8> = stripe.fragments[..6].concat();
+        let mut p8 = stripe.fragments[8].to_vec();
+        let err = codec
+            .rebuild_data_in_place(
+                &mut data,
+                &[false, false, true, true, true, true],
+                &mut [(8, &mut p8[..])],
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, ErasureError::TooFewFragments { need: 6, have: 5 }),
+            "{err}"
+        );
     }
 
     #[test]

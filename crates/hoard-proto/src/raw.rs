@@ -499,8 +499,27 @@ impl Pool {
         block_len: usize,
         sources: &[Source<'_>],
     ) -> Option<Bytes> {
+        if block_len > sources.len() * frag_len {
+            return None;
+        }
+        let sources: Vec<Option<Source>> = sources.iter().copied().map(Some).collect();
+        let mut block = self.read_places(volume, offset, frag_len, &sources).await?;
+        block.truncate(block_len);
+        Some(block.freeze())
+    }
+
+    /// Reads the data fragments of a block that have a source (`sources[i]` for member `i`, `k` of
+    /// them) into one buffer of `k * frag_len` bytes, each straight into its place; the places of the
+    /// others are zeroed, for the caller to rebuild in place from parity. `None` when any read fails.
+    pub async fn read_places(
+        &self,
+        volume: u64,
+        offset: u64,
+        frag_len: usize,
+        sources: &[Option<Source<'_>>],
+    ) -> Option<BytesMut> {
         let k = sources.len();
-        if k == 0 || frag_len == 0 || frag_len > MAX_READ as usize || block_len > k * frag_len {
+        if k == 0 || frag_len == 0 || frag_len > MAX_READ as usize {
             return None;
         }
         // One allocation cut into the k fragments' places; each read fills its own.
@@ -510,14 +529,15 @@ impl Pool {
             let tail = rest.split_off(frag_len.min(rest.capacity()));
             places.push(std::mem::replace(&mut rest, tail));
         }
-        let reads = sources.iter().zip(places).map(|(s, mut place)| {
-            let req = s.read_of(volume, offset, frag_len as u32);
-            async move {
-                self.read(s.address, req, &mut place)
-                    .await
-                    .ok()
-                    .map(|()| place)
+        let reads = sources.iter().zip(places).map(|(s, mut place)| async move {
+            match s {
+                Some(s) => {
+                    let req = s.read_of(volume, offset, frag_len as u32);
+                    self.read(s.address, req, &mut place).await.ok()?;
+                }
+                None => place.resize(frag_len, 0),
             }
+            Some(place)
         });
         let mut filled = futures::future::join_all(reads).await.into_iter();
         let mut block = filled.next()??;
@@ -525,8 +545,7 @@ impl Pool {
             // Contiguous pieces of one allocation: joining them moves no bytes.
             block.unsplit(place?);
         }
-        block.truncate(block_len);
-        Some(block.freeze())
+        Some(block)
     }
 }
 
