@@ -179,9 +179,8 @@ impl Frontend {
         self.meta.clone()
     }
 
-    /// Whether a put could be placed now: meta answers and grants a lease. Used by readiness checks.
     /// Whether a put could succeed now: meta answers, and a volume is open for writes (acquiring one
-    /// if needed).
+    /// if needed). Used by readiness checks.
     pub async fn ready(self: &Arc<Self>) -> Result<(), FrontendError> {
         let mut req = tonic::Request::new(hoard_proto::v1::LookupRequest::default());
         req.set_timeout(Duration::from_secs(2));
