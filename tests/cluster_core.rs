@@ -48,6 +48,15 @@ fn sizes(n: usize, seed: u64) -> Vec<usize> {
     v
 }
 
+/// Blocks of the given sizes, seeded `first`, `first + 1`, ...
+fn blocks_from(first: u64, sizes: Vec<usize>) -> Vec<(u64, usize)> {
+    sizes
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| (first + i as u64, l))
+        .collect()
+}
+
 async fn put_all(client: &Client, blocks: &[(u64, usize)]) -> Vec<BlockHash> {
     futures::stream::iter(blocks.iter().copied())
         .map(|(seed, len)| {
@@ -101,11 +110,7 @@ async fn round_trip_of_500_random_blocks_is_byte_exact() {
         ..ClusterOpts::default()
     });
     let client = cluster.client().await.unwrap();
-    let blocks: Vec<(u64, usize)> = sizes(500, 7)
-        .into_iter()
-        .enumerate()
-        .map(|(i, l)| (i as u64, l))
-        .collect();
+    let blocks = blocks_from(0, sizes(500, 7));
     assert!(blocks.iter().any(|&(_, l)| l as u64 == MAX_BLOCK_LEN));
     assert!(blocks.iter().any(|&(_, l)| l % 6 != 0));
     let hashes = put_all(&client, &blocks).await;
@@ -194,11 +199,7 @@ async fn appended(cluster: &Cluster) -> (u64, u64) {
 async fn fragments_go_by_raw_appends_or_by_grpc_as_configured() {
     let mut cluster = start(ClusterOpts::default());
     let client = cluster.client().await.unwrap();
-    let blocks: Vec<(u64, usize)> = sizes(16, 41)
-        .into_iter()
-        .enumerate()
-        .map(|(i, l)| (3000 + i as u64, l))
-        .collect();
+    let blocks = blocks_from(3000, sizes(16, 41));
     let hashes = put_all(&client, &blocks).await;
     check_all(&client, &blocks, &hashes).await;
     let least: u64 = blocks.iter().map(|&(_, l)| l as u64).sum();
@@ -214,11 +215,7 @@ async fn fragments_go_by_raw_appends_or_by_grpc_as_configured() {
     cluster.opts.frontend_extra = "raw_appends = false".into();
     cluster.start_frontend().unwrap();
     let client = cluster.client().await.unwrap();
-    let more: Vec<(u64, usize)> = sizes(16, 43)
-        .into_iter()
-        .enumerate()
-        .map(|(i, l)| (4000 + i as u64, l))
-        .collect();
+    let more = blocks_from(4000, sizes(16, 43));
     let more_hashes = put_all(&client, &more).await;
     check_all(&client, &more, &more_hashes).await;
     check_all(&client, &blocks, &hashes).await;
@@ -236,11 +233,7 @@ async fn fragments_go_by_raw_appends_or_by_grpc_as_configured() {
 async fn reads_and_writes_survive_a_killed_volume_server() {
     let mut cluster = start(ClusterOpts::default());
     let client = cluster.client().await.unwrap();
-    let blocks: Vec<(u64, usize)> = sizes(60, 11)
-        .into_iter()
-        .enumerate()
-        .map(|(i, l)| (1000 + i as u64, l))
-        .collect();
+    let blocks = blocks_from(1000, sizes(60, 11));
     let hashes = put_all(&client, &blocks).await;
 
     // 4 servers x 3 disks with RS 6+3: placement puts at most 3 (= m) members of a volume on one server.
@@ -286,11 +279,7 @@ async fn direct_reads_decode_from_parity_when_members_are_lost() {
         ..ClusterOpts::default()
     });
     let client = cluster.client().await.unwrap();
-    let blocks: Vec<(u64, usize)> = sizes(40, 21)
-        .into_iter()
-        .enumerate()
-        .map(|(i, l)| (7000 + i as u64, l))
-        .collect();
+    let blocks = blocks_from(7000, sizes(40, 21));
     let hashes = put_all(&client, &blocks).await;
 
     cluster.kill_volume(2);

@@ -480,57 +480,40 @@ mod tests {
         append_fragment(&mut s, &at(0), &frag).await.unwrap();
         assert_eq!(extent.records(), 1);
 
-        let m = refused(
-            append_fragment(
-                &mut s,
-                &RawAppend {
+        let refusals = [
+            (
+                RawAppend {
                     epoch: 0,
                     ..at(8192)
                 },
-                &frag,
-            )
-            .await,
-        );
-        assert!(
-            m.contains("fenced at epoch 1; request carried epoch 0"),
-            "{m}"
-        );
-        let m = refused(
-            append_fragment(
-                &mut s,
-                &RawAppend {
+                "fenced at epoch 1; request carried epoch 0",
+            ),
+            (
+                RawAppend {
                     crcs: vec![0, crc ^ 1, 0],
                     ..at(8192)
                 },
-                &frag,
-            )
-            .await,
-        );
-        assert!(m.contains("does not match its crc32c"), "{m}");
-        let m = refused(
-            append_fragment(
-                &mut s,
-                &RawAppend {
+                "does not match its crc32c",
+            ),
+            (
+                RawAppend {
                     volume: 99,
                     ..at(8192)
                 },
-                &frag,
-            )
-            .await,
-        );
-        assert!(m.contains("no extent for volume 99 member 1"), "{m}");
-        let m = refused(
-            append_fragment(
-                &mut s,
-                &RawAppend {
+                "no extent for volume 99 member 1",
+            ),
+            (
+                RawAppend {
                     crcs: vec![crc],
                     ..at(8192)
                 },
-                &frag,
-            )
-            .await,
-        );
-        assert!(m.contains("record has 1 crcs, volume has 3 members"), "{m}");
+                "record has 1 crcs, volume has 3 members",
+            ),
+        ];
+        for (req, why) in refusals {
+            let m = refused(append_fragment(&mut s, &req, &frag).await);
+            assert!(m.contains(why), "{m}");
+        }
         assert_eq!(extent.records(), 1, "a refused append wrote a record");
 
         // The connection is still in step: another append, then both fragments read back.
