@@ -356,6 +356,20 @@ mod tests {
         (store, extent)
     }
 
+    /// Serves `store` on a loopback port with `limits`: the address, and the stream of connections
+    /// handed to gRPC (accepting stops when it is dropped).
+    async fn serve_on_loopback(
+        store: &Arc<VolumeStore>,
+        limits: Limits,
+    ) -> (
+        std::net::SocketAddr,
+        ReceiverStream<std::io::Result<TcpStream>>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        (addr, incoming_with(listener, Arc::clone(store), limits))
+    }
+
     fn refused(r: Result<(), RawError>) -> String {
         match r {
             Err(RawError::Refused(m)) => m,
@@ -377,9 +391,7 @@ mod tests {
         };
         extent.append(1, 1, record, frag.clone()).await.unwrap();
 
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut grpc = incoming(listener, Arc::clone(&store));
+        let (addr, mut grpc) = serve_on_loopback(&store, Limits::default()).await;
         let mut s = TcpStream::connect(addr).await.unwrap();
         let read = RawRead {
             volume: 5,
@@ -458,9 +470,7 @@ mod tests {
         use hoard_proto::raw::{RawAppend, append_fragment, read_fragment};
         let dir = tempfile::tempdir().unwrap();
         let (store, extent) = store_with_extent(dir.path());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let _grpc = incoming(listener, Arc::clone(&store));
+        let (addr, _grpc) = serve_on_loopback(&store, Limits::default()).await;
         let mut s = TcpStream::connect(addr).await.unwrap();
 
         // Page-sized, so that it takes the O_DIRECT path from the buffer it was read into.
@@ -546,9 +556,7 @@ mod tests {
         use hoard_proto::raw::{RawAppend, append_fragment};
         let dir = tempfile::tempdir().unwrap();
         let (store, extent) = store_with_extent(dir.path());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let _grpc = incoming(listener, Arc::clone(&store));
+        let (addr, _grpc) = serve_on_loopback(&store, Limits::default()).await;
         let mut s = TcpStream::connect(addr).await.unwrap();
         extent.fail("the disk went away".into());
         let frag = Bytes::from(vec![3u8; 4096]);
@@ -578,9 +586,7 @@ mod tests {
             connections: 1,
             append_bytes: APPEND_UNIT,
         };
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let _grpc = incoming_with(listener, Arc::clone(&store), limits);
+        let (addr, _grpc) = serve_on_loopback(&store, limits).await;
 
         // A fragment four times the append budget still goes in: it waits for all of the budget.
         let frag = Bytes::from(vec![8u8; 4 * APPEND_UNIT]);
