@@ -209,6 +209,9 @@ async fn fragments_go_by_raw_appends_or_by_grpc_as_configured() {
         "{all} bytes appended for {least} bytes of blocks"
     );
     assert_eq!(raw, all, "by default every fragment goes by a raw append");
+    // The frontend keeps its raw connections for the next puts; the volume servers count them.
+    let open = cluster.volume_counter("hoard_volume_raw_connections").await;
+    assert!(open > 0, "no raw connection counted as served");
 
     // The same cell with a frontend told to append over gRPC.
     cluster.kill_frontend();

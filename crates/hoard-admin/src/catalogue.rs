@@ -95,6 +95,16 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Fragment bytes of those appended by raw appends (no gRPC).",
     ),
     (
+        "hoard_volume_raw_connections",
+        Gauge,
+        "Raw fragment connections being served (at most 1024; more wait for a slot).",
+    ),
+    (
+        "hoard_volume_raw_waits_total",
+        Counter,
+        "Raw requests that waited for room: label `for` is `connection` (connection slots) or `append_memory` (the 256 MiB of appended fragments in memory).",
+    ),
+    (
         "hoard_volume_fragment_crc_failures_total",
         Counter,
         "Fragment reads that failed their crc32c.",

@@ -98,9 +98,16 @@ pub fn incoming_with(
                 let mut first = [0u8; 1];
                 match tokio::time::timeout(IDLE, stream.peek(&mut first)).await {
                     Ok(Ok(1)) if raw::is_raw(first[0]) => {
+                        if shared.connections.available_permits() == 0 {
+                            metrics::counter!("hoard_volume_raw_waits_total", "for" => "connection")
+                                .increment(1);
+                        }
                         let slot = Arc::clone(&shared.connections).acquire_owned();
                         if let Ok(Ok(_slot)) = tokio::time::timeout(IDLE, slot).await {
+                            let gauge = metrics::gauge!("hoard_volume_raw_connections");
+                            gauge.increment(1.0);
                             serve(&shared, stream).await;
+                            gauge.decrement(1.0);
                         }
                     }
                     Ok(Ok(1)) => {
@@ -210,6 +217,9 @@ async fn append(shared: &Shared, stream: &mut TcpStream, req: RawAppend) -> bool
     let units = (req.frag_len as usize)
         .div_ceil(APPEND_UNIT)
         .min(shared.max_units as usize) as u32;
+    if (shared.append_units.available_permits() as u32) < units {
+        metrics::counter!("hoard_volume_raw_waits_total", "for" => "append_memory").increment(1);
+    }
     let Ok(_room) = shared.append_units.acquire_many(units).await else {
         return false;
     };
