@@ -380,6 +380,21 @@ mod tests {
         (addr, incoming_with(listener, Arc::clone(store), limits))
     }
 
+    /// An append of `frag` at `offset` to the extent of [`store_with_extent`], under its epoch.
+    fn append_of(frag: &[u8], offset: u64) -> hoard_proto::raw::RawAppend {
+        hoard_proto::raw::RawAppend {
+            volume: 5,
+            member: 1,
+            generation: 1,
+            epoch: 1,
+            hash: *BlockHash::of(&offset.to_le_bytes()).as_bytes(),
+            offset,
+            frag_len: frag.len() as u32,
+            block_len: 2 * frag.len() as u32,
+            crcs: vec![0, crc32c::crc32c(frag), 0],
+        }
+    }
+
     fn refused(r: Result<(), RawError>) -> String {
         match r {
             Err(RawError::Refused(m)) => m,
@@ -486,17 +501,7 @@ mod tests {
         // Page-sized, so that it takes the O_DIRECT path from the buffer it was read into.
         let frag: Bytes = (0..16 * 4096u32).map(|i| (i % 249) as u8).collect();
         let crc = crc32c::crc32c(&frag);
-        let at = |offset: u64| RawAppend {
-            volume: 5,
-            member: 1,
-            generation: 1,
-            epoch: 1,
-            hash: *BlockHash::of(&offset.to_le_bytes()).as_bytes(),
-            offset,
-            frag_len: frag.len() as u32,
-            block_len: 2 * frag.len() as u32,
-            crcs: vec![0, crc, 0],
-        };
+        let at = |offset: u64| append_of(&frag, offset);
         append_fragment(&mut s, &at(0), &frag).await.unwrap();
         assert_eq!(extent.records(), 1);
 
@@ -563,24 +568,14 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_append_to_a_failed_extent_answers_unavailable() {
-        use hoard_proto::raw::{RawAppend, append_fragment};
+        use hoard_proto::raw::append_fragment;
         let dir = tempfile::tempdir().unwrap();
         let (store, extent) = store_with_extent(dir.path());
         let (addr, _grpc) = serve_on_loopback(&store, Limits::default()).await;
         let mut s = TcpStream::connect(addr).await.unwrap();
         extent.fail("the disk went away".into());
         let frag = Bytes::from(vec![3u8; 4096]);
-        let req = RawAppend {
-            volume: 5,
-            member: 1,
-            generation: 1,
-            epoch: 1,
-            hash: [7; 32],
-            offset: 0,
-            frag_len: 4096,
-            block_len: 8192,
-            crcs: vec![0, crc32c::crc32c(&frag), 0],
-        };
+        let req = append_of(&frag, 0);
         match append_fragment(&mut s, &req, &frag).await {
             Err(RawError::Unavailable(m)) => assert!(m.contains("the disk went away"), "{m}"),
             other => panic!("expected unavailable, got {other:?}"),
@@ -589,7 +584,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn past_the_limits_connections_and_appends_wait_rather_than_fail() {
-        use hoard_proto::raw::{RawAppend, append_fragment, read_fragment};
+        use hoard_proto::raw::{append_fragment, read_fragment};
         let dir = tempfile::tempdir().unwrap();
         let (store, extent) = store_with_extent(dir.path());
         let limits = Limits {
@@ -600,17 +595,7 @@ mod tests {
 
         // A fragment four times the append budget still goes in: it waits for all of the budget.
         let frag = Bytes::from(vec![8u8; 4 * APPEND_UNIT]);
-        let req = RawAppend {
-            volume: 5,
-            member: 1,
-            generation: 1,
-            epoch: 1,
-            hash: [1; 32],
-            offset: 0,
-            frag_len: frag.len() as u32,
-            block_len: 2 * frag.len() as u32,
-            crcs: vec![0, crc32c::crc32c(&frag), 0],
-        };
+        let req = append_of(&frag, 0);
         let mut first = TcpStream::connect(addr).await.unwrap();
         tokio::time::timeout(
             Duration::from_secs(5),
