@@ -196,13 +196,21 @@ async fn appended(cluster: &Cluster) -> (u64, u64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn fragments_go_by_raw_appends_or_by_grpc_as_configured() {
+async fn blocks_and_fragments_go_by_the_raw_protocol_or_by_grpc_as_configured() {
     let mut cluster = start(ClusterOpts::default());
     let client = cluster.client().await.unwrap();
     let blocks = blocks_from(3000, sizes(16, 41));
     let hashes = put_all(&client, &blocks).await;
     check_all(&client, &blocks, &hashes).await;
     let least: u64 = blocks.iter().map(|&(_, l)| l as u64).sum();
+    // The Rust client puts by the raw protocol on the frontend's port.
+    assert_eq!(
+        cluster
+            .frontend_counter("hoard_frontend_raw_put_bytes_total")
+            .await,
+        least,
+        "block bytes put by the raw protocol"
+    );
     let (all, raw) = appended(&cluster).await;
     assert!(
         all >= least,
@@ -213,11 +221,11 @@ async fn fragments_go_by_raw_appends_or_by_grpc_as_configured() {
     let open = cluster.volume_counter("hoard_volume_raw_connections").await;
     assert!(open > 0, "no raw connection counted as served");
 
-    // The same cell with a frontend told to append over gRPC.
+    // The same cell with a frontend told to append over gRPC, and a client told to put over gRPC.
     cluster.kill_frontend();
     cluster.opts.frontend_extra = "raw_appends = false".into();
     cluster.start_frontend().unwrap();
-    let client = cluster.client().await.unwrap();
+    let client = cluster.client().await.unwrap().with_raw_puts(false);
     let more = blocks_from(4000, sizes(16, 43));
     let more_hashes = put_all(&client, &more).await;
     check_all(&client, &more, &more_hashes).await;
@@ -225,6 +233,19 @@ async fn fragments_go_by_raw_appends_or_by_grpc_as_configured() {
     let more_least: u64 = more.iter().map(|&(_, l)| l as u64).sum();
     let (all2, raw2) = appended(&cluster).await;
     assert_eq!(raw2, raw, "raw appends with raw_appends = false");
+    assert_eq!(
+        cluster
+            .frontend_counter("hoard_frontend_raw_put_bytes_total")
+            .await,
+        0,
+        "raw puts from a client told to put over gRPC"
+    );
+    assert_eq!(
+        cluster
+            .frontend_counter("hoard_frontend_put_bytes_total")
+            .await,
+        more_least
+    );
     assert!(
         all2 - all >= more_least,
         "{} bytes appended over gRPC for {more_least} bytes of blocks",
@@ -262,14 +283,9 @@ async fn reads_and_writes_survive_a_killed_volume_server() {
 
 /// The frontend's count of whole-block reads it served.
 async fn frontend_gets(cluster: &Cluster) -> u64 {
-    let m = cluster
-        .metrics_of(cluster.frontend.as_ref().unwrap())
+    cluster
+        .frontend_counter("hoard_frontend_get_seconds_count")
         .await
-        .unwrap();
-    m.lines()
-        .find_map(|l| l.strip_prefix("hoard_frontend_get_seconds_count "))
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -485,6 +501,32 @@ async fn bad_input_is_refused_with_the_right_status_and_nothing_is_stored() {
     let (code, _) = code_of(client.get_range(&put.hash, 10, 991).await.unwrap_err());
     assert_eq!(code, Code::OutOfRange);
     assert!(cluster.disk_usage() > before);
+
+    // The frontend's port takes raw puts only: a raw read there is named and the connection closed.
+    let fe = cluster.frontend.as_ref().unwrap().addr("frontend");
+    let mut s = tokio::net::TcpStream::connect(fe).await.unwrap();
+    let read = hoard_proto::raw::RawRead {
+        volume: 1,
+        member: 0,
+        generation: 1,
+        offset: 0,
+        len: 10,
+    };
+    let mut buf = bytes::BytesMut::with_capacity(10);
+    match hoard_proto::raw::read_fragment(&mut s, &read, &mut buf).await {
+        Err(hoard_proto::raw::RawError::Protocol(m)) => assert!(m.contains("raw puts only"), "{m}"),
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
+    // A server that does not speak the raw protocol leaves a raw put unanswered: the client puts by
+    // gRPC instead, and that answer is the one it returns (meta serves no BlockStore).
+    let meta = cluster.meta.as_ref().unwrap().addr("meta");
+    let not_a_frontend = Client::connect(&format!("http://{meta}")).await.unwrap();
+    let (code, _) = code_of(not_a_frontend.put(block(4, 1000)).await.unwrap_err());
+    assert_eq!(
+        code,
+        Code::Unimplemented,
+        "the put did not fall back to gRPC"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -95,6 +95,21 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Fragment bytes of those appended by raw appends (no gRPC).",
     ),
     (
+        "hoard_frontend_raw_put_bytes_total",
+        Counter,
+        "Block bytes of those stored by raw puts (the Rust client's path; no gRPC).",
+    ),
+    (
+        "hoard_frontend_raw_connections",
+        Gauge,
+        "Raw put connections being served (at most 1024; more wait for a slot).",
+    ),
+    (
+        "hoard_frontend_raw_waits_total",
+        Counter,
+        "Raw puts that waited for room: label `for` is `connection` (connection slots) or `put_memory` (the 256 MiB of blocks in memory).",
+    ),
+    (
         "hoard_volume_raw_connections",
         Gauge,
         "Raw fragment connections being served (at most 1024; more wait for a slot).",

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use hoard_erasure::Codec;
@@ -54,9 +54,20 @@ pub struct Client {
     volumes: Arc<hoard_proto::VolumeClients>,
     /// Codecs by geometry, for direct reads that need parity.
     codecs: Arc<Mutex<Codecs>>,
-    /// Idle raw-read connections by volume server address.
+    /// Idle raw connections by server address (volume servers for reads, the frontend for puts).
     raw: Arc<hoard_proto::raw::Pool>,
+    /// The frontend's `host:port` for raw puts; `None` when puts go by gRPC only.
+    raw_puts: Option<String>,
+    /// Until when puts go by gRPC because a raw put went unanswered (a frontend that does not speak
+    /// the raw protocol, or a connection that broke).
+    raw_puts_off_until: Arc<Mutex<Option<Instant>>>,
 }
+
+/// How long a raw put may take before the client gives up on it and puts over gRPC.
+const RAW_PUT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long puts go by gRPC after a raw put went unanswered.
+const RAW_PUT_BACKOFF: Duration = Duration::from_secs(60);
 
 impl Client {
     /// Connects to a frontend, e.g. `http://127.0.0.1:7700`.
@@ -66,12 +77,23 @@ impl Client {
             .connect()
             .await
             .map_err(|e| ClientError::Connect(url.to_string(), source_chain(&e)))?;
-        Ok(Self::from_channel(channel))
+        Ok(Self::from_channel(channel, raw_address(&ep)))
     }
 
     /// A client that connects on first use (and reconnects after failures).
     pub fn connect_lazy(url: &str) -> Result<Client, ClientError> {
-        Ok(Self::from_channel(Self::endpoint(url)?.connect_lazy()))
+        let ep = Self::endpoint(url)?;
+        Ok(Self::from_channel(ep.connect_lazy(), raw_address(&ep)))
+    }
+
+    /// With `false`, puts go by gRPC, as from clients in other languages; by default they go by the
+    /// raw protocol on the frontend's port (the block is read straight into the frontend's buffer),
+    /// falling back to gRPC whenever a raw put goes unanswered.
+    pub fn with_raw_puts(mut self, on: bool) -> Client {
+        if !on {
+            self.raw_puts = None;
+        }
+        self
     }
 
     fn endpoint(url: &str) -> Result<Endpoint, ClientError> {
@@ -80,7 +102,7 @@ impl Client {
             .map_err(|e| ClientError::Endpoint(url.to_string(), e.to_string()))
     }
 
-    fn from_channel(channel: Channel) -> Client {
+    fn from_channel(channel: Channel, raw_puts: Option<String>) -> Client {
         Client {
             inner: BlockStoreClient::new(channel)
                 .max_decoding_message_size(hoard_proto::MAX_MESSAGE_BYTES)
@@ -88,6 +110,8 @@ impl Client {
             volumes: Default::default(),
             codecs: Default::default(),
             raw: Default::default(),
+            raw_puts,
+            raw_puts_off_until: Default::default(),
         }
     }
 
@@ -305,6 +329,58 @@ impl Client {
         data: Bytes,
         expected: Option<BlockHash>,
     ) -> Result<Put, ClientError> {
+        if let Some(put) = self.put_raw(&data, expected).await {
+            return put;
+        }
+        self.put_grpc(data, expected).await
+    }
+
+    /// A put by the raw protocol; `None` when it should go by gRPC instead. Sizes out of bounds go by
+    /// gRPC, whose answer names the problem. A put is safe to send twice (blocks are stored by hash),
+    /// so one that went unanswered is sent again by gRPC.
+    async fn put_raw(
+        &self,
+        data: &Bytes,
+        expected: Option<BlockHash>,
+    ) -> Option<Result<Put, ClientError>> {
+        let address = self.raw_puts.as_deref()?;
+        if data.is_empty() || data.len() as u64 > hoard_types::MAX_BLOCK_LEN {
+            return None;
+        }
+        {
+            let mut off = self
+                .raw_puts_off_until
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match *off {
+                Some(until) if Instant::now() < until => return None,
+                Some(_) => *off = None,
+                None => {}
+            }
+        }
+        let req = hoard_proto::raw::RawPut {
+            len: data.len() as u32,
+            expected: expected.map(|h| *h.as_bytes()),
+        };
+        match self.raw.put(address, &req, data, RAW_PUT_TIMEOUT).await {
+            Ok(a) => Some(Ok(Put {
+                hash: BlockHash::from_bytes(a.hash),
+                deduplicated: a.deduplicated,
+            })),
+            Err(hoard_proto::raw::RawError::Failed { code, message }) => Some(Err(
+                tonic::Status::new(tonic::Code::from_i32(i32::from(code)), message).into(),
+            )),
+            Err(_) => {
+                *self
+                    .raw_puts_off_until
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + RAW_PUT_BACKOFF);
+                None
+            }
+        }
+    }
+
+    async fn put_grpc(&self, data: Bytes, expected: Option<BlockHash>) -> Result<Put, ClientError> {
         let mut msgs = Vec::with_capacity(1 + data.len().div_ceil(PUT_CHUNK));
         msgs.push(v1::PutRequest {
             msg: Some(Msg::Header(v1::PutHeader {
@@ -420,4 +496,14 @@ pub fn source_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// Where raw puts go: the frontend's `host:port` of a plain `http://` endpoint (the raw protocol has no
+/// TLS, so `https://` endpoints put by gRPC).
+fn raw_address(ep: &Endpoint) -> Option<String> {
+    let uri = ep.uri();
+    if uri.scheme_str() != Some("http") {
+        return None;
+    }
+    Some(format!("{}:{}", uri.host()?, uri.port_u16().unwrap_or(80)))
 }

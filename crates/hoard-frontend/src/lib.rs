@@ -4,6 +4,7 @@
 
 mod get;
 mod put;
+pub mod raw;
 pub mod service;
 mod watcher;
 mod writer;

@@ -230,7 +230,7 @@ impl BlockStore for BlockStoreService {
 }
 
 /// Logs a failure where it is handled: bad input at debug, the cell's own trouble at warn.
-fn log_failure(op: &str, e: &FrontendError) {
+pub(crate) fn log_failure(op: &str, e: &FrontendError) {
     match e {
         FrontendError::Invalid(_) | FrontendError::NotFound(_) | FrontendError::OutOfRange(_) => {
             tracing::debug!("{op}: {e}")

@@ -2,6 +2,7 @@
 //!
 //! Wire values are validated once, here, on receive: the rest of the code works with `hoard_types`.
 
+pub mod listen;
 pub mod raw;
 
 #[allow(clippy::all, clippy::pedantic)]

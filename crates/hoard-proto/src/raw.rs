@@ -1,5 +1,6 @@
-//! Raw fragment reads and appends: a small binary protocol that shares the volume server's gRPC port,
-//! for the hot paths that move whole fragments.
+//! Raw fragment reads and appends, and raw block puts: a small binary protocol that shares the gRPC port
+//! of the volume server (reads, appends) and of the frontend (puts), for the hot paths that move whole
+//! fragments and blocks.
 //!
 //! gRPC costs a user-space copy on each side of every message (the encoder writes the fragment into its
 //! frame buffer; the decoder gathers HTTP/2 frames into another). Here the bytes are copied once, by the
@@ -10,7 +11,9 @@
 //! The server does not check a read fragment's crc32c on this path; the client checks the whole block
 //! against its BLAKE3 hash, which is the stronger check, and on a mismatch reads again over gRPC, where
 //! every fragment's crc32c is checked and a corrupt one is reported and rewritten. An append is checked
-//! against the crc32c in its record before it is written, as over gRPC.
+//! against the crc32c in its record before it is written, as over gRPC. A put is read straight into the
+//! buffer the frontend hashes and encodes from, and answered as the gRPC `Put` would be (its failures
+//! carry the same gRPC code and message).
 //!
 //! A connection carries one request at a time, in order; all integers are little-endian.
 //!
@@ -19,9 +22,13 @@
 //! append   = APPEND_MAGIC(4) volume(u64) member(u32) generation(u64) epoch(u64)
 //!            hash(32) offset(u64) frag_len(u32) block_len(u32) width(u16) crcs(u32 x width)
 //!            then frag_len bytes of fragment
-//! response = status(u8) n(u32) then n bytes: the fragment of a read (status 0; an append's is empty)
-//!            or a UTF-8 error (status 1: refused; status 2: the member cannot take writes now;
-//!            status 3: the request was malformed and the server closes the connection)
+//! put      = PUT_MAGIC(4) len(u32) has_expected(u8) expected_hash(32)                      41 bytes
+//!            then len bytes of block (1 B to 4 MiB)
+//! response = status(u8) n(u32) then n bytes: the fragment of a read (status 0; an append's is empty;
+//!            a put's is the block's hash(32) and deduplicated(u8)) or a UTF-8 error (status 1:
+//!            refused; status 2: the member cannot take writes now; status 3: the request was
+//!            malformed and the server closes the connection; status 4: the put failed, and the
+//!            message starts with its gRPC code(u8))
 //! ```
 //!
 //! A gRPC connection starts with the HTTP/2 preface (`PRI * HTTP/2.0`); a raw one with a magic whose
@@ -38,6 +45,8 @@ use tokio::net::TcpStream;
 
 pub const MAGIC: [u8; 4] = [0xF7, b'H', b'F', b'1'];
 pub const APPEND_MAGIC: [u8; 4] = [0xF7, b'H', b'A', b'1'];
+pub const PUT_MAGIC: [u8; 4] = [0xF7, b'H', b'P', b'1'];
+pub const PUT_HEADER_LEN: usize = 4 + 4 + 1 + 32;
 pub const REQUEST_LEN: usize = 36;
 /// An append's header before its crcs.
 const APPEND_FIXED_LEN: usize = 4 + 8 + 4 + 8 + 8 + 32 + 8 + 4 + 4 + 2;
@@ -53,6 +62,8 @@ pub const STATUS_ERROR: u8 = 1;
 pub const STATUS_UNAVAILABLE: u8 = 2;
 /// The request could not be parsed; the server closes the connection after this answer.
 pub const STATUS_MALFORMED: u8 = 3;
+/// The put failed; the message starts with the gRPC code (one byte) it failed with.
+pub const STATUS_FAILED: u8 = 4;
 /// The longest error message a server sends.
 const MAX_ERROR: usize = 4096;
 
@@ -173,11 +184,71 @@ impl RawAppend {
     }
 }
 
-/// A request as the server reads it. An append's fragment bytes follow on the stream.
+/// One block put: `len` bytes of block follow, which must hash to `expected` when it is given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawPut {
+    pub len: u32,
+    pub expected: Option<[u8; 32]>,
+}
+
+impl RawPut {
+    pub fn encode(&self) -> [u8; PUT_HEADER_LEN] {
+        let mut b = [0u8; PUT_HEADER_LEN];
+        b[..4].copy_from_slice(&PUT_MAGIC);
+        b[4..8].copy_from_slice(&self.len.to_le_bytes());
+        if let Some(h) = &self.expected {
+            b[8] = 1;
+            b[9..].copy_from_slice(h);
+        }
+        b
+    }
+
+    pub fn decode(b: &[u8; PUT_HEADER_LEN]) -> Result<RawPut, String> {
+        if b[..4] != PUT_MAGIC {
+            return Err(format!("not a raw put (starts {:02x?})", &b[..4]));
+        }
+        let len = u32::from_le_bytes(b[4..8].try_into().expect("4 bytes"));
+        // Sizes are checked by the client before it sends: a bad one here means the two sides are out
+        // of step, and the block's bytes (if any) cannot be skipped safely.
+        if len == 0 || u64::from(len) > hoard_types::MAX_BLOCK_LEN {
+            return Err(format!(
+                "raw put of {len} bytes: blocks hold 1 to {} bytes",
+                hoard_types::MAX_BLOCK_LEN
+            ));
+        }
+        let expected = match b[8] {
+            0 => None,
+            1 => Some(b[9..].try_into().expect("32 bytes")),
+            f => return Err(format!("raw put: bad expected-hash flag {f}")),
+        };
+        Ok(RawPut { len, expected })
+    }
+}
+
+/// What a put answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PutAnswer {
+    pub hash: [u8; 32],
+    pub deduplicated: bool,
+}
+
+impl PutAnswer {
+    pub fn encode(&self) -> [u8; 5 + 33] {
+        let mut b = [0u8; 5 + 33];
+        b[..5].copy_from_slice(&ok_header(33));
+        b[5..37].copy_from_slice(&self.hash);
+        b[37] = u8::from(self.deduplicated);
+        b
+    }
+}
+
+/// A request as the server reads it. An append's fragment bytes and a put's block follow on the
+/// stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
     Read(RawRead),
     Append(RawAppend),
+    Put(RawPut),
 }
 
 /// Fills `b`; `false` when the peer closed the connection before its first byte.
@@ -211,6 +282,12 @@ pub async fn read_request<R: AsyncRead + Unpin>(
         r.read_exact(&mut b[4..]).await?;
         return Ok(Some(RawRead::decode(&b).map(Request::Read)));
     }
+    if magic == PUT_MAGIC {
+        let mut b = [0u8; PUT_HEADER_LEN];
+        b[..4].copy_from_slice(&magic);
+        r.read_exact(&mut b[4..]).await?;
+        return Ok(Some(RawPut::decode(&b).map(Request::Put)));
+    }
     if magic != APPEND_MAGIC {
         return Ok(Some(Err(format!(
             "not a raw request (starts {magic:02x?})"
@@ -243,6 +320,26 @@ pub async fn write_error<W: AsyncWrite + Unpin>(w: &mut W, msg: &str) -> std::io
     write_failure(w, STATUS_ERROR, msg).await
 }
 
+/// Answers a put that failed with gRPC code `code`.
+pub async fn write_put_failure<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    code: u8,
+    msg: &str,
+) -> std::io::Result<()> {
+    let mut end = msg.len().min(MAX_ERROR - 1);
+    while !msg.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut body = Vec::with_capacity(1 + end);
+    body.push(code);
+    body.extend_from_slice(&msg.as_bytes()[..end]);
+    let mut out = Vec::with_capacity(5 + body.len());
+    out.push(STATUS_FAILED);
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    w.write_all(&out).await
+}
+
 /// Answers with a failure of the given status (`STATUS_ERROR` or `STATUS_UNAVAILABLE`).
 pub async fn write_failure<W: AsyncWrite + Unpin>(
     w: &mut W,
@@ -271,6 +368,9 @@ pub enum RawError {
     /// The member cannot take writes now (its extent or disk failed); the connection stays usable.
     #[error("volume server: {0}")]
     Unavailable(String),
+    /// The put failed with this gRPC code and message; the connection stays usable.
+    #[error("{message}")]
+    Failed { code: u8, message: String },
     /// The two sides disagree on the protocol (a malformed request or answer); the connection is
     /// dropped.
     #[error("raw request: {0}")]
@@ -280,7 +380,10 @@ pub enum RawError {
 impl RawError {
     /// The server answered: the connection is in step for the next request.
     fn answered(&self) -> bool {
-        matches!(self, RawError::Refused(_) | RawError::Unavailable(_))
+        matches!(
+            self,
+            RawError::Refused(_) | RawError::Unavailable(_) | RawError::Failed { .. }
+        )
     }
 }
 
@@ -299,6 +402,14 @@ async fn read_status<S: AsyncRead + Unpin>(s: &mut S) -> Result<u32, RawError> {
                 RawError::Refused(msg)
             } else {
                 RawError::Unavailable(msg)
+            })
+        }
+        STATUS_FAILED if (1..=MAX_ERROR).contains(&(n as usize)) => {
+            let mut msg = vec![0u8; n as usize];
+            s.read_exact(&mut msg).await?;
+            Err(RawError::Failed {
+                code: msg[0],
+                message: String::from_utf8_lossy(&msg[1..]).into_owned(),
             })
         }
         STATUS_MALFORMED if n as usize <= MAX_ERROR => {
@@ -371,6 +482,36 @@ pub async fn append_fragment<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// Sends one put, the header and the block in one vectored write, and waits for the answer: the frontend
+/// answers once the block is durable (or was already stored).
+pub async fn put_block<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    req: &RawPut,
+    block: &Bytes,
+) -> Result<PutAnswer, RawError> {
+    if block.len() != req.len as usize {
+        return Err(RawError::Protocol(format!(
+            "block has {} bytes, the request says {}",
+            block.len(),
+            req.len
+        )));
+    }
+    let mut out = Bytes::copy_from_slice(&req.encode()).chain(block.clone());
+    s.write_all_buf(&mut out).await?;
+    let n = read_status(s).await?;
+    if n != 33 {
+        return Err(RawError::Protocol(format!(
+            "a put is answered with 33 bytes, server sends {n}"
+        )));
+    }
+    let mut b = [0u8; 33];
+    s.read_exact(&mut b).await?;
+    Ok(PutAnswer {
+        hash: b[..32].try_into().expect("32 bytes"),
+        deduplicated: b[32] != 0,
+    })
+}
+
 /// Where a data fragment of a block is read from.
 #[derive(Clone, Copy, Debug)]
 pub struct Source<'a> {
@@ -393,13 +534,13 @@ impl Source<'_> {
     }
 }
 
-/// Idle connections for raw requests, by volume server address.
+/// Idle connections for raw requests, by server address.
 #[derive(Default)]
 pub struct Pool {
     idle: Mutex<HashMap<String, Vec<(TcpStream, Instant)>>>,
 }
 
-/// Idle connections kept per volume server.
+/// Idle connections kept per server.
 const IDLE_PER_SERVER: usize = 32;
 
 /// How long a connection may sit idle in the pool: well under the time after which servers drop silent
@@ -485,6 +626,19 @@ impl Pool {
     ) -> Result<(), RawError> {
         let mut s = self.take(address).await?;
         let r = tokio::time::timeout(timeout, append_fragment(&mut s, req, fragment)).await;
+        self.finish(address, s, r)
+    }
+
+    /// Puts one block on the frontend at `address`; `timeout` bounds the whole request.
+    pub async fn put(
+        &self,
+        address: &str,
+        req: &RawPut,
+        block: &Bytes,
+        timeout: Duration,
+    ) -> Result<PutAnswer, RawError> {
+        let mut s = self.take(address).await?;
+        let r = tokio::time::timeout(timeout, put_block(&mut s, req, block)).await;
         self.finish(address, s, r)
     }
 
@@ -630,6 +784,103 @@ mod tests {
         );
         drop(client);
         srv.await.unwrap();
+    }
+
+    #[test]
+    fn put_headers_round_trip_and_bad_ones_are_named() {
+        for expected in [None, Some([0x5A; 32])] {
+            let p = RawPut {
+                len: 4 << 20,
+                expected,
+            };
+            assert_eq!(RawPut::decode(&p.encode()), Ok(p));
+        }
+        let p = RawPut {
+            len: 1,
+            expected: None,
+        };
+        for (len, says) in [
+            (0, "raw put of 0 bytes"),
+            ((4 << 20) + 1, "blocks hold 1 to"),
+        ] {
+            let err = RawPut::decode(&RawPut { len, ..p }.encode()).unwrap_err();
+            assert!(err.contains(says), "{err}");
+        }
+        let mut b = p.encode();
+        b[8] = 2;
+        assert!(RawPut::decode(&b).unwrap_err().contains("flag 2"));
+        b[0] = b'G';
+        assert!(RawPut::decode(&b).unwrap_err().contains("not a raw put"));
+    }
+
+    #[tokio::test]
+    async fn puts_carry_their_block_and_failures_keep_the_connection_in_step() {
+        let (mut client, mut server) = tokio::io::duplex(1 << 16);
+        let block: Bytes = (0..300_000u32).map(|i| (i % 239) as u8).collect();
+        let srv = tokio::spawn(async move {
+            let mut got = Vec::new();
+            for answer in [true, false] {
+                let Request::Put(p) = read_request(&mut server).await.unwrap().unwrap().unwrap()
+                else {
+                    panic!("expected a put")
+                };
+                let mut body = vec![0u8; p.len as usize];
+                server.read_exact(&mut body).await.unwrap();
+                got.push((p, body));
+                if answer {
+                    let a = PutAnswer {
+                        hash: [7; 32],
+                        deduplicated: true,
+                    };
+                    server.write_all(&a.encode()).await.unwrap();
+                } else {
+                    write_put_failure(
+                        &mut server,
+                        3,
+                        "expected hash 5a5a but the bytes hash to 0707",
+                    )
+                    .await
+                    .unwrap();
+                }
+            }
+            assert!(read_request(&mut server).await.unwrap().is_none());
+            got
+        });
+        let plain = RawPut {
+            len: block.len() as u32,
+            expected: None,
+        };
+        let a = put_block(&mut client, &plain, &block).await.unwrap();
+        assert_eq!(
+            a,
+            PutAnswer {
+                hash: [7; 32],
+                deduplicated: true
+            }
+        );
+        let checked = RawPut {
+            expected: Some([0x5A; 32]),
+            ..plain
+        };
+        match put_block(&mut client, &checked, &block).await {
+            Err(RawError::Failed { code: 3, message }) => {
+                assert_eq!(message, "expected hash 5a5a but the bytes hash to 0707")
+            }
+            other => panic!("expected a failed put, got {other:?}"),
+        }
+        // A block that disagrees with its header is not sent.
+        let short = RawPut { len: 10, ..plain };
+        assert!(matches!(
+            put_block(&mut client, &short, &block).await,
+            Err(RawError::Protocol(_))
+        ));
+        drop(client);
+        let got = srv.await.unwrap();
+        assert_eq!(got.len(), 2);
+        for (i, (p, body)) in got.iter().enumerate() {
+            assert_eq!(*p, [plain, checked][i]);
+            assert!(body[..] == block[..], "put {i} carried other bytes");
+        }
     }
 
     fn sample_append(frag_len: u32) -> RawAppend {

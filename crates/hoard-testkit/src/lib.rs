@@ -369,19 +369,29 @@ impl Cluster {
         Ok(out)
     }
 
+    /// The value of an unlabelled counter (or gauge) of a process's metrics; 0 when it has none.
+    pub async fn counter_of(&self, proc: &Proc, name: &str) -> u64 {
+        let m = self.metrics_of(proc).await.unwrap_or_default();
+        m.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    }
+
     /// A counter of the volume servers' metrics (e.g. `hoard_volume_raw_read_bytes_total`), summed over
     /// the running ones.
     pub async fn volume_counter(&self, name: &str) -> u64 {
         let mut total = 0;
         for p in self.volumes.iter().flatten() {
-            let m = self.metrics_of(p).await.unwrap_or_default();
-            total += m
-                .lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(0);
+            total += self.counter_of(p, name).await;
         }
         total
+    }
+
+    /// A counter of the running frontend's metrics (e.g. `hoard_frontend_raw_put_bytes_total`).
+    pub async fn frontend_counter(&self, name: &str) -> u64 {
+        self.counter_of(self.frontend.as_ref().expect("frontend running"), name)
+            .await
     }
 
     /// Fragment bytes the volume servers sent by raw reads, summed over the running ones.

@@ -7,20 +7,20 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hoard_proto::listen::{self, Budget};
 use hoard_proto::raw::{self, RawAppend, RawRead, Request};
 use hoard_types::BlockHash;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::aligned::AlignedBuf;
 use crate::format::BlockRecord;
 use crate::store::VolumeStore;
 
-/// How long a new connection may stay silent before it is dropped, and how long a raw read may wait for
-/// a client that does not take its bytes.
-const IDLE: Duration = Duration::from_secs(30);
+/// How long a raw read may wait for a client that does not take its bytes, and an append for its
+/// fragment's bytes.
+const IDLE: Duration = listen::IDLE;
 
 /// Bounds on what raw connections may hold at once. Past them, new raw connections and appends wait
 /// (their clients see the back-pressure as a slower answer), so a burst of clients cannot take the
@@ -43,15 +43,10 @@ impl Default for Limits {
     }
 }
 
-/// The unit in which append memory is counted.
-const APPEND_UNIT: usize = 64 << 10;
-
 /// What the raw connections of one listener share.
 struct Shared {
     store: Arc<VolumeStore>,
-    connections: Arc<Semaphore>,
-    append_units: Semaphore,
-    max_units: u32,
+    appends: Budget,
 }
 
 /// Accepts connections on `listener`; raw ones are served here, the others come out of the returned
@@ -69,69 +64,20 @@ pub fn incoming_with(
     store: Arc<VolumeStore>,
     limits: Limits,
 ) -> ReceiverStream<std::io::Result<TcpStream>> {
-    let max_units = limits.append_bytes.div_ceil(APPEND_UNIT).clamp(1, 1 << 24);
+    const WAITS: &str = "hoard_volume_raw_waits_total";
     let shared = Arc::new(Shared {
         store,
-        connections: Arc::new(Semaphore::new(limits.connections.max(1))),
-        append_units: Semaphore::new(max_units),
-        max_units: max_units as u32,
+        appends: Budget::new(limits.append_bytes, WAITS, "append_memory"),
     });
-    let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(c) => c,
-                    Err(e) => {
-                        // Out of descriptors and the like: say so, wait, go on.
-                        tracing::warn!("volume server: accept: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = tx.closed() => return,
-            };
-            let _ = stream.set_nodelay(true);
-            set_keepalive(&stream);
-            let (tx, shared) = (tx.clone(), Arc::clone(&shared));
-            tokio::spawn(async move {
-                let mut first = [0u8; 1];
-                match tokio::time::timeout(IDLE, stream.peek(&mut first)).await {
-                    Ok(Ok(1)) if raw::is_raw(first[0]) => {
-                        if shared.connections.available_permits() == 0 {
-                            metrics::counter!("hoard_volume_raw_waits_total", "for" => "connection")
-                                .increment(1);
-                        }
-                        let slot = Arc::clone(&shared.connections).acquire_owned();
-                        if let Ok(Ok(_slot)) = tokio::time::timeout(IDLE, slot).await {
-                            let gauge = metrics::gauge!("hoard_volume_raw_connections");
-                            gauge.increment(1.0);
-                            serve(&shared, stream).await;
-                            gauge.decrement(1.0);
-                        }
-                    }
-                    Ok(Ok(1)) => {
-                        let _ = tx.send(Ok(stream)).await;
-                    }
-                    _ => {}
-                }
-            });
-        }
-    });
-    ReceiverStream::new(rx)
-}
-
-fn set_keepalive(s: &TcpStream) {
-    let on: libc::c_int = 1;
-    let idle: libc::c_int = 60;
-    // SAFETY: setsockopt on a socket this process owns, with pointers to live c_ints of the right size.
-    unsafe {
-        let fd = s.as_raw_fd();
-        let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        let p = |v: &libc::c_int| v as *const libc::c_int as *const libc::c_void;
-        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, p(&on), len);
-        libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, p(&idle), len);
-    }
+    let raw = listen::RawListener {
+        connections: limits.connections,
+        connections_gauge: "hoard_volume_raw_connections",
+        waits_counter: WAITS,
+    };
+    listen::split_incoming(listener, raw, move |stream| {
+        let shared = Arc::clone(&shared);
+        async move { serve(&shared, stream).await }
+    })
 }
 
 /// Serves raw requests on one connection until the client closes it or something goes wrong mid-answer.
@@ -158,6 +104,11 @@ async fn serve(shared: &Shared, mut stream: TcpStream) {
                 if !append(shared, &mut stream, req).await {
                     return;
                 }
+            }
+            Request::Put(_) => {
+                let why = "blocks are put on a frontend, not a volume server";
+                let _ = raw::write_failure(&mut stream, raw::STATUS_MALFORMED, why).await;
+                return;
             }
         }
     }
@@ -214,13 +165,7 @@ async fn answer(
 
 /// Takes one append's fragment off the stream and writes it; `false` when the connection is done for.
 async fn append(shared: &Shared, stream: &mut TcpStream, req: RawAppend) -> bool {
-    let units = (req.frag_len as usize)
-        .div_ceil(APPEND_UNIT)
-        .min(shared.max_units as usize) as u32;
-    if (shared.append_units.available_permits() as u32) < units {
-        metrics::counter!("hoard_volume_raw_waits_total", "for" => "append_memory").increment(1);
-    }
-    let Ok(_room) = shared.append_units.acquire_many(units).await else {
+    let Some(_room) = shared.appends.room(req.frag_len as usize).await else {
         return false;
     };
     // The fragment goes straight into the buffer that O_DIRECT writes from. It is read off the stream
@@ -479,6 +424,17 @@ mod tests {
             Err(RawError::Io(_))
         ));
 
+        // Blocks are put on frontends: a volume server names that and closes the connection.
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let put = hoard_proto::raw::RawPut {
+            len: 3,
+            expected: None,
+        };
+        match hoard_proto::raw::put_block(&mut s, &put, &Bytes::from_static(b"abc")).await {
+            Err(RawError::Protocol(m)) => assert!(m.contains("put on a frontend"), "{m}"),
+            other => panic!("expected a protocol error, got {other:?}"),
+        }
+
         // A connection that does not start with the magic byte goes to the gRPC server.
         let mut other = TcpStream::connect(addr).await.unwrap();
         other.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
@@ -589,12 +545,12 @@ mod tests {
         let (store, extent) = store_with_extent(dir.path());
         let limits = Limits {
             connections: 1,
-            append_bytes: APPEND_UNIT,
+            append_bytes: listen::UNIT,
         };
         let (addr, _grpc) = serve_on_loopback(&store, limits).await;
 
         // A fragment four times the append budget still goes in: it waits for all of the budget.
-        let frag = Bytes::from(vec![8u8; 4 * APPEND_UNIT]);
+        let frag = Bytes::from(vec![8u8; 4 * listen::UNIT]);
         let req = append_of(&frag, 0);
         let mut first = TcpStream::connect(addr).await.unwrap();
         tokio::time::timeout(

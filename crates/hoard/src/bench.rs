@@ -47,6 +47,10 @@ pub struct BenchArgs {
     /// data member is lost; every block is checked against its BLAKE3 hash.
     #[arg(long)]
     pub direct: bool,
+    /// Put over gRPC, as clients in other languages do; by default this Rust client puts by the raw
+    /// protocol on the frontend's port.
+    #[arg(long)]
+    pub grpc_puts: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -213,6 +217,7 @@ fn report(mode: &str, args: &BenchArgs, tally: Tally, elapsed: Duration) -> serd
         "mode": mode,
         "size": args.size.0,
         "concurrency": args.concurrency,
+        "puts_by": if args.grpc_puts { "grpc" } else { "raw" },
         "ops": lat.len(),
         "errors": tally.errors.load(Ordering::Relaxed),
         "first_error": *tally.first_error.lock(),
@@ -268,7 +273,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let client = Client::connect(&args.ep.endpoint)
         .await
-        .map_err(|e| anyhow!("{e}"))?;
+        .map_err(|e| anyhow!("{e}"))?
+        .with_raw_puts(!args.grpc_puts);
     let source = Arc::new(BlockSource::new(size as usize));
     let mut rows = Vec::new();
 

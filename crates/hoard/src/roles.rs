@@ -290,14 +290,16 @@ pub async fn start_frontend(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let shutdown = stop.wait();
     let f = Arc::clone(&fe);
+    let (incoming, raw_puts) = hoard_frontend::raw::incoming(listener, Arc::clone(&fe));
     let task = tokio::spawn(async move {
         hoard_proto::server()
             .add_service(health)
             .add_service(reflection)
             .add_service(svc)
-            .serve_with_incoming_shutdown(incoming(listener), shutdown)
+            .serve_with_incoming_shutdown(incoming, shutdown)
             .await
             .context("frontend server")?;
+        raw_puts.drain().await;
         // Hand our open volumes back, so that the next frontend can continue them at once.
         f.release_leases().await;
         Ok(())
