@@ -786,6 +786,20 @@ mod tests {
         srv.await.unwrap();
     }
 
+    /// The next request on a test server's stream, and the bytes that follow it (an append's fragment,
+    /// a put's block).
+    async fn next_with_body(server: &mut tokio::io::DuplexStream) -> (Request, Vec<u8>) {
+        let req = read_request(server).await.unwrap().unwrap().unwrap();
+        let n = match &req {
+            Request::Append(a) => a.frag_len,
+            Request::Put(p) => p.len,
+            Request::Read(_) => 0,
+        };
+        let mut body = vec![0u8; n as usize];
+        server.read_exact(&mut body).await.unwrap();
+        (req, body)
+    }
+
     #[test]
     fn put_headers_round_trip_and_bad_ones_are_named() {
         for expected in [None, Some([0x5A; 32])] {
@@ -820,12 +834,9 @@ mod tests {
         let srv = tokio::spawn(async move {
             let mut got = Vec::new();
             for answer in [true, false] {
-                let Request::Put(p) = read_request(&mut server).await.unwrap().unwrap().unwrap()
-                else {
+                let (Request::Put(p), body) = next_with_body(&mut server).await else {
                     panic!("expected a put")
                 };
-                let mut body = vec![0u8; p.len as usize];
-                server.read_exact(&mut body).await.unwrap();
                 got.push((p, body));
                 if answer {
                     let a = PutAnswer {
@@ -905,12 +916,9 @@ mod tests {
         let srv = tokio::spawn(async move {
             let mut got = Vec::new();
             for answer in [None, Some("disk d1 failed")] {
-                let Request::Append(a) = read_request(&mut server).await.unwrap().unwrap().unwrap()
-                else {
+                let (Request::Append(a), body) = next_with_body(&mut server).await else {
                     panic!("expected an append")
                 };
-                let mut body = vec![0u8; a.frag_len as usize];
-                server.read_exact(&mut body).await.unwrap();
                 got.push((a, body));
                 match answer {
                     None => server.write_all(&ok_header(0)).await.unwrap(),
