@@ -360,55 +360,106 @@ async fn direct_reads_decode_from_parity_when_members_are_lost() {
 async fn acknowledged_puts_survive_sigkill_of_the_whole_cell() {
     let mut cluster = start(ClusterOpts::default());
     let client = cluster.client().await.unwrap();
-    let acked = Arc::new(Acked::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let next = Arc::new(AtomicU64::new(0));
-    let mut writers = Vec::new();
-    for _ in 0..6 {
-        let (c, acked, stop, next) = (client.clone(), acked.clone(), stop.clone(), next.clone());
-        writers.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let seed = 10_000 + next.fetch_add(1, Ordering::Relaxed);
-                let len = 1 + (seed as usize * 7919) % (MAX_BLOCK_LEN as usize);
-                if let Ok(put) = c.put(block(seed, len)).await {
-                    acked.push(put.hash, seed, len);
-                }
-            }
-        }));
-    }
-    // Let a good number of puts be acknowledged, then kill everything mid-stream.
-    hoard_testkit::wait_for("40 acknowledged puts", Duration::from_secs(120), || {
-        let n = acked.len();
-        async move { (n >= 40).then_some(()) }
-    })
-    .await
-    .unwrap();
+    let writers = Writers::start(&client, 10_000, 40).await;
+    // Kill everything mid-stream.
     cluster.kill_all();
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        let _ = w.await;
-    }
-    let acked = acked.take();
+    let acked = writers.stop().await;
     assert!(acked.len() >= 40);
 
     cluster.restart_all().unwrap();
     let client = cluster.client().await.unwrap();
-    for (h, (seed, len)) in &acked {
-        let got = client.get(h).await.unwrap_or_else(|e| {
-            panic!(
-                "acknowledged block {h} lost after restart: {e}\n{}",
-                cluster.logs()
-            )
-        });
+    check_acked(&cluster, &client, &acked).await;
+    // The restarted cell takes new writes.
+    let fresh = block(1, 12345);
+    let put = client.put(fresh.clone()).await.unwrap();
+    assert_eq!(client.get(&put.hash).await.unwrap(), fresh);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frontend_stopped_under_raw_puts_exits_cleanly_and_loses_no_acknowledged_block() {
+    let mut cluster = start(ClusterOpts::default());
+    let client = cluster.client().await.unwrap();
+    let writers = Writers::start(&client, 20_000, 30).await;
+    assert!(
+        cluster
+            .frontend_counter("hoard_frontend_raw_put_bytes_total")
+            .await
+            > 0,
+        "the writers' puts did not go by the raw protocol"
+    );
+    // SIGTERM with raw puts in flight: the frontend stops taking them, answers those under way, hands
+    // its volumes back and exits.
+    let mut fe = cluster.frontend.take().unwrap();
+    let status = tokio::task::block_in_place(|| fe.terminate()).unwrap();
+    assert!(status.success(), "the frontend exited with {status:?}");
+    let acked = writers.stop().await;
+    assert!(acked.len() >= 30);
+
+    cluster.start_frontend().unwrap();
+    let client = cluster.client().await.unwrap();
+    check_acked(&cluster, &client, &acked).await;
+}
+
+/// Writers putting blocks of seeded random sizes until stopped, remembering what was acknowledged.
+struct Writers {
+    acked: Arc<Acked>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Writers {
+    /// Six writers, seeds from `first_seed`; returns once `at_least` puts were acknowledged.
+    async fn start(client: &Client, first_seed: u64, at_least: usize) -> Writers {
+        let acked = Arc::new(Acked::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let next = Arc::new(AtomicU64::new(first_seed));
+        let tasks = (0..6)
+            .map(|_| {
+                let (c, acked, stop, next) =
+                    (client.clone(), acked.clone(), stop.clone(), next.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let seed = next.fetch_add(1, Ordering::Relaxed);
+                        let len = 1 + (seed as usize * 7919) % (MAX_BLOCK_LEN as usize);
+                        if let Ok(put) = c.put(block(seed, len)).await {
+                            acked.push(put.hash, seed, len);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let what = format!("{at_least} acknowledged puts");
+        hoard_testkit::wait_for(&what, Duration::from_secs(120), || {
+            let n = acked.len();
+            async move { (n >= at_least).then_some(()) }
+        })
+        .await
+        .unwrap();
+        Writers { acked, stop, tasks }
+    }
+
+    /// Stops the writers and returns what was acknowledged.
+    async fn stop(self) -> HashMap<BlockHash, (u64, usize)> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.acked.take()
+    }
+}
+
+/// Every acknowledged block reads back byte-exact.
+async fn check_acked(cluster: &Cluster, client: &Client, acked: &HashMap<BlockHash, (u64, usize)>) {
+    for (h, (seed, len)) in acked {
+        let got = client
+            .get(h)
+            .await
+            .unwrap_or_else(|e| panic!("acknowledged block {h} lost: {e}\n{}", cluster.logs()));
         assert!(
             got == block(*seed, *len),
             "acknowledged block {h} came back different"
         );
     }
-    // The restarted cell takes new writes.
-    let fresh = block(1, 12345);
-    let put = client.put(fresh.clone()).await.unwrap();
-    assert_eq!(client.get(&put.hash).await.unwrap(), fresh);
 }
 
 /// Acknowledged puts: hash -> (seed, length) of the bytes.
