@@ -96,8 +96,8 @@ fn set_keepalive(s: &TcpStream) {
 }
 
 /// Bytes that raw requests may hold in memory at once, counted in 64 KiB units. A request waits for
-/// room before its bytes are read off the connection; one larger than the whole budget waits for all
-/// of it.
+/// room before its bytes are read off the connection, in turn (a small request does not overtake a
+/// large one that waits); one larger than the whole budget waits for all of it.
 pub struct Budget {
     units: Semaphore,
     max_units: u32,
@@ -127,5 +127,52 @@ impl Budget {
             metrics::counter!(self.waits_counter, "for" => self.waits_for).increment(1);
         }
         self.units.acquire_many(units).await.ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_budget_makes_requests_wait_in_turn_and_fits_one_larger_than_itself() {
+        let budget = Arc::new(Budget::new(4 * UNIT, "test_waits_total", "memory"));
+        let three = budget.room(3 * UNIT).await.unwrap();
+        // One unit is left: a request for two waits until the first gives its room back.
+        let b = Arc::clone(&budget);
+        let waiting = tokio::spawn(async move {
+            let _two = b.room(2 * UNIT).await.unwrap();
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !waiting.is_finished(),
+            "a request past the budget went ahead"
+        );
+        // Waiting is first come, first served: a small request that would fit queues behind it, so
+        // that large requests are not starved by small ones.
+        let b = Arc::clone(&budget);
+        let small = tokio::spawn(async move {
+            let _one = b.room(1).await.unwrap();
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !small.is_finished(),
+            "a later request went ahead of one waiting"
+        );
+        drop(three);
+        for t in [waiting, small] {
+            tokio::time::timeout(Duration::from_secs(1), t)
+                .await
+                .expect("served once room was given back")
+                .unwrap();
+        }
+        // A request larger than the whole budget takes all of it rather than waiting forever.
+        let all = tokio::time::timeout(Duration::from_secs(1), budget.room(100 * UNIT))
+            .await
+            .expect("a request larger than the budget is not left waiting")
+            .unwrap();
+        assert_eq!(budget.units.available_permits(), 0);
+        drop(all);
+        assert_eq!(budget.units.available_permits(), 4);
     }
 }
