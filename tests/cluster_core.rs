@@ -288,8 +288,21 @@ async fn frontend_gets(cluster: &Cluster) -> u64 {
         .await
 }
 
+/// Reads every block back, one at a time, directly from the volume servers or through the frontend.
+async fn read_back(client: &Client, blocks: &[(u64, usize)], hashes: &[BlockHash], direct: bool) {
+    for (&(seed, len), h) in blocks.iter().zip(hashes) {
+        let got = if direct {
+            client.get_direct(h).await
+        } else {
+            client.get(h).await
+        };
+        let got = got.unwrap_or_else(|e| panic!("get {h} ({len} B, direct: {direct}): {e}"));
+        assert!(got == block(seed, len), "block {h} of {len} B differs");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn direct_reads_decode_from_parity_when_members_are_lost() {
+async fn direct_and_frontend_reads_decode_from_parity_when_members_are_lost() {
     let mut cluster = start(ClusterOpts {
         heartbeat_grace: "2s".into(),
         repair: false,
@@ -323,13 +336,7 @@ async fn direct_reads_decode_from_parity_when_members_are_lost() {
     let all_before = cluster
         .volume_counter("hoard_volume_read_bytes_total")
         .await;
-    for (&(seed, len), h) in blocks.iter().zip(&hashes) {
-        let got = client
-            .get_direct(h)
-            .await
-            .unwrap_or_else(|e| panic!("direct get {h} ({len} B): {e}"));
-        assert!(got == block(seed, len), "block {h} of {len} B differs");
-    }
+    read_back(&client, &blocks, &hashes, true).await;
     assert_eq!(
         frontend_gets(&cluster).await,
         before,
@@ -351,9 +358,29 @@ async fn direct_reads_decode_from_parity_when_members_are_lost() {
         all, raw,
         "fragments read over gRPC: the raw path's decode did not produce the blocks"
     );
-    // The count moves when the frontend does serve a read.
-    client.get(&hashes[0]).await.unwrap();
-    assert_eq!(frontend_gets(&cluster).await, before + 1);
+    // The frontend's whole-block reads take the same path: fragments by raw reads, parity rebuilt in
+    // place, nothing over gRPC.
+    let (raw_before, all_before) = (raw + raw_before, all + all_before);
+    read_back(&client, &blocks, &hashes, false).await;
+    // The count moves when the frontend serves reads.
+    assert_eq!(frontend_gets(&cluster).await, before + blocks.len() as u64);
+    let raw = cluster.raw_read_bytes().await - raw_before;
+    let all = cluster
+        .volume_counter("hoard_volume_read_bytes_total")
+        .await
+        - all_before;
+    assert!(raw >= least, "raw reads sent {raw} bytes for {least} bytes");
+    assert_eq!(
+        all, raw,
+        "fragments read over gRPC: the frontend's rebuild in place did not produce the blocks"
+    );
+    assert!(
+        cluster
+            .frontend_counter("hoard_frontend_degraded_reads_total")
+            .await
+            > 0,
+        "no read needed parity: the test lost no data member"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

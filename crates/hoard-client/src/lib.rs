@@ -173,53 +173,24 @@ impl Client {
                 });
             }
         }
-        let block = if healthy[..k].iter().all(Option::is_some) {
-            let sources: Vec<_> = healthy[..k].iter().flatten().copied().collect();
-            self.raw
-                .read_block(loc.volume, loc.offset, frag_len, block_len, &sources)
-                .await?
-        } else {
-            // Data fragments straight into their places in the block, one parity fragment per missing
-            // one beside it; the missing ones are rebuilt where they belong.
-            let data = &healthy[..k];
-            let missing = data.iter().filter(|s| s.is_none()).count();
-            let parity: Vec<_> = healthy[k..]
-                .iter()
-                .flatten()
-                .copied()
-                .take(missing)
-                .collect();
-            if parity.len() < missing {
-                return None;
-            }
-            let parity_reads = parity.iter().map(|s| {
-                let req = s.read_of(loc.volume, loc.offset, frag_len as u32);
-                async move {
-                    let mut buf = BytesMut::with_capacity(frag_len);
-                    self.raw.read(s.address, req, &mut buf).await.ok()?;
-                    Some((s.member as usize, buf))
-                }
-            });
-            let (block, parity) = tokio::join!(
-                self.raw.read_places(loc.volume, loc.offset, frag_len, data),
-                futures::future::join_all(parity_reads)
-            );
-            let mut block = block?;
-            let mut parity: Vec<(usize, BytesMut)> = parity.into_iter().collect::<Option<_>>()?;
-            let present: Vec<bool> = data.iter().map(Option::is_some).collect();
-            let codec = self.codec(loc.k, loc.m)?;
-            tokio::task::spawn_blocking(move || {
-                let mut views: Vec<(usize, &mut [u8])> =
-                    parity.iter_mut().map(|(i, p)| (*i, &mut p[..])).collect();
-                codec
-                    .rebuild_data_in_place(&mut block, &present, &mut views)
-                    .ok()?;
-                block.truncate(block_len);
-                Some(block.freeze())
-            })
-            .await
-            .ok()??
-        };
+        // Data fragments straight into their places in the block; when a data member is not healthy,
+        // one parity fragment per missing one beside it, and the missing ones rebuilt where they
+        // belong.
+        let codec = self.codec(loc.k, loc.m)?;
+        let block = self
+            .raw
+            .read_whole(
+                loc.volume,
+                loc.offset,
+                frag_len,
+                block_len,
+                k,
+                &healthy,
+                move |block, present, parity| {
+                    codec.rebuild_block(block, present, parity, block_len).ok()
+                },
+            )
+            .await?;
         let expected = *hash;
         tokio::task::spawn_blocking(move || {
             (BlockHash::from_bytes(*blake3::hash(&block).as_bytes()) == expected).then_some(block)
@@ -434,6 +405,26 @@ impl Client {
         offset: u64,
         length: u64,
     ) -> Result<Bytes, ClientError> {
+        let mut parts = self.get_parts(hash, offset, length).await?;
+        if parts.len() == 1 {
+            return Ok(parts.pop().expect("one part"));
+        }
+        let mut out = BytesMut::with_capacity(parts.iter().map(|p| p.len()).sum());
+        for p in parts {
+            out.extend_from_slice(&p);
+        }
+        Ok(out.freeze())
+    }
+
+    /// [`Client::get_raw`] without joining the bytes into one buffer: the parts in order, as the
+    /// frontend's messages carried them (at most 1 MiB each, so that gRPC clients with the usual 4 MiB
+    /// message limit can read any block), for callers that write them out with vectored I/O.
+    pub async fn get_parts(
+        &self,
+        hash: &str,
+        offset: u64,
+        length: u64,
+    ) -> Result<Vec<Bytes>, ClientError> {
         let mut stream = self
             .inner
             .clone()
@@ -448,14 +439,7 @@ impl Client {
         while let Some(msg) = stream.next().await {
             parts.push(msg?.data);
         }
-        if parts.len() == 1 {
-            return Ok(parts.pop().expect("one part"));
-        }
-        let mut out = BytesMut::with_capacity(parts.iter().map(|p| p.len()).sum());
-        for p in parts {
-            out.extend_from_slice(&p);
-        }
-        Ok(out.freeze())
+        Ok(parts)
     }
 
     pub async fn stat(&self, hash: &str) -> Result<v1::StatResponse, ClientError> {

@@ -149,6 +149,23 @@ impl Codec {
         }
     }
 
+    /// [`Codec::rebuild_data_in_place`] for a block read into `block` (its `k` data fragments' places,
+    /// `k * frag_len` bytes) with parity fragments in buffers of their own (by member index); the block
+    /// comes back cut to `block_len`.
+    pub fn rebuild_block(
+        &self,
+        mut block: BytesMut,
+        present: &[bool],
+        parity: &mut [(usize, BytesMut)],
+        block_len: usize,
+    ) -> Result<Bytes, ErasureError> {
+        let mut views: Vec<(usize, &mut [u8])> =
+            parity.iter_mut().map(|(i, p)| (*i, &mut p[..])).collect();
+        self.rebuild_data_in_place(&mut block, present, &mut views)?;
+        block.truncate(block_len);
+        Ok(block.freeze())
+    }
+
     /// Rebuilds the missing data fragments of one block in place. `data` holds the `k` data fragments
     /// back to back; those with `present[i]` hold their bytes, the others are overwritten. `parity`
     /// gives parity fragments by member index (`k..k+m`), at least one per missing data fragment. No

@@ -152,15 +152,18 @@ impl Frontend {
         Ok((bytes, loc.block_len))
     }
 
-    /// A whole block by raw reads of its data fragments, when every data member is healthy; `None`
-    /// otherwise or when a read fails. Unchecked: the caller compares the block with its hash.
+    /// A whole block by raw reads: its data fragments straight into their places in one buffer and,
+    /// when a data member is not healthy, one parity fragment per missing one, the missing ones rebuilt
+    /// in place (no gRPC gather, no decode copies). `None` when a read fails. Unchecked: the caller
+    /// compares the block with its hash.
     async fn read_whole_raw(&self, located: &Located) -> Option<Bytes> {
         let (vol, loc) = (&located.volume, &located.location);
         let k = vol.k as usize;
-        if vol.members.len() < k || loc.frag_len > u64::from(u32::MAX) {
+        if vol.members.len() != k + vol.m as usize || loc.frag_len > u64::from(u32::MAX) {
             return None;
         }
-        let sources: Vec<hoard_proto::raw::Source> = vol.members[..k]
+        let sources: Vec<Option<hoard_proto::raw::Source>> = vol
+            .members
             .iter()
             .enumerate()
             .map(|(i, m)| {
@@ -172,16 +175,28 @@ impl Frontend {
                     },
                 )
             })
-            .collect::<Option<_>>()?;
-        self.raw
-            .read_block(
+            .collect();
+        let block_len = usize::try_from(loc.block_len).ok()?;
+        let codec = self.codec(Geometry::new(vol.k, vol.m).ok()?).ok()?;
+        let degraded = sources[..k].iter().any(Option::is_none);
+        let block = self
+            .raw
+            .read_whole(
                 vol.id,
                 loc.offset,
                 loc.frag_len as usize,
-                usize::try_from(loc.block_len).ok()?,
+                block_len,
+                k,
                 &sources,
+                move |block, present, parity| {
+                    codec.rebuild_block(block, present, parity, block_len).ok()
+                },
             )
-            .await
+            .await?;
+        if degraded {
+            metrics::counter!("hoard_frontend_degraded_reads_total").increment(1);
+        }
+        Some(block)
     }
 
     async fn read_member(

@@ -13,7 +13,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::{Frontend, FrontendError};
 
-/// Bytes per message when streaming a block back.
+/// Bytes per message when streaming a block back: well under the 4 MiB message limit that gRPC clients
+/// have by default, so that any of them can read a whole block without raising it.
 const GET_CHUNK: usize = 1 << 20;
 /// Hashes one FindMissing call may ask about.
 const MAX_FIND_MISSING: usize = 100_000;

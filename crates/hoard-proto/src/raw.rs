@@ -662,6 +662,75 @@ impl Pool {
         Some(block.freeze())
     }
 
+    /// A whole block by raw reads. `sources[i]` is where member `i` (of `k` data and any parity members)
+    /// is read from, `None` for a member that cannot be. When every data member has a source, the
+    /// block is read as [`Pool::read_block`]; otherwise the data fragments that can be read and one
+    /// parity fragment per missing one are handed to `rebuild` (off the async workers) with which data
+    /// fragments are present, and it returns the block. Unchecked: the caller compares the block with
+    /// its hash. `None` when there are too few sources or any read, or the rebuild, fails.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn read_whole<F>(
+        &self,
+        volume: u64,
+        offset: u64,
+        frag_len: usize,
+        block_len: usize,
+        k: usize,
+        sources: &[Option<Source<'_>>],
+        rebuild: F,
+    ) -> Option<Bytes>
+    where
+        F: FnOnce(BytesMut, &[bool], &mut [(usize, BytesMut)]) -> Option<Bytes> + Send + 'static,
+    {
+        if k == 0 || sources.len() < k {
+            return None;
+        }
+        let data = &sources[..k];
+        if data.iter().all(Option::is_some) {
+            let data: Vec<Source> = data.iter().flatten().copied().collect();
+            return self
+                .read_block(volume, offset, frag_len, block_len, &data)
+                .await;
+        }
+        let parity: Vec<Source> = sources[k..].iter().flatten().copied().collect();
+        let (block, mut parity) = self
+            .read_for_rebuild(volume, offset, frag_len, data, &parity)
+            .await?;
+        let present: Vec<bool> = data.iter().map(Option::is_some).collect();
+        tokio::task::spawn_blocking(move || rebuild(block, &present, &mut parity))
+            .await
+            .ok()?
+    }
+
+    /// What rebuilding a block's missing data fragments needs, read at once: the data fragments that have
+    /// a source (`data[i]` for member `i`) into their places in one buffer, as [`Pool::read_places`],
+    /// and one parity fragment per missing one, from the first sources of `parity`, each into its own
+    /// buffer (with its member index). `None` when `parity` has too few sources or any read fails.
+    async fn read_for_rebuild(
+        &self,
+        volume: u64,
+        offset: u64,
+        frag_len: usize,
+        data: &[Option<Source<'_>>],
+        parity: &[Source<'_>],
+    ) -> Option<(BytesMut, Vec<(usize, BytesMut)>)> {
+        let missing = data.iter().filter(|s| s.is_none()).count();
+        if parity.len() < missing || frag_len > MAX_READ as usize {
+            return None;
+        }
+        let parity_reads = parity[..missing].iter().map(|s| async move {
+            let mut buf = BytesMut::with_capacity(frag_len);
+            let req = s.read_of(volume, offset, frag_len as u32);
+            self.read(s.address, req, &mut buf).await.ok()?;
+            Some((s.member as usize, buf))
+        });
+        let (block, parity) = tokio::join!(
+            self.read_places(volume, offset, frag_len, data),
+            futures::future::join_all(parity_reads)
+        );
+        Some((block?, parity.into_iter().collect::<Option<_>>()?))
+    }
+
     /// Reads the data fragments of a block that have a source (`sources[i]` for member `i`, `k` of
     /// them) into one buffer of `k * frag_len` bytes, each straight into its place; the places of the
     /// others are zeroed, for the caller to rebuild in place from parity. `None` when any read fails.

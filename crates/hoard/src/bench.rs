@@ -158,16 +158,15 @@ async fn run_ops(
                     }
                     Op::Get(h) => {
                         let t0 = Instant::now();
-                        // A direct read leaves the block in its fragments' buffers, as a client
-                        // writing it to a file with vectored I/O would.
-                        let r = if direct {
-                            client
-                                .get_direct_parts(&h)
-                                .await
-                                .map(|p| p.iter().map(|b| b.len() as u64).sum())
+                        // Both reads leave the block in the buffers it arrived in (the fragments'
+                        // for a direct read, the messages' through the frontend), as a client writing
+                        // it to a file with vectored I/O would.
+                        let parts = if direct {
+                            client.get_direct_parts(&h).await
                         } else {
-                            client.get(&h).await.map(|b| b.len() as u64)
+                            client.get_parts(&h.to_hex(), 0, 0).await
                         };
+                        let r = parts.map(|p| p.iter().map(|b| b.len() as u64).sum());
                         (t0, r)
                     }
                 };
