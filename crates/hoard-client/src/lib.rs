@@ -163,6 +163,8 @@ impl Client {
         if k == 0 || frag_len == 0 || frag_len > hoard_proto::raw::MAX_READ as usize {
             return None;
         }
+        // The geometry is checked (by building its codec) before anything is sized by it.
+        let codec = self.codec(loc.k, loc.m)?;
         let mut healthy: Vec<Option<hoard_proto::raw::Source>> = vec![None; k + m];
         for s in &loc.members {
             if s.state == "ok" && (s.member as usize) < k + m && !s.address.is_empty() {
@@ -176,7 +178,6 @@ impl Client {
         // Data fragments straight into their places in the block; when a data member is not healthy,
         // one parity fragment per missing one beside it, and the missing ones rebuilt where they
         // belong.
-        let codec = self.codec(loc.k, loc.m)?;
         let block = self
             .raw
             .read_whole(
@@ -341,7 +342,10 @@ impl Client {
             Err(hoard_proto::raw::RawError::Failed { code, message }) => Some(Err(
                 tonic::Status::new(tonic::Code::from_i32(i32::from(code)), message).into(),
             )),
-            Err(_) => {
+            Err(e) => {
+                tracing::warn!(
+                    "raw put to {address} unanswered ({e}); putting by gRPC for a minute"
+                );
                 *self
                     .raw_puts_off_until
                     .lock()

@@ -125,10 +125,13 @@ impl Frontend {
             )));
         }
         let whole = offset == 0 && len == loc.block_len;
-        if whole && let Some(block) = self.read_whole_raw(&located).await {
+        if whole && let Some((block, degraded)) = self.read_whole_raw(&located).await {
             // No crc32c was checked on this path: the hash is the check. A mismatch sends the read to
             // the checked path, which finds the bad fragment, decodes around it and reports it.
             if hash_of(vec![block.clone()]).await? == hash {
+                if degraded {
+                    metrics::counter!("hoard_frontend_degraded_reads_total").increment(1);
+                }
                 metrics::histogram!("hoard_frontend_get_seconds")
                     .record(started.elapsed().as_secs_f64());
                 metrics::counter!("hoard_frontend_get_bytes_total").increment(len);
@@ -155,8 +158,8 @@ impl Frontend {
     /// A whole block by raw reads: its data fragments straight into their places in one buffer and,
     /// when a data member is not healthy, one parity fragment per missing one, the missing ones rebuilt
     /// in place (no gRPC gather, no decode copies). `None` when a read fails. Unchecked: the caller
-    /// compares the block with its hash.
-    async fn read_whole_raw(&self, located: &Located) -> Option<Bytes> {
+    /// compares the block with its hash. With the block comes whether it was rebuilt from parity.
+    async fn read_whole_raw(&self, located: &Located) -> Option<(Bytes, bool)> {
         let (vol, loc) = (&located.volume, &located.location);
         let k = vol.k as usize;
         if vol.members.len() != k + vol.m as usize || loc.frag_len > u64::from(u32::MAX) {
@@ -193,10 +196,7 @@ impl Frontend {
                 },
             )
             .await?;
-        if degraded {
-            metrics::counter!("hoard_frontend_degraded_reads_total").increment(1);
-        }
-        Some(block)
+        Some((block, degraded))
     }
 
     async fn read_member(

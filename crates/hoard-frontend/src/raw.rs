@@ -46,9 +46,9 @@ pub struct RawPuts {
 }
 
 impl RawPuts {
-    /// Stops taking raw puts (connections close before their next request) and waits, up to 30 s, for
-    /// those under way to be answered, so that none is still writing once the frontend gives its
-    /// volumes back.
+    /// Stops taking raw puts (a put not yet being stored is closed unanswered) and waits, up to 30 s,
+    /// for those being stored to be answered, so that none is still writing once the frontend gives
+    /// its volumes back.
     pub async fn drain(&self) {
         self.closing.store(true, Ordering::SeqCst);
         let _ = tokio::time::timeout(listen::IDLE, async {
@@ -111,15 +111,7 @@ async fn serve(puts: &RawPuts, mut stream: TcpStream) {
             };
         let why = match req {
             Ok(Request::Put(req)) => {
-                puts.in_flight.fetch_add(1, Ordering::SeqCst);
-                // Checked after counting the put, so that `drain` either waits for it or it sees
-                // `closing` and goes no further (the client sees the connection close, as gRPC
-                // clients of a stopping frontend do).
-                let served = !puts.closing.load(Ordering::SeqCst)
-                    && put(&puts.fe, &puts.budget, &mut stream, req).await;
-                puts.in_flight.fetch_sub(1, Ordering::SeqCst);
-                puts.done.notify_waiters();
-                if served {
+                if put(puts, &mut stream, req).await {
                     continue;
                 }
                 return;
@@ -136,10 +128,29 @@ async fn serve(puts: &RawPuts, mut stream: TcpStream) {
     }
 }
 
+/// A put being stored, counted for [`RawPuts::drain`] until it is dropped (also when the put panics).
+struct InFlight<'a>(&'a RawPuts);
+
+impl<'a> InFlight<'a> {
+    fn new(puts: &'a RawPuts) -> Self {
+        puts.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(puts)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.done.notify_waiters();
+    }
+}
+
 /// Takes one put's block off the stream, stores it and answers; `false` when the connection is done for.
-async fn put(fe: &Arc<Frontend>, budget: &Budget, stream: &mut TcpStream, req: RawPut) -> bool {
+/// A stopping frontend stores nothing more: it closes the connection unanswered (as gRPC clients of a
+/// stopping frontend see), however long the put waited for room or for its block.
+async fn put(puts: &RawPuts, stream: &mut TcpStream, req: RawPut) -> bool {
     let len = req.len as usize;
-    let Some(_room) = budget.room(len).await else {
+    let Some(_room) = puts.budget.room(len).await else {
         return false;
     };
     // A pooled buffer: a fresh 4 MiB allocation would be faulted in page by page on every put.
@@ -148,8 +159,18 @@ async fn put(fe: &Arc<Frontend>, budget: &Budget, stream: &mut TcpStream, req: R
         Ok(Ok(_)) => {}
         _ => return false,
     }
+    // Counted before `closing` is checked, so that `drain` either waits for this put or the put sees
+    // `closing` and goes no further.
+    let _counted = InFlight::new(puts);
+    if puts.closing.load(Ordering::SeqCst) {
+        return false;
+    }
     let data = hoard_erasure::pool::share(buf);
-    let sent = match fe.put(data, req.expected.map(BlockHash::from_bytes)).await {
+    let sent = match puts
+        .fe
+        .put(data, req.expected.map(BlockHash::from_bytes))
+        .await
+    {
         Ok(out) => {
             metrics::counter!("hoard_frontend_raw_put_bytes_total").increment(len as u64);
             let answer = PutAnswer {

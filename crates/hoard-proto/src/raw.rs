@@ -682,7 +682,7 @@ impl Pool {
     where
         F: FnOnce(BytesMut, &[bool], &mut [(usize, BytesMut)]) -> Option<Bytes> + Send + 'static,
     {
-        if k == 0 || sources.len() < k {
+        if k == 0 || sources.len() < k || block_len > k * frag_len {
             return None;
         }
         let data = &sources[..k];
@@ -902,7 +902,8 @@ mod tests {
         let block: Bytes = (0..300_000u32).map(|i| (i % 239) as u8).collect();
         let srv = tokio::spawn(async move {
             let mut got = Vec::new();
-            for answer in [true, false] {
+            // A failure first: the success after it shows the connection stayed in step.
+            for answer in [false, true] {
                 let (Request::Put(p), body) = next_with_body(&mut server).await else {
                     panic!("expected a put")
                 };
@@ -930,14 +931,6 @@ mod tests {
             len: block.len() as u32,
             expected: None,
         };
-        let a = put_block(&mut client, &plain, &block).await.unwrap();
-        assert_eq!(
-            a,
-            PutAnswer {
-                hash: [7; 32],
-                deduplicated: true
-            }
-        );
         let checked = RawPut {
             expected: Some([0x5A; 32]),
             ..plain
@@ -948,6 +941,14 @@ mod tests {
             }
             other => panic!("expected a failed put, got {other:?}"),
         }
+        let a = put_block(&mut client, &plain, &block).await.unwrap();
+        assert_eq!(
+            a,
+            PutAnswer {
+                hash: [7; 32],
+                deduplicated: true
+            }
+        );
         // A block that disagrees with its header is not sent.
         let short = RawPut { len: 10, ..plain };
         assert!(matches!(
@@ -958,7 +959,7 @@ mod tests {
         let got = srv.await.unwrap();
         assert_eq!(got.len(), 2);
         for (i, (p, body)) in got.iter().enumerate() {
-            assert_eq!(*p, [plain, checked][i]);
+            assert_eq!(*p, [checked, plain][i]);
             assert!(body[..] == block[..], "put {i} carried other bytes");
         }
     }
