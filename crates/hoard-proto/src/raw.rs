@@ -326,18 +326,7 @@ pub async fn write_put_failure<W: AsyncWrite + Unpin>(
     code: u8,
     msg: &str,
 ) -> std::io::Result<()> {
-    let mut end = msg.len().min(MAX_ERROR - 1);
-    while !msg.is_char_boundary(end) {
-        end -= 1;
-    }
-    let mut body = Vec::with_capacity(1 + end);
-    body.push(code);
-    body.extend_from_slice(&msg.as_bytes()[..end]);
-    let mut out = Vec::with_capacity(5 + body.len());
-    out.push(STATUS_FAILED);
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&body);
-    w.write_all(&out).await
+    write_answer(w, STATUS_FAILED, &[code], msg).await
 }
 
 /// Answers with a failure of the given status (`STATUS_ERROR` or `STATUS_UNAVAILABLE`).
@@ -346,15 +335,27 @@ pub async fn write_failure<W: AsyncWrite + Unpin>(
     status: u8,
     msg: &str,
 ) -> std::io::Result<()> {
-    let mut end = msg.len().min(MAX_ERROR);
+    write_answer(w, status, &[], msg).await
+}
+
+/// A failure's answer: the status, then `prefix` and the message, cut (on a character boundary) so
+/// that both fit in [`MAX_ERROR`] bytes.
+async fn write_answer<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    status: u8,
+    prefix: &[u8],
+    msg: &str,
+) -> std::io::Result<()> {
+    let mut end = msg.len().min(MAX_ERROR - prefix.len());
     while !msg.is_char_boundary(end) {
         end -= 1;
     }
-    let msg = &msg.as_bytes()[..end];
-    let mut out = Vec::with_capacity(5 + msg.len());
+    let n = prefix.len() + end;
+    let mut out = Vec::with_capacity(5 + n);
     out.push(status);
-    out.extend_from_slice(&(msg.len() as u32).to_le_bytes());
-    out.extend_from_slice(msg);
+    out.extend_from_slice(&(n as u32).to_le_bytes());
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(&msg.as_bytes()[..end]);
     w.write_all(&out).await
 }
 
@@ -394,31 +395,25 @@ async fn read_status<S: AsyncRead + Unpin>(s: &mut S) -> Result<u32, RawError> {
     let n = u32::from_le_bytes(h[1..].try_into().expect("4 bytes"));
     match h[0] {
         STATUS_OK => Ok(n),
-        st @ (STATUS_ERROR | STATUS_UNAVAILABLE) if n as usize <= MAX_ERROR => {
+        st @ (STATUS_ERROR | STATUS_UNAVAILABLE | STATUS_FAILED | STATUS_MALFORMED)
+            if n as usize <= MAX_ERROR =>
+        {
             let mut msg = vec![0u8; n as usize];
             s.read_exact(&mut msg).await?;
-            let msg = String::from_utf8_lossy(&msg).into_owned();
-            Err(if st == STATUS_ERROR {
-                RawError::Refused(msg)
-            } else {
-                RawError::Unavailable(msg)
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            Err(match (st, msg.split_first()) {
+                (STATUS_ERROR, _) => RawError::Refused(text(&msg)),
+                (STATUS_UNAVAILABLE, _) => RawError::Unavailable(text(&msg)),
+                (STATUS_FAILED, Some((&code, rest))) => RawError::Failed {
+                    code,
+                    message: text(rest),
+                },
+                (STATUS_FAILED, None) => RawError::Protocol("a failed put without its code".into()),
+                _ => RawError::Protocol(format!(
+                    "the server could not parse the request: {}",
+                    text(&msg)
+                )),
             })
-        }
-        STATUS_FAILED if (1..=MAX_ERROR).contains(&(n as usize)) => {
-            let mut msg = vec![0u8; n as usize];
-            s.read_exact(&mut msg).await?;
-            Err(RawError::Failed {
-                code: msg[0],
-                message: String::from_utf8_lossy(&msg[1..]).into_owned(),
-            })
-        }
-        STATUS_MALFORMED if n as usize <= MAX_ERROR => {
-            let mut msg = vec![0u8; n as usize];
-            s.read_exact(&mut msg).await?;
-            Err(RawError::Protocol(format!(
-                "the server could not parse the request: {}",
-                String::from_utf8_lossy(&msg)
-            )))
         }
         st => Err(RawError::Protocol(format!("bad response status {st}"))),
     }
