@@ -25,8 +25,9 @@ for _ in $(seq 1 200); do
   sleep 0.1
 done
 cat "$work/dev.out"
-export HOARD_ENDPOINT=$(sed -n 's/^hoard dev: client endpoint //p' "$work/dev.out")
-admin=$(sed -n 's/^hoard dev: admin on //p' "$work/dev.out")
+# Everything a client needs to reach the cell, as `hoard dev` wrote it.
+. "$data/hoard.env"
+echo "demo: . $data/hoard.env -> HOARD_ENDPOINT=$HOARD_ENDPOINT HOARD_ADMIN=$HOARD_ADMIN"
 
 head -c 4194304 /dev/urandom >"$work/block.bin"
 hash=$("$hoard" put "$work/block.bin")
@@ -43,9 +44,11 @@ echo "demo: uploaded a 10 MiB file as $(wc -l <"$work/file.manifest") blocks"
 cmp "$work/file.bin" "$work/file.back"
 echo "demo: download returned the same 10 MiB"
 echo "demo: missing of a never-stored hash prints it: $("$hoard" missing 0000000000000000000000000000000000000000000000000000000000000000)"
-echo "demo: ok. Admin: $admin/status  $admin/metrics"
+"$hoard" admin volumes
+echo "demo: ok. Admin: $HOARD_ADMIN/status  $HOARD_ADMIN/metrics"
 
 if [ $once -eq 0 ]; then
-  echo "demo: the cell keeps running (data in $data); Ctrl-C stops it"
+  echo "demo: the cell keeps running (data in $data); Ctrl-C stops it. In another shell:"
+  echo "  . $data/hoard.env && $hoard put FILE"
   wait $dev
 fi

@@ -266,3 +266,111 @@ fn config_check_names_the_bad_key() {
         .unwrap();
     assert!(out.status.success());
 }
+
+/// Runs hoard with stdout on a pipe whose reader is already gone, as `hoard ... | head -1` after head
+/// has exited.
+fn hoard_into_closed_pipe(env: &[(&str, String)], args: &[&str]) -> Output {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let mut cmd = Command::new(bin());
+    cmd.args(args).stdout(writer);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run hoard")
+}
+
+#[test]
+fn a_closed_pipe_ends_commands_quietly_and_the_env_file_reaches_the_cell() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut dev = start_dev(&data, &dir.path().join("dev.log"));
+
+    // `hoard dev` writes everything a client needs into DATA/hoard.env; sourcing it is enough.
+    let env_file = data.join("hoard.env");
+    let text = std::fs::read_to_string(&env_file).expect("hoard dev writes DATA/hoard.env");
+    assert!(
+        text.contains(&format!("HOARD_ENDPOINT=http://{}", dev.addr("endpoint"))),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("HOARD_ADMIN=http://{}", dev.addr("admin"))),
+        "{text}"
+    );
+    let file = dir.path().join("one.bin");
+    std::fs::write(&file, block(7, 300_000)).unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "unset HOARD_ENDPOINT HOARD_ADMIN; . '{}' && '{}' put '{}' && '{}' admin disks",
+            env_file.display(),
+            bin().display(),
+            file.display(),
+            bin().display()
+        ))
+        .output()
+        .unwrap();
+    let stdout = ok(&out);
+    let hash = BlockHash::of(&block(7, 300_000)).to_hex();
+    assert!(stdout.starts_with(&hash), "{stdout}");
+    assert!(stdout.contains("DISK"), "{stdout}");
+
+    // Readable output: an RFC 3339 time and a size in units, not milliseconds and bytes.
+    let ep = format!("http://{}", dev.addr("endpoint"));
+    let stat = ok(&hoard(&ep, &["stat", &hash]));
+    let created = stat
+        .lines()
+        .find(|l| l.starts_with("created"))
+        .expect("created line");
+    let year = created.split_whitespace().nth(1).unwrap_or("");
+    assert!(
+        year.len() == "2026-12-02T05:07:31.123Z".len() && year.ends_with('Z') && year.contains('T'),
+        "{stat}"
+    );
+    assert!(stat.contains("293.0 KiB"), "{stat}");
+    let stat_json = ok(&hoard(&ep, &["stat", &hash, "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&stat_json).unwrap();
+    assert!(v["created_unix_ms"].as_u64().unwrap() > 1_700_000_000_000);
+
+    // Every command that writes to stdout ends quietly when its reader has gone: killed by SIGPIPE,
+    // as cat or ls would be, with nothing on stderr.
+    let env = [
+        ("HOARD_ENDPOINT", ep.clone()),
+        ("HOARD_ADMIN", format!("http://{}", dev.addr("admin"))),
+    ];
+    let manifest = dir.path().join("m");
+    std::fs::write(&manifest, format!("{hash}\n")).unwrap();
+    let m = manifest.to_str().unwrap();
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["admin", "disks"],
+        vec!["admin", "status"],
+        vec!["admin", "volumes", "--json"],
+        vec!["get", &hash],
+        vec!["download", m],
+        vec!["stat", &hash],
+        vec![
+            "missing",
+            &hash,
+            "0000000000000000000000000000000000000000000000000000000000000000",
+        ],
+        vec!["bench", "put", "--count", "4", "--size", "4KiB", "--json"],
+        vec!["config", "example", "meta"],
+    ];
+    for args in commands {
+        let out = hoard_into_closed_pipe(&env, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe") && err.trim().is_empty(),
+            "hoard {args:?} on a closed pipe printed: {err}"
+        );
+        assert_eq!(
+            out.status.signal(),
+            Some(13), // SIGPIPE
+            "hoard {args:?} on a closed pipe: {:?}",
+            out.status
+        );
+    }
+    let status = dev.terminate().unwrap();
+    assert!(status.success());
+}

@@ -7,6 +7,7 @@ pub mod catalogue;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -41,15 +42,90 @@ pub fn router(prometheus: Option<PrometheusHandle>, source: Arc<dyn AdminSource>
         .with_state(AppState { prometheus, source })
 }
 
-/// Serves the admin routes on `listener` until `shutdown` completes.
+/// Admin connections served at once; more are closed at once.
+const MAX_CONNECTIONS: usize = 256;
+/// How long a request's head may take to arrive.
+const HEADER_READ: Duration = Duration::from_secs(10);
+/// How long a whole request (its body and the answer) may take.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(60);
+/// The largest request body the admin API reads.
+const MAX_BODY: usize = 64 << 10;
+/// The largest request head.
+const MAX_HEAD: usize = 64 << 10;
+
+/// Serves the admin routes on `listener` until `shutdown` completes. Bounded like the gRPC ports: at
+/// most [`MAX_CONNECTIONS`] connections, a deadline for each request's head and for the whole request,
+/// and caps on head and body sizes, so that slow or idle clients cannot hold the admin port.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let router = router
+        .layer(axum::middleware::from_fn(with_deadline))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY));
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("admin accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            metrics::counter!("hoard_listener_refused_total", "why" => "admin_connections")
+                .increment(1);
+            continue;
+        };
+        let svc = hyper_util::service::TowerToHyperService::new(router.clone());
+        let mut stop = stop_rx.clone();
+        conns.spawn(async move {
+            let _slot = slot;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ)
+                .max_buf_size(MAX_HEAD)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                }
+            }
+        });
+        while conns.try_join_next().is_some() {}
+    }
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(6), async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    Ok(())
+}
+
+/// Answers 503 for a request that takes longer than [`REQUEST_DEADLINE`] (a body that does not come).
+async fn with_deadline(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match tokio::time::timeout(REQUEST_DEADLINE, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the request took longer than {} s\n",
+                REQUEST_DEADLINE.as_secs()
+            ),
+        )
+            .into_response(),
+    }
 }
 
 /// A minimal HTTP/1.1 JSON client: one request per connection.

@@ -218,6 +218,14 @@ impl Client {
         if k == 0 || loc.members.len() != k + m || loc.crcs.len() != k + m {
             return None;
         }
+        // Sizes from the answer are checked before anything is sized or sliced by them.
+        if loc.frag_len == 0
+            || loc.frag_len > hoard_types::MAX_FRAGMENT_LEN
+            || loc.block_len == 0
+            || loc.block_len > (k as u64).saturating_mul(loc.frag_len)
+        {
+            return None;
+        }
         let chosen: Vec<&v1::FragmentSource> = loc
             .members
             .iter()

@@ -312,7 +312,11 @@ impl Codec {
 ///
 /// `first` is the index of the first fragment in `data`; `data` holds consecutive data fragments of
 /// `frag_len` bytes each.
+///
+/// The caller passes a range that [`covering`] accepted and that `data` covers; anything else panics
+/// on the slice bounds rather than returning wrong bytes.
 pub fn slices(data: &[Bytes], first: usize, frag_len: usize, offset: u64, len: u64) -> Vec<Bytes> {
+    assert!(frag_len > 0, "fragments are at least one byte");
     let mut out = Vec::with_capacity(data.len());
     let mut pos = offset as usize - first * frag_len;
     let end = pos + len as usize;
@@ -343,11 +347,16 @@ pub fn assemble(data: &[Bytes], first: usize, frag_len: usize, offset: u64, len:
     join(&slices(data, first, frag_len, offset, len))
 }
 
-/// The data fragment indices `[first, last]` that cover `[offset, offset + len)` of a block.
-pub fn covering(frag_len: u64, offset: u64, len: u64) -> (usize, usize) {
-    let first = offset / frag_len;
-    let last = (offset + len.max(1) - 1) / frag_len;
-    (first as usize, last as usize)
+/// The data fragment indices `[first, last]` that cover `[offset, offset + len)` of a block; `None` for
+/// a zero fragment length or a range whose end does not fit in a `u64`.
+pub fn covering(frag_len: u64, offset: u64, len: u64) -> Option<(usize, usize)> {
+    if frag_len == 0 {
+        return None;
+    }
+    let last_byte = offset.checked_add(len.max(1) - 1)?;
+    let first = usize::try_from(offset / frag_len).ok()?;
+    let last = usize::try_from(last_byte / frag_len).ok()?;
+    Some((first, last))
 }
 
 #[cfg(test)]
@@ -480,10 +489,17 @@ mod tests {
             (123_456, 500_000),
             (999_999, 1),
         ] {
-            let (a, b) = covering(f, off, len);
+            let (a, b) = covering(f, off, len).unwrap();
             let part = assemble(&stripe.fragments[a..=b], a, stripe.frag_len, off, len);
             assert_eq!(&part[..], &block[off as usize..(off + len) as usize]);
         }
+        // Ranges no block has are refused, not wrapped.
+        assert_eq!(covering(f, 2, u64::MAX), None);
+        assert_eq!(covering(0, 0, 1), None);
+        assert_eq!(
+            covering(f, u64::MAX, 1),
+            Some(((u64::MAX / f) as usize, (u64::MAX / f) as usize))
+        );
     }
 
     #[test]

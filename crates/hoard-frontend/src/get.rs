@@ -107,23 +107,7 @@ impl Frontend {
         let started = Instant::now();
         let located = self.locate(&hash).await?;
         let loc = &located.location;
-        if offset >= loc.block_len {
-            return Err(FrontendError::OutOfRange(format!(
-                "offset {offset} is past the end of block {hash} ({} bytes)",
-                loc.block_len
-            )));
-        }
-        let len = if len == 0 {
-            loc.block_len - offset
-        } else {
-            len
-        };
-        if offset + len > loc.block_len {
-            return Err(FrontendError::OutOfRange(format!(
-                "range {offset}+{len} is past the end of block {hash} ({} bytes)",
-                loc.block_len
-            )));
-        }
+        let len = checked_range(&hash, loc.block_len, offset, len)?;
         let whole = offset == 0 && len == loc.block_len;
         if whole && let Some((block, degraded)) = self.read_whole_raw(&located).await {
             // No crc32c was checked on this path: the hash is the check. A mismatch sends the read to
@@ -266,7 +250,13 @@ impl Frontend {
             )));
         }
         let frag_len = loc.frag_len as usize;
-        let (first, last) = hoard_erasure::covering(loc.frag_len, offset, len);
+        let (first, last) = hoard_erasure::covering(loc.frag_len, offset, len)
+            .filter(|&(_, last)| last < k)
+            .ok_or_else(|| {
+                FrontendError::Internal(format!(
+                    "block {hash}: range {offset}+{len} does not fit {k} fragments of {frag_len} bytes"
+                ))
+            })?;
         let mut slots: Vec<Option<Bytes>> = vec![None; width];
         let mut tried = vec![false; width];
         let mut problems: Vec<(usize, Code, String)> = Vec::new();
@@ -395,6 +385,28 @@ impl Frontend {
     }
 }
 
+/// The length of the range `[offset, offset + len)` of a block of `block_len` bytes (`len` 0: to the
+/// end), or `OUT_OF_RANGE` naming the limit. Checked without overflow, whatever the request carries.
+fn checked_range(
+    hash: &BlockHash,
+    block_len: u64,
+    offset: u64,
+    len: u64,
+) -> Result<u64, FrontendError> {
+    if offset >= block_len {
+        return Err(FrontendError::OutOfRange(format!(
+            "offset {offset} is past the end of block {hash} ({block_len} bytes)"
+        )));
+    }
+    let left = block_len - offset;
+    if len > left {
+        return Err(FrontendError::OutOfRange(format!(
+            "range of {len} bytes at offset {offset} is past the end of block {hash} ({block_len} bytes; at most {left} from there)"
+        )));
+    }
+    Ok(if len == 0 { left } else { len })
+}
+
 /// The BLAKE3 of a block given in parts, computed off the async workers.
 async fn hash_of(parts: Vec<Bytes>) -> Result<BlockHash, FrontendError> {
     tokio::task::spawn_blocking(move || {
@@ -406,4 +418,30 @@ async fn hash_of(parts: Vec<Bytes>) -> Result<BlockHash, FrontendError> {
     })
     .await
     .map_err(|e| FrontendError::Internal(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_checked_without_overflow() {
+        let h = BlockHash::of(b"ab");
+        assert_eq!(checked_range(&h, 2, 0, 0).unwrap(), 2);
+        assert_eq!(checked_range(&h, 2, 1, 0).unwrap(), 1);
+        assert_eq!(checked_range(&h, 2, 1, 1).unwrap(), 1);
+        // The request that once wrapped `offset + len` and asked for 2^61 bytes.
+        let e = checked_range(&h, 2, 1, u64::MAX).unwrap_err();
+        assert!(matches!(e, FrontendError::OutOfRange(_)), "{e}");
+        assert!(e.to_string().contains("at most 1"), "{e}");
+        for (off, len) in [(2, 0), (u64::MAX, 1), (u64::MAX, 0), (0, 3), (1, 2)] {
+            assert!(
+                matches!(
+                    checked_range(&h, 2, off, len),
+                    Err(FrontendError::OutOfRange(_))
+                ),
+                "{off}+{len}"
+            );
+        }
+    }
 }

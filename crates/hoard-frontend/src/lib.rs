@@ -42,6 +42,9 @@ pub struct FrontendConfig {
     pub watch_delays: Vec<Duration>,
     /// Blocks the watcher keeps track of at most (memory bound).
     pub watch_capacity: usize,
+    /// Bytes of blocks that puts (raw and gRPC) may hold in memory at once while they arrive; a put
+    /// waits for room before its block is read.
+    pub put_memory: usize,
 }
 
 impl Default for FrontendConfig {
@@ -61,6 +64,7 @@ impl Default for FrontendConfig {
                 Duration::from_secs(7 * 86_400),
             ],
             watch_capacity: 100_000,
+            put_memory: 256 << 20,
         }
     }
 }
@@ -138,6 +142,8 @@ pub struct Frontend {
     codecs: Mutex<HashMap<Geometry, Arc<Codec>>>,
     writer: writer::Writer,
     watcher: watcher::Watcher,
+    /// Room for blocks of puts on their way in, raw and gRPC alike.
+    put_memory: hoard_proto::listen::Budget,
 }
 
 impl Frontend {
@@ -148,6 +154,7 @@ impl Frontend {
             .timeout(Duration::from_secs(30));
         let meta = MetaClient::new(ep.connect_lazy())
             .max_decoding_message_size(hoard_proto::MAX_MESSAGE_BYTES);
+        let put_memory = cfg.put_memory;
         let fe = Arc::new(Frontend {
             writer: writer::Writer::new(&cfg),
             cfg,
@@ -156,6 +163,11 @@ impl Frontend {
             raw: Default::default(),
             codecs: Mutex::new(HashMap::new()),
             watcher: Default::default(),
+            put_memory: hoard_proto::listen::Budget::new(
+                put_memory,
+                "hoard_frontend_raw_waits_total",
+                "put_memory",
+            ),
         });
         writer::spawn_lease_keeper(Arc::downgrade(&fe));
         watcher::spawn(Arc::downgrade(&fe));
@@ -164,6 +176,11 @@ impl Frontend {
 
     pub fn config(&self) -> &FrontendConfig {
         &self.cfg
+    }
+
+    /// Room for a block of `bytes` on its way in, held until the permit is dropped.
+    pub(crate) async fn put_room(&self, bytes: usize) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.put_memory.room(bytes).await
     }
 
     fn codec(&self, g: Geometry) -> Result<Arc<Codec>, FrontendError> {

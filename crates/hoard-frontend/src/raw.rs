@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use hoard_proto::listen::{self, Budget};
+use hoard_proto::listen;
 use hoard_proto::raw::{self, PutAnswer, RawPut, Request};
 use hoard_types::BlockHash;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,29 +17,24 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::Frontend;
 
-/// Bounds on what raw put connections may hold at once; past them, new connections and puts wait.
+/// Bounds on what raw put connections may hold at once; past them, new connections wait. The memory
+/// that puts' blocks take is bounded by the frontend ([`crate::FrontendConfig::put_memory`]), for raw
+/// and gRPC puts together.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     /// Raw connections served at once.
     pub connections: usize,
-    /// Bytes of blocks held in memory by raw puts at once; a put waits for room before its block is
-    /// read off the connection.
-    pub put_bytes: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            connections: 1024,
-            put_bytes: 256 << 20,
-        }
+        Limits { connections: 1024 }
     }
 }
 
 /// The raw puts of one listener: shared by its connections, and drained when the frontend stops.
 pub struct RawPuts {
     fe: Arc<Frontend>,
-    budget: Budget,
     closing: AtomicBool,
     in_flight: AtomicUsize,
     done: Notify,
@@ -69,7 +64,10 @@ impl RawPuts {
 pub fn incoming(
     listener: TcpListener,
     fe: Arc<Frontend>,
-) -> (ReceiverStream<std::io::Result<TcpStream>>, Arc<RawPuts>) {
+) -> (
+    ReceiverStream<std::io::Result<listen::GrpcConn>>,
+    Arc<RawPuts>,
+) {
     incoming_with(listener, fe, Limits::default())
 }
 
@@ -78,11 +76,13 @@ pub fn incoming_with(
     listener: TcpListener,
     fe: Arc<Frontend>,
     limits: Limits,
-) -> (ReceiverStream<std::io::Result<TcpStream>>, Arc<RawPuts>) {
+) -> (
+    ReceiverStream<std::io::Result<listen::GrpcConn>>,
+    Arc<RawPuts>,
+) {
     const WAITS: &str = "hoard_frontend_raw_waits_total";
     let puts = Arc::new(RawPuts {
         fe,
-        budget: Budget::new(limits.put_bytes, WAITS, "put_memory"),
         closing: AtomicBool::new(false),
         in_flight: AtomicUsize::new(0),
         done: Notify::new(),
@@ -105,8 +105,10 @@ pub fn incoming_with(
 async fn serve(puts: &RawPuts, mut stream: TcpStream) {
     loop {
         let req =
-            match tokio::time::timeout(listen::IDLE * 10, raw::read_request(&mut stream)).await {
-                Ok(Ok(Some(r))) => r,
+            match raw::read_request_timed(&mut stream, listen::BETWEEN_REQUESTS, listen::HEADER)
+                .await
+            {
+                Ok(Some(r)) => r,
                 _ => return,
             };
         let why = match req {
@@ -150,7 +152,7 @@ impl Drop for InFlight<'_> {
 /// stopping frontend see), however long the put waited for room or for its block.
 async fn put(puts: &RawPuts, stream: &mut TcpStream, req: RawPut) -> bool {
     let len = req.len as usize;
-    let Some(_room) = puts.budget.room(len).await else {
+    let Some(_room) = puts.fe.put_room(len).await else {
         return false;
     };
     // A pooled buffer: a fresh 4 MiB allocation would be faulted in page by page on every put.

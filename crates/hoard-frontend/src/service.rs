@@ -30,10 +30,23 @@ impl BlockStoreService {
     }
 }
 
-/// Reads a put stream: the header, then chunks adding up to exactly the header's size.
+/// How long a put's bytes may take to arrive after its header, as for raw puts.
+const PUT_BODY: std::time::Duration = hoard_proto::listen::IDLE;
+
+/// A put's block as it arrived, and the room it holds in the frontend's put memory until dropped.
+struct Arrived<'a> {
+    data: Bytes,
+    expected: Option<BlockHash>,
+    _room: tokio::sync::SemaphorePermit<'a>,
+}
+
+/// Reads a put stream: the header, then chunks adding up to exactly the header's size. The block waits
+/// for room in the frontend's put memory before its chunks are read, and must arrive within
+/// [`PUT_BODY`].
 async fn read_put_stream(
+    fe: &Frontend,
     mut stream: Streaming<v1::PutRequest>,
-) -> Result<(Bytes, Option<BlockHash>), Status> {
+) -> Result<Arrived<'_>, Status> {
     let header = match stream.next().await {
         Some(Ok(v1::PutRequest {
             msg: Some(Msg::Header(h)),
@@ -63,6 +76,30 @@ async fn read_put_stream(
         Some(parse_hash(&header.expected_hash)?)
     };
     let size = header.size as usize;
+    let room = fe
+        .put_room(size)
+        .await
+        .ok_or_else(|| Status::unavailable("the frontend is stopping"))?;
+    let data = tokio::time::timeout(PUT_BODY, read_put_body(&mut stream, size))
+        .await
+        .map_err(|_| {
+            Status::deadline_exceeded(format!(
+                "the block's {size} bytes did not arrive within {} s of the put's header",
+                PUT_BODY.as_secs()
+            ))
+        })??;
+    Ok(Arrived {
+        data,
+        expected,
+        _room: room,
+    })
+}
+
+/// The chunks of a put stream, exactly `size` bytes.
+async fn read_put_body(
+    stream: &mut Streaming<v1::PutRequest>,
+    size: usize,
+) -> Result<Bytes, Status> {
     let mut first: Option<Bytes> = None;
     let mut buf: Option<BytesMut> = None;
     let mut got = 0usize;
@@ -100,12 +137,11 @@ async fn read_put_stream(
             "the header announced {size} bytes but the stream carried {got}"
         )));
     }
-    let data = match (first, buf) {
+    Ok(match (first, buf) {
         (Some(f), None) => f,
         (_, Some(b)) => b.freeze(),
         (None, None) => Bytes::new(),
-    };
-    Ok((data, expected))
+    })
 }
 
 type GetStream = Pin<Box<dyn Stream<Item = Result<v1::GetResponse, Status>> + Send>>;
@@ -116,7 +152,8 @@ impl BlockStore for BlockStoreService {
         &self,
         req: Request<Streaming<v1::PutRequest>>,
     ) -> Result<Response<v1::PutResponse>, Status> {
-        let (data, expected) = read_put_stream(req.into_inner()).await?;
+        let arrived = read_put_stream(&self.fe, req.into_inner()).await?;
+        let (data, expected) = (arrived.data.clone(), arrived.expected);
         let size = data.len() as u64;
         let out = self.fe.put(data, expected).await.map_err(|e| {
             log_failure("put", &e);

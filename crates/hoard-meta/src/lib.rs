@@ -41,6 +41,9 @@ pub enum MetaError {
     Full(String),
     #[error("metadata tier is shutting down")]
     ShuttingDown,
+    /// The request conflicts with what meta knows (e.g. a heartbeat that would take a live node's name).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl MetaError {
@@ -51,6 +54,7 @@ impl MetaError {
         match self {
             MetaError::NoVolume(_) => Status::not_found(msg),
             MetaError::Invalid(_) => Status::invalid_argument(msg),
+            MetaError::Conflict(_) => Status::failed_precondition(msg),
             MetaError::Full(_) => Status::resource_exhausted(msg),
             MetaError::Placement(_) | MetaError::CreateFailed(_) | MetaError::ShuttingDown => {
                 Status::unavailable(msg)

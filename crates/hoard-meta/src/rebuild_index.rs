@@ -229,7 +229,8 @@ impl MetaState {
             b.put(Cf::Volumes, volume.to_be_bytes().to_vec(), encode(&row));
             cell.volumes.insert(volume, row.clone());
             if volume >= cell.next_volume {
-                cell.next_volume = volume + 1;
+                // An id restored from the disks is this tier's own from now on.
+                cell.next_volume = volume.saturating_add(1);
                 b.put(
                     Cf::Config,
                     b"next_volume".to_vec(),

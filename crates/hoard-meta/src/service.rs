@@ -25,7 +25,7 @@ impl Meta for MetaService {
         &self,
         req: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
-        let a = self.state.heartbeat(req.get_ref())?;
+        let a = self.state.heartbeat_checked(req.get_ref()).await?;
         // A failed disk is acted on now rather than at the next periodic health check: its members
         // are marked lost and queued for repair within this beat.
         if req.get_ref().disks.iter().any(|d| d.state != "ok") {

@@ -275,7 +275,7 @@ impl MetaState {
         }
         // Volume ids are never reused, even if the counter row was lost.
         if let Some((&max, _)) = cell.volumes.iter().next_back() {
-            cell.next_volume = cell.next_volume.max(max + 1);
+            cell.next_volume = cell.next_volume.max(max.saturating_add(1));
         }
         let (tx, rx) = mpsc::channel();
         let state = Arc::new(MetaState {
@@ -389,10 +389,11 @@ impl MetaState {
                     loc.frag_len, loc.block_len
                 )));
             }
-            if loc.offset + loc.frag_len > vol.capacity {
+            if hoard_types::range_end(loc.offset, loc.frag_len).is_none_or(|end| end > vol.capacity)
+            {
                 return Err(MetaError::Invalid(format!(
-                    "offset {} is past volume {}'s capacity",
-                    loc.offset, loc.volume
+                    "fragment at offset {}+{} is past volume {}'s capacity of {}",
+                    loc.offset, loc.frag_len, loc.volume, vol.capacity
                 )));
             }
         }
@@ -491,6 +492,85 @@ impl MetaState {
 
     // ---- nodes and disks ----
 
+    /// [`MetaState::heartbeat`] for a heartbeat from the network: a node id already bound to another
+    /// address, or a disk already served by another node, is taken over only when that node no longer
+    /// answers there as itself (a restart on a new address, a disk moved to another server). So no
+    /// heartbeat can take a live node's name or another live node's disk; the refusal names both.
+    pub async fn heartbeat_checked(
+        &self,
+        req: &v1::HeartbeatRequest,
+    ) -> Result<HeartbeatAnswer, MetaError> {
+        // Addresses to ask, and what each should answer to keep its claim.
+        let mut probes: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
+        {
+            let cell = self.cell.lock();
+            if let Some(n) = cell.nodes.get(&req.node_id)
+                && n.address != req.address
+                && !n.address.is_empty()
+            {
+                probes
+                    .entry(n.address.clone())
+                    .or_insert_with(|| (req.node_id.clone(), Vec::new()));
+            }
+            for d in &req.disks {
+                let Some(row) = cell.disks.get(&d.disk_id) else {
+                    continue;
+                };
+                if row.node_id == req.node_id {
+                    continue;
+                }
+                if let Some(owner) = cell.nodes.get(&row.node_id)
+                    && !owner.address.is_empty()
+                    && owner.address != req.address
+                {
+                    probes
+                        .entry(owner.address.clone())
+                        .or_insert_with(|| (row.node_id.clone(), Vec::new()))
+                        .1
+                        .push(d.disk_id.clone());
+                }
+            }
+        }
+        if probes.is_empty() {
+            return self.heartbeat(req);
+        }
+        let answers = futures::future::join_all(probes.keys().map(|addr| {
+            let fut = self.ops.whois(addr.clone());
+            async move { fut.await.ok() }
+        }))
+        .await;
+        let mut taken_disks: Vec<String> = Vec::new();
+        for ((addr, (owner, disks)), answer) in probes.iter().zip(answers) {
+            let Some(who) = answer.filter(|w| &w.node_id == owner) else {
+                continue;
+            };
+            if owner == &req.node_id {
+                metrics::counter!("hoard_meta_heartbeats_refused_total", "why" => "address")
+                    .increment(1);
+                return Err(MetaError::Conflict(format!(
+                    "node {owner} is alive at {addr}: a heartbeat from {} cannot take its name",
+                    req.address
+                )));
+            }
+            taken_disks.extend(disks.iter().filter(|d| who.disks.contains(d)).cloned());
+        }
+        if taken_disks.is_empty() {
+            return self.heartbeat(req);
+        }
+        metrics::counter!("hoard_meta_heartbeats_refused_total", "why" => "disk")
+            .increment(taken_disks.len() as u64);
+        tracing::warn!(
+            node = %req.node_id,
+            address = %req.address,
+            disks = ?taken_disks,
+            "heartbeat lists disks another live node serves; they are ignored"
+        );
+        let mut req = req.clone();
+        req.disks.retain(|d| !taken_disks.contains(&d.disk_id));
+        req.extents.retain(|e| !taken_disks.contains(&e.disk_id));
+        self.heartbeat(&req)
+    }
+
     /// Records a volume server's heartbeat: its address, labels and disks. Answers the cluster id and
     /// the reported extents that a newer generation has replaced.
     pub fn heartbeat(&self, req: &v1::HeartbeatRequest) -> Result<HeartbeatAnswer, MetaError> {
@@ -499,14 +579,9 @@ impl MetaState {
         }
         let now = now_ms();
         self.mutate_cell(false, |cell, b| {
-            // Volume ids found on disks are never handed out again, even by a metadata tier that
-            // lost its tables.
-            if let Some(max) = req.extents.iter().filter_map(|e| e.extent.as_ref()).map(|e| e.volume).max()
-                && max >= cell.next_volume
-            {
-                cell.next_volume = max + 1;
-                b.put(Cf::Config, KEY_NEXT_VOLUME, cell.next_volume.to_be_bytes().to_vec());
-            }
+            // What a heartbeat reports never moves meta's counters: ids are meta's own. A volume id
+            // found on a disk that meta does not know is never handed out (see `next_volume_id`), and
+            // the disk is held until an operator rebuilds the index from it or declares it empty.
             let mut adopt = Vec::new();
             let node = NodeRow {
                 address: req.address.clone(),
@@ -858,8 +933,10 @@ impl MetaState {
                         });
                     }
                 };
-                let id = cell.next_volume;
-                cell.next_volume += 1;
+                let id = Self::next_volume_id(cell)?;
+                cell.next_volume = id
+                    .checked_add(1)
+                    .ok_or_else(|| MetaError::Full("every volume id has been used".into()))?;
                 b.put(
                     Cf::Config,
                     KEY_NEXT_VOLUME,
@@ -883,7 +960,16 @@ impl MetaState {
                 };
                 b.put(Cf::Volumes, id.to_be_bytes().to_vec(), encode(&row));
                 let info = self.volume_info(cell, id, &row, now);
-                cell.volumes.insert(id, row);
+                // A fresh id: no row is ever overwritten by a new volume.
+                match cell.volumes.entry(id) {
+                    std::collections::btree_map::Entry::Vacant(e) => e.insert(row),
+                    std::collections::btree_map::Entry::Occupied(_) => {
+                        return Err(MetaError::Corrupt {
+                            table: "volumes".into(),
+                            problem: format!("volume id {id} allocated twice"),
+                        });
+                    }
+                };
                 Ok::<_, MetaError>(info)
             })??;
             let creates = planned.members.iter().map(|m| {
@@ -941,6 +1027,25 @@ impl MetaState {
             })?;
         }
         Err(MetaError::CreateFailed(last_err))
+    }
+
+    /// The lowest volume id from the counter on that no volume row holds and no volume server
+    /// reports an extent of: ids are never reused, also when a disk holds a volume this metadata tier
+    /// has forgotten.
+    fn next_volume_id(cell: &Cell) -> Result<VolumeId, MetaError> {
+        let reported: std::collections::HashSet<VolumeId> = cell
+            .in_service
+            .values()
+            .flatten()
+            .filter_map(|e| e.extent.as_ref().map(|x| x.volume))
+            .collect();
+        let mut id = cell.next_volume;
+        while cell.volumes.contains_key(&id) || reported.contains(&id) {
+            id = id
+                .checked_add(1)
+                .ok_or_else(|| MetaError::Full("every volume id has been used".into()))?;
+        }
+        Ok(id)
     }
 
     /// Extends (or, with `release`, gives up) a lease. False when the lease is no longer the holder's.

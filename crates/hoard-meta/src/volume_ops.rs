@@ -3,6 +3,13 @@
 use futures::future::BoxFuture;
 use hoard_proto::v1;
 
+/// Who answers at a volume server's address: its node id and the disks it serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerIdentity {
+    pub node_id: String,
+    pub disks: Vec<String>,
+}
+
 pub trait VolumeOps: Send + Sync + 'static {
     /// Creates one extent on the volume server at `address`.
     fn create_extent(
@@ -10,6 +17,11 @@ pub trait VolumeOps: Send + Sync + 'static {
         address: String,
         req: v1::CreateExtentRequest,
     ) -> BoxFuture<'static, Result<(), String>>;
+
+    /// Who serves at `address` now; an error when nothing answers there in a couple of seconds.
+    fn whois(&self, address: String) -> BoxFuture<'static, Result<ServerIdentity, String>> {
+        Box::pin(async move { Err(format!("{address}: not asked")) })
+    }
 }
 
 /// [`VolumeOps`] over gRPC.
@@ -33,6 +45,24 @@ impl VolumeOps for GrpcVolumeOps {
                 .await
                 .map(|_| ())
                 .map_err(|s| format!("{address}: {}", s.message()))
+        })
+    }
+
+    fn whois(&self, address: String) -> BoxFuture<'static, Result<ServerIdentity, String>> {
+        let client = self.clients.get(&address);
+        Box::pin(async move {
+            let mut c = client?;
+            let mut r = tonic::Request::new(v1::InventoryRequest {});
+            r.set_timeout(std::time::Duration::from_secs(2));
+            let inv = tokio::time::timeout(std::time::Duration::from_secs(3), c.inventory(r))
+                .await
+                .map_err(|_| format!("{address}: no answer"))?
+                .map_err(|s| format!("{address}: {}", s.message()))?
+                .into_inner();
+            Ok(ServerIdentity {
+                node_id: inv.node_id,
+                disks: inv.disks.into_iter().map(|d| d.disk_id).collect(),
+            })
         })
     }
 }

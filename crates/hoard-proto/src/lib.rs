@@ -71,7 +71,17 @@ impl VolumeClients {
     }
 }
 
-/// A gRPC server builder tuned the same way.
+/// How long any one gRPC request may take on a server before it is answered `CANCELLED`. The slowest
+/// legitimate calls (a rebuild step, a volume creation, a backup) finish well inside it.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Concurrent streams one gRPC connection may open on a server; more wait on the client's side.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+
+/// A gRPC server builder tuned the same way, and bounded: a deadline on every request, a cap on
+/// concurrent streams per connection, HTTP/2 keepalive that drops peers that stop answering pings, and
+/// a cap on streams a peer may reset (the "rapid reset" pattern). Connections that never send the
+/// HTTP/2 preface are dropped by the listener ([`listen`]) before they reach tonic.
 pub fn server() -> Server {
     Server::builder()
         .tcp_nodelay(true)
@@ -79,6 +89,12 @@ pub fn server() -> Server {
         .initial_connection_window_size(Some(32 << 20))
         .max_frame_size(MAX_FRAME)
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .http2_max_pending_accept_reset_streams(Some(64))
+        .http2_max_local_error_reset_streams(Some(256))
+        .http2_max_header_list_size(Some(64 << 10))
+        .timeout(REQUEST_DEADLINE)
 }
 
 impl v1::BlockLocation {

@@ -48,6 +48,8 @@ pub const APPEND_MAGIC: [u8; 4] = [0xF7, b'H', b'A', b'1'];
 pub const PUT_MAGIC: [u8; 4] = [0xF7, b'H', b'P', b'1'];
 pub const PUT_HEADER_LEN: usize = 4 + 4 + 1 + 32;
 pub const REQUEST_LEN: usize = 36;
+/// The shortest request of any kind (a read): a new raw connection must send this many bytes at once.
+pub const MIN_REQUEST_LEN: usize = REQUEST_LEN;
 /// An append's header before its crcs.
 const APPEND_FIXED_LEN: usize = 4 + 8 + 4 + 8 + 8 + 32 + 8 + 4 + 4 + 2;
 /// The largest fragment a raw read may ask for.
@@ -276,6 +278,37 @@ pub async fn read_request<R: AsyncRead + Unpin>(
     if !read_full(r, &mut magic).await? {
         return Ok(None);
     }
+    read_request_after(r, magic).await
+}
+
+/// [`read_request`] with deadlines: the next request's first byte must come within `idle`, and the
+/// rest of its header within `header` of that byte. A peer that misses either gets `TimedOut`.
+pub async fn read_request_timed<R: AsyncRead + Unpin>(
+    r: &mut R,
+    idle: Duration,
+    header: Duration,
+) -> std::io::Result<Option<Result<Request, String>>> {
+    let timed_out = |_| std::io::Error::from(std::io::ErrorKind::TimedOut);
+    let mut magic = [0u8; 4];
+    let n = tokio::time::timeout(idle, r.read(&mut magic[..1]))
+        .await
+        .map_err(timed_out)??;
+    if n == 0 {
+        return Ok(None);
+    }
+    tokio::time::timeout(header, async {
+        r.read_exact(&mut magic[1..]).await?;
+        read_request_after(r, magic).await
+    })
+    .await
+    .map_err(timed_out)?
+}
+
+/// The rest of a request whose magic has been read.
+async fn read_request_after<R: AsyncRead + Unpin>(
+    r: &mut R,
+    magic: [u8; 4],
+) -> std::io::Result<Option<Result<Request, String>>> {
     if magic == MAGIC {
         let mut b = [0u8; REQUEST_LEN];
         b[..4].copy_from_slice(&magic);

@@ -25,6 +25,19 @@ pub const DIRECT_ALIGN: u64 = 4096;
 /// fragment, and under 0.2% for 4 MiB blocks.
 pub const DIRECT_MIN_FRAGMENT: u64 = 64 * 1024;
 
+/// The largest fragment: a whole block of the largest size (`k` = 1), padded to a page.
+pub const MAX_FRAGMENT_LEN: u64 = MAX_BLOCK_LEN + DIRECT_ALIGN;
+
+/// The largest data region one member of a volume may have (1 TiB). Offsets and lengths that claim more
+/// did not come from Hoard.
+pub const MAX_EXTENT_CAPACITY: u64 = 1 << 40;
+
+/// The end of `[offset, offset + len)`, or `None` when it does not fit in a `u64`. Every range that
+/// arrives from the network or from a disk is checked with this before it is used.
+pub fn range_end(offset: u64, len: u64) -> Option<u64> {
+    offset.checked_add(len)
+}
+
 /// Errors from parsing or validating domain values.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TypeError {
@@ -145,8 +158,6 @@ pub fn fragment_align(len: u64) -> u64 {
         FRAGMENT_ALIGN
     }
 }
-
-impl Geometry {}
 
 impl FromStr for Geometry {
     type Err = TypeError;

@@ -24,6 +24,7 @@ use crate::format::{
     self, BlockRecord, DAT_HEADER_LEN, ExtentHeader, IDX_HEADER_LEN, read_checked_toml,
     write_checked_toml,
 };
+use crate::space::Space;
 
 /// `member.toml`: what an extent is. Rewritten (durably) when the writer epoch changes.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -75,6 +76,8 @@ pub struct Extent {
     record_len: u64,
     /// Furthest byte of the data region that an append has written.
     data_end: AtomicU64,
+    /// What appends may still claim: the region is append-only.
+    space: Mutex<Space>,
     records: AtomicU64,
     written_seq: AtomicU64,
     synced_seq: AtomicU64,
@@ -240,6 +243,7 @@ impl Extent {
             idx_writer: Mutex::new(IdxWriter { end: valid_end }),
             record_len,
             data_end: AtomicU64::new(dat_len.max(scan.max_end)),
+            space: Mutex::new(Space::new(dat_len.max(scan.max_end))),
             records: AtomicU64::new(scan.records),
             written_seq: AtomicU64::new(0),
             synced_seq: AtomicU64::new(0),
@@ -292,6 +296,32 @@ impl Extent {
         }
     }
 
+    /// An I/O error on this extent's files. Only what the device reports fails the extent (and so its
+    /// disk); a full filesystem is refused as such, and errors that only a bad argument can cause (which
+    /// the checks before every call should have refused) are reported without failing anything, so that
+    /// no request can fail a disk.
+    fn io_failure(&self, what: &str, e: std::io::Error) -> VolumeError {
+        match e.raw_os_error() {
+            Some(libc::ENOSPC | libc::EDQUOT) => VolumeError::DiskFull {
+                volume: self.volume,
+                member: self.member,
+                reason: format!("{what}: {e}"),
+            },
+            Some(libc::EINVAL | libc::EFAULT | libc::EFBIG | libc::EOVERFLOW) => {
+                tracing::error!(
+                    volume = self.volume,
+                    member = self.member,
+                    "{what}: {e} (a request the checks let through; the extent stays in service)"
+                );
+                VolumeError::Internal(format!(
+                    "extent {}/{}: {what}: {e}",
+                    self.volume, self.member
+                ))
+            }
+            _ => self.fail(format!("{what}: {e}")),
+        }
+    }
+
     fn check_usable(&self, generation: u64) -> Result<(), VolumeError> {
         if let Some(why) = self.failure() {
             return Err(VolumeError::ExtentFailed {
@@ -329,6 +359,8 @@ impl Extent {
             next.epoch = epoch;
             write_checked_toml(&self.dir.join("member.toml"), &next)?;
             *meta = next;
+            // The new writer continues past everything written: gaps the old one left stay empty.
+            self.space.lock().seal_gaps();
         }
         Ok(self.data_len())
     }
@@ -342,14 +374,7 @@ impl Extent {
         record: BlockRecord,
         fragment: F,
     ) -> Result<(), VolumeError> {
-        self.check_usable(generation)?;
-        let width = self.header.k + self.header.m;
-        if record.crcs.len() != width as usize {
-            return Err(VolumeError::BadRequest(format!(
-                "record has {} crcs, volume has {width} members",
-                record.crcs.len()
-            )));
-        }
+        self.check_record(&record)?;
         if fragment.as_ref().len() != record.frag_len as usize {
             return Err(VolumeError::BadRequest(format!(
                 "fragment has {} bytes, record says {}",
@@ -357,6 +382,7 @@ impl Extent {
                 record.frag_len
             )));
         }
+        self.check_append(generation, epoch, &record)?;
         let want = record.crcs[self.member as usize];
         let this = Arc::clone(self);
         // One trip to the blocking pool per append: check, write, then join (or lead) a group sync.
@@ -374,13 +400,58 @@ impl Extent {
         .map_err(|e| VolumeError::Internal(e.to_string()))?
     }
 
-    fn write_blocking(
+    /// Whether a record fits this extent: one crc per member and the fragment length its geometry
+    /// gives the block.
+    fn check_record(&self, record: &BlockRecord) -> Result<(), VolumeError> {
+        let width = self.header.k + self.header.m;
+        if record.crcs.len() != width as usize {
+            return Err(VolumeError::BadRequest(format!(
+                "record has {} crcs, volume has {width} members",
+                record.crcs.len()
+            )));
+        }
+        let geometry = hoard_types::Geometry {
+            k: self.header.k,
+            m: self.header.m,
+        };
+        let want = geometry.frag_len(u64::from(record.block_len));
+        if u64::from(record.frag_len) != want {
+            return Err(VolumeError::BadRequest(format!(
+                "fragment length {} does not fit a block of {} bytes in geometry {geometry} ({want})",
+                record.frag_len, record.block_len
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether an append of `record` under `epoch` would be taken now: the extent is usable at that
+    /// generation, the epoch is the current writer's, and the fragment lands inside the capacity on
+    /// bytes no append has claimed. Checked before an append's bytes are read off a connection, and
+    /// again when it is written.
+    pub fn check_append(
         &self,
+        generation: u64,
         epoch: u64,
         record: &BlockRecord,
-        fragment: &[u8],
-    ) -> Result<u64, VolumeError> {
+    ) -> Result<(), VolumeError> {
+        self.check_usable(generation)?;
+        self.check_record(record)?;
         let meta = self.meta.read();
+        self.check_claim(&meta, epoch, record).and_then(|end| {
+            self.space
+                .lock()
+                .check(record.offset, end)
+                .map_err(VolumeError::BadRequest)
+        })
+    }
+
+    /// The end of an append's fragment, after the epoch and capacity checks.
+    fn check_claim(
+        &self,
+        meta: &MemberFile,
+        epoch: u64,
+        record: &BlockRecord,
+    ) -> Result<u64, VolumeError> {
         if epoch != meta.epoch {
             return Err(VolumeError::Fenced {
                 volume: self.volume,
@@ -389,12 +460,28 @@ impl Extent {
                 asked: epoch,
             });
         }
-        if record.end() > meta.capacity {
-            return Err(VolumeError::BadRequest(format!(
+        match hoard_types::range_end(record.offset, u64::from(record.frag_len)) {
+            Some(end) if end <= meta.capacity => Ok(end),
+            _ => Err(VolumeError::OutOfRange(format!(
                 "append at {}+{} passes the extent capacity {}",
                 record.offset, record.frag_len, meta.capacity
-            )));
+            ))),
         }
+    }
+
+    fn write_blocking(
+        &self,
+        epoch: u64,
+        record: &BlockRecord,
+        fragment: &[u8],
+    ) -> Result<u64, VolumeError> {
+        let meta = self.meta.read();
+        let end = self.check_claim(&meta, epoch, record)?;
+        // Claimed before the write, so that two appends can never write the same bytes.
+        self.space
+            .lock()
+            .claim(record.offset, end)
+            .map_err(VolumeError::BadRequest)?;
         let at = DAT_HEADER_LEN + record.offset;
         let res = match &self.dat_direct {
             Some(direct)
@@ -411,13 +498,13 @@ impl Extent {
             _ => self.dat.write_all_at(fragment, at),
         };
         if let Err(e) = res {
-            return Err(self.fail(format!("write .dat: {e}")));
+            return Err(self.io_failure("write .dat", e));
         }
         let encoded = record.encode();
         {
             let mut w = self.idx_writer.lock();
             if let Err(e) = self.idx.write_all_at(&encoded, w.end) {
-                return Err(self.fail(format!("write .idx: {e}")));
+                return Err(self.io_failure("write .idx", e));
             }
             w.end += self.record_len;
         }
@@ -464,6 +551,13 @@ impl Extent {
         expected_crc: u32,
     ) -> Result<Bytes, VolumeError> {
         self.check_usable(generation)?;
+        self.check_written(offset, u64::from(frag_len))?;
+        if u64::from(frag_len) > hoard_types::MAX_FRAGMENT_LEN {
+            return Err(VolumeError::BadRequest(format!(
+                "fragment of {frag_len} bytes is over the largest ({})",
+                hoard_types::MAX_FRAGMENT_LEN
+            )));
+        }
         // A pooled buffer: no zeroing, no fresh pages. Read through the page cache, which keeps what
         // clients read often.
         let mut buf = aligned::AlignedBuf::with_len(frag_len as usize);
@@ -477,7 +571,7 @@ impl Extent {
                     problem: "fragment lies past the end of .dat".into(),
                 });
             }
-            Err(e) => return Err(self.fail(format!("read .dat: {e}"))),
+            Err(e) => return Err(self.io_failure("read .dat", e)),
         }
         if crc32c::crc32c(buf.as_slice()) != expected_crc {
             metrics::counter!("hoard_volume_fragment_crc_failures_total").increment(1);
@@ -496,16 +590,20 @@ impl Extent {
     /// ranges past what appends have written.
     pub fn raw_source(&self, generation: u64, offset: u64, len: u32) -> Result<u64, VolumeError> {
         self.check_usable(generation)?;
-        let end = offset.checked_add(u64::from(len));
-        if end.is_none_or(|end| end > self.data_len()) {
-            return Err(VolumeError::BadRequest(format!(
-                "extent {}/{}: read of {len} bytes at {offset} lies past the {} bytes written",
-                self.volume,
-                self.member,
-                self.data_len()
-            )));
-        }
+        self.check_written(offset, u64::from(len))?;
         Ok(DAT_HEADER_LEN + offset)
+    }
+
+    /// Refuses a read of `len` bytes at `offset` that does not lie inside what appends have written.
+    fn check_written(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
+        let written = self.data_len();
+        match hoard_types::range_end(offset, len) {
+            Some(end) if end <= written => Ok(()),
+            _ => Err(VolumeError::OutOfRange(format!(
+                "extent {}/{}: read of {len} bytes at {offset} lies past the {written} bytes written",
+                self.volume, self.member
+            ))),
+        }
     }
 
     /// The `.dat` opened through the page cache (for `sendfile`).
@@ -519,6 +617,16 @@ impl Extent {
     /// evict what clients read.
     pub fn read_range(&self, generation: u64, offset: u64, len: u32) -> Result<Bytes, VolumeError> {
         self.check_usable(generation)?;
+        let capacity = self.meta.read().capacity;
+        match hoard_types::range_end(offset, u64::from(len)) {
+            Some(end) if end <= capacity.max(self.data_len()) => {}
+            _ => {
+                return Err(VolumeError::OutOfRange(format!(
+                    "extent {}/{}: range of {len} bytes at {offset} passes the capacity {capacity}",
+                    self.volume, self.member
+                )));
+            }
+        }
         let start = DAT_HEADER_LEN + offset;
         let (file, lo, hi) = match &self.dat_direct {
             Some(d) => {
@@ -544,7 +652,7 @@ impl Extent {
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.fail(format!("read .dat: {e}"))),
+                Err(e) => return Err(self.io_failure("read .dat", e)),
             }
         }
         slice[done..].fill(0);
@@ -569,11 +677,6 @@ impl Extent {
         if fragment.len() != record.frag_len as usize || crc32c::crc32c(fragment) != want {
             return Err(VolumeError::BadRequest(
                 "repaired fragment does not match its record".into(),
-            ));
-        }
-        if record.end() > self.member_file().capacity {
-            return Err(VolumeError::BadRequest(
-                "repair past the extent capacity".into(),
             ));
         }
         // The caller's record must be the one this extent's own index holds at that offset: a repair
@@ -607,11 +710,13 @@ impl Extent {
                 )));
             }
         }
+        // The index holds it, so it lies in what was written; checked anyway before the write.
+        self.check_written(record.offset, u64::from(record.frag_len))?;
         let _one_sync = self.sync_lock.lock();
         self.dat
             .write_all_at(fragment, DAT_HEADER_LEN + record.offset)
             .and_then(|_| self.dat.sync_data())
-            .map_err(|e| self.fail(format!("repair write: {e}")))?;
+            .map_err(|e| self.io_failure("repair write", e))?;
         tracing::info!(
             volume = self.volume,
             member = self.member,
@@ -703,7 +808,7 @@ mod tests {
             hash: BlockHash::of(&i.to_le_bytes()),
             offset: i * 64,
             frag_len: frag.len() as u32,
-            block_len: 100,
+            block_len: 2 * frag.len() as u32,
             crcs: vec![crc32c::crc32c(frag); 3],
         }
     }
@@ -935,7 +1040,7 @@ mod tests {
         r.offset = (1 << 20) - 32;
         assert!(matches!(
             e.append(1, 1, r, frag.clone()).await,
-            Err(VolumeError::BadRequest(_))
+            Err(VolumeError::OutOfRange(_))
         ));
         assert_eq!(e.records(), 0);
     }

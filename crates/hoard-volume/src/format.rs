@@ -7,7 +7,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::Path;
 
-use hoard_types::{BlockHash, VolumeId};
+use hoard_types::{BlockHash, MAX_BLOCK_LEN, MAX_EXTENT_CAPACITY, MAX_FRAGMENT_LEN, VolumeId};
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::VolumeError;
@@ -24,6 +24,8 @@ const DAT_MAGIC: &[u8; 8] = b"HOARDDAT";
 const IDX_MAGIC: &[u8; 8] = b"HOARDIDX";
 const REC_MAGIC: u32 = 0x4852_4543; // "HREC"
 const REC_KIND_BLOCK: u8 = 1;
+/// The most members a volume may have (the raw protocol's limit too).
+pub const MAX_WIDTH: usize = 64;
 
 /// Identity of one extent, written into both file headers so that a file moved to the wrong place is
 /// recognised.
@@ -116,6 +118,49 @@ pub struct BlockRecord {
 }
 
 impl BlockRecord {
+    /// A record from the network or a disk, checked: a fragment of 1 byte to [`MAX_FRAGMENT_LEN`], a
+    /// block of 1 byte to [`MAX_BLOCK_LEN`], and a fragment that ends inside the largest extent.
+    /// Everything that reads a record's offsets can then add them without overflow.
+    pub fn checked(
+        hash: BlockHash,
+        offset: u64,
+        frag_len: u32,
+        block_len: u32,
+        crcs: Vec<u32>,
+    ) -> Result<BlockRecord, String> {
+        if frag_len == 0 || u64::from(frag_len) > MAX_FRAGMENT_LEN {
+            return Err(format!(
+                "fragment length {frag_len} is outside 1..={MAX_FRAGMENT_LEN}"
+            ));
+        }
+        if block_len == 0 || u64::from(block_len) > MAX_BLOCK_LEN {
+            return Err(format!(
+                "block length {block_len} is outside 1..={MAX_BLOCK_LEN}"
+            ));
+        }
+        match hoard_types::range_end(offset, u64::from(frag_len)) {
+            Some(end) if end <= MAX_EXTENT_CAPACITY => {}
+            _ => {
+                return Err(format!(
+                    "fragment at {offset}+{frag_len} ends past the largest extent ({MAX_EXTENT_CAPACITY} bytes)"
+                ));
+            }
+        }
+        if crcs.is_empty() || crcs.len() > MAX_WIDTH {
+            return Err(format!(
+                "record lists {} fragment crcs; a volume has 1 to {MAX_WIDTH} members",
+                crcs.len()
+            ));
+        }
+        Ok(BlockRecord {
+            hash,
+            offset,
+            frag_len,
+            block_len,
+            crcs,
+        })
+    }
+
     /// Bytes of one encoded record in a volume of `width` members. Fixed per extent, so that records sit
     /// in slots and one bad record never hides the ones after it.
     pub fn encoded_len(width: u32) -> usize {
@@ -169,17 +214,15 @@ impl BlockRecord {
         }
         let hash = BlockHash::from_slice(&b[8..40]).map_err(|e| e.to_string())?;
         let crcs = (0..width as usize).map(|i| u32_at(b, 56 + 4 * i)).collect();
-        Ok(Some(BlockRecord {
-            hash,
-            offset: u64_at(b, 40),
-            frag_len: u32_at(b, 48),
-            block_len: u32_at(b, 52),
-            crcs,
-        }))
+        // A slot whose crc matches but whose values no writer could have produced is damage too.
+        BlockRecord::checked(hash, u64_at(b, 40), u32_at(b, 48), u32_at(b, 52), crcs).map(Some)
     }
 
+    /// The end of the fragment in the member's data region. Records are checked on the way in
+    /// ([`BlockRecord::checked`]), so this does not overflow; it saturates rather than wrap for one built
+    /// by hand.
     pub fn end(&self) -> u64 {
-        self.offset + self.frag_len as u64
+        self.offset.saturating_add(u64::from(self.frag_len))
     }
 }
 

@@ -9,8 +9,8 @@ use hoard_proto::v1::{self, meta_client::MetaClient};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
-use crate::service::disk_info;
 use crate::store::VolumeStore;
+use crate::wire::disk_info;
 
 pub struct HeartbeatConfig {
     pub advertise: String,
@@ -39,7 +39,7 @@ pub async fn beat(
     let extents = store
         .extents()
         .iter()
-        .map(|(e, d)| crate::service::extent_info(e, d))
+        .map(|(e, d)| crate::wire::extent_info(e, d))
         .collect();
     let resp = client
         .heartbeat(v1::HeartbeatRequest {

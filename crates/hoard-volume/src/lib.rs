@@ -9,8 +9,10 @@ pub mod raw;
 pub mod rebuild;
 pub mod scrub;
 pub mod service;
+mod space;
 pub mod staged;
 pub mod store;
+pub mod wire;
 
 use std::path::{Path, PathBuf};
 
@@ -74,6 +76,16 @@ pub enum VolumeError {
     },
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// A range the extent cannot serve: past what was written, or past its capacity.
+    #[error("out of range: {0}")]
+    OutOfRange(String),
+    /// The filesystem has no room for the write; nothing is wrong with the disk itself.
+    #[error("extent {volume}/{member}: the disk is full: {reason}")]
+    DiskFull {
+        volume: VolumeId,
+        member: MemberIndex,
+        reason: String,
+    },
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -107,6 +119,8 @@ impl VolumeError {
             }
             VolumeError::Corrupt { .. } => Status::data_loss(msg),
             VolumeError::BadRequest(_) => Status::invalid_argument(msg),
+            VolumeError::OutOfRange(_) => Status::out_of_range(msg),
+            VolumeError::DiskFull { .. } => Status::resource_exhausted(msg),
             VolumeError::ExtentFailed { .. } | VolumeError::Disk(..) => Status::unavailable(msg),
             VolumeError::Io { .. } | VolumeError::Format { .. } | VolumeError::Internal(_) => {
                 Status::internal(msg)

@@ -54,7 +54,7 @@ struct Shared {
 pub fn incoming(
     listener: TcpListener,
     store: Arc<VolumeStore>,
-) -> ReceiverStream<std::io::Result<TcpStream>> {
+) -> ReceiverStream<std::io::Result<listen::GrpcConn>> {
     incoming_with(listener, store, Limits::default())
 }
 
@@ -63,7 +63,7 @@ pub fn incoming_with(
     listener: TcpListener,
     store: Arc<VolumeStore>,
     limits: Limits,
-) -> ReceiverStream<std::io::Result<TcpStream>> {
+) -> ReceiverStream<std::io::Result<listen::GrpcConn>> {
     const WAITS: &str = "hoard_volume_raw_waits_total";
     let shared = Arc::new(Shared {
         store,
@@ -83,10 +83,13 @@ pub fn incoming_with(
 /// Serves raw requests on one connection until the client closes it or something goes wrong mid-answer.
 async fn serve(shared: &Shared, mut stream: TcpStream) {
     loop {
-        let req = match tokio::time::timeout(IDLE * 10, raw::read_request(&mut stream)).await {
-            Ok(Ok(Some(r))) => r,
-            _ => return,
-        };
+        let req =
+            match raw::read_request_timed(&mut stream, listen::BETWEEN_REQUESTS, listen::HEADER)
+                .await
+            {
+                Ok(Some(r)) => r,
+                _ => return,
+            };
         let req = match req {
             Ok(r) => r,
             Err(why) => {
@@ -165,27 +168,69 @@ async fn answer(
 
 /// Takes one append's fragment off the stream and writes it; `false` when the connection is done for.
 async fn append(shared: &Shared, stream: &mut TcpStream, req: RawAppend) -> bool {
+    // Checked before the fragment takes any memory: an append that would be refused anyway (a bad
+    // record, no such extent, a stale epoch, bytes already written) has its fragment read past in small
+    // pieces and is answered, so that bogus headers cannot hold the append budget.
+    let checked = BlockRecord::checked(
+        BlockHash::from_bytes(req.hash),
+        req.offset,
+        req.frag_len,
+        req.block_len,
+        req.crcs.clone(),
+    )
+    .map_err(crate::VolumeError::BadRequest)
+    .and_then(|record| {
+        let extent = shared.store.extent(req.volume, req.member)?;
+        extent.check_append(req.generation, req.epoch, &record)?;
+        Ok((extent, record))
+    });
+    let (extent, record) = match checked {
+        Ok(x) => x,
+        Err(e) => {
+            if !skip(stream, req.frag_len as usize).await {
+                return false;
+            }
+            return answer_append(stream, &req, Err(e)).await;
+        }
+    };
     let Some(_room) = shared.appends.room(req.frag_len as usize).await else {
         return false;
     };
     // The fragment goes straight into the buffer that O_DIRECT writes from. It is read off the stream
-    // before anything is checked, so that the stream stays in step whatever the answer.
+    // before anything else is checked, so that the stream stays in step whatever the answer.
     let mut buf = AlignedBuf::with_len(req.frag_len as usize);
     match tokio::time::timeout(IDLE, stream.read_exact(buf.as_mut_slice())).await {
         Ok(Ok(_)) => {}
         _ => return false,
     }
-    let record = BlockRecord {
-        hash: BlockHash::from_bytes(req.hash),
-        offset: req.offset,
-        frag_len: req.frag_len,
-        block_len: req.block_len,
-        crcs: req.crcs,
-    };
-    let res = match shared.store.extent(req.volume, req.member) {
-        Ok(extent) => extent.append(req.generation, req.epoch, record, buf).await,
-        Err(e) => Err(e),
-    };
+    let res = extent.append(req.generation, req.epoch, record, buf).await;
+    answer_append(stream, &req, res).await
+}
+
+/// Reads and drops `n` bytes of a request's body, within [`IDLE`]; `false` when they did not come.
+async fn skip(stream: &mut TcpStream, n: usize) -> bool {
+    let mut left = n;
+    let mut scratch = [0u8; 16 << 10];
+    let drained = tokio::time::timeout(IDLE, async {
+        while left > 0 {
+            let want = left.min(scratch.len());
+            match stream.read(&mut scratch[..want]).await {
+                Ok(0) | Err(_) => return false,
+                Ok(got) => left -= got,
+            }
+        }
+        true
+    })
+    .await;
+    drained.unwrap_or(false)
+}
+
+/// Answers an append; `false` when the answer could not be sent.
+async fn answer_append(
+    stream: &mut TcpStream,
+    req: &RawAppend,
+    res: Result<(), crate::VolumeError>,
+) -> bool {
     let sent = match res {
         Ok(()) => {
             let n = u64::from(req.frag_len);
@@ -318,7 +363,7 @@ mod tests {
         limits: Limits,
     ) -> (
         std::net::SocketAddr,
-        ReceiverStream<std::io::Result<TcpStream>>,
+        ReceiverStream<std::io::Result<listen::GrpcConn>>,
     ) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -351,7 +396,8 @@ mod tests {
     async fn raw_reads_send_stored_bytes_and_name_what_they_refuse() {
         let dir = tempfile::tempdir().unwrap();
         let (store, extent) = store_with_extent(dir.path());
-        let frag: Bytes = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        // The fragment of a 600,000-byte block in a 2+1 volume: 300,000 bytes padded to whole pages.
+        let frag: Bytes = (0..303_104u32).map(|i| (i % 253) as u8).collect();
         let record = BlockRecord {
             hash: BlockHash::of(b"block"),
             offset: 0,
@@ -392,7 +438,7 @@ mod tests {
         let m = refused(
             hoard_proto::raw::read_fragment(&mut s, &RawRead { offset: 1, ..read }, &mut buf).await,
         );
-        assert!(m.contains("lies past the 300000 bytes written"), "{m}");
+        assert!(m.contains("lies past the 303104 bytes written"), "{m}");
         assert!(buf.is_empty());
         // The stored bytes, twice on one connection, and a piece from the middle.
         for _ in 0..2 {
@@ -435,9 +481,13 @@ mod tests {
             other => panic!("expected a protocol error, got {other:?}"),
         }
 
-        // A connection that does not start with the magic byte goes to the gRPC server.
+        // A connection that does not start with the magic byte goes to the gRPC server once it has
+        // sent the whole HTTP/2 preface.
         let mut other = TcpStream::connect(addr).await.unwrap();
-        other.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        other
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
         let handed = tokio::time::timeout(Duration::from_secs(5), grpc.next())
             .await
             .expect("the connection reaches the gRPC stream")
@@ -461,32 +511,35 @@ mod tests {
         append_fragment(&mut s, &at(0), &frag).await.unwrap();
         assert_eq!(extent.records(), 1);
 
+        let next = frag.len() as u64;
         let refusals = [
+            (at(8192), "overlap bytes already written"),
+            (at(0), "extents are append-only"),
             (
                 RawAppend {
                     epoch: 0,
-                    ..at(8192)
+                    ..at(next)
                 },
                 "fenced at epoch 1; request carried epoch 0",
             ),
             (
                 RawAppend {
                     crcs: vec![0, crc ^ 1, 0],
-                    ..at(8192)
+                    ..at(next)
                 },
                 "does not match its crc32c",
             ),
             (
                 RawAppend {
                     volume: 99,
-                    ..at(8192)
+                    ..at(next)
                 },
                 "no extent for volume 99 member 1",
             ),
             (
                 RawAppend {
                     crcs: vec![crc],
-                    ..at(8192)
+                    ..at(next)
                 },
                 "record has 1 crcs, volume has 3 members",
             ),

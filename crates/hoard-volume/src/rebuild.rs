@@ -54,26 +54,6 @@ pub struct Session {
     copy_from: Option<u32>,
 }
 
-fn to_wire(r: &BlockRecord) -> v1::BlockRecord {
-    v1::BlockRecord {
-        hash: Bytes::copy_from_slice(r.hash.as_bytes()),
-        offset: r.offset,
-        frag_len: r.frag_len,
-        block_len: r.block_len,
-        crcs: r.crcs.clone(),
-    }
-}
-
-pub fn from_wire(r: &v1::BlockRecord) -> Result<BlockRecord, VolumeError> {
-    Ok(BlockRecord {
-        hash: BlockHash::from_slice(&r.hash).map_err(|e| VolumeError::BadRequest(e.to_string()))?,
-        offset: r.offset,
-        frag_len: r.frag_len,
-        block_len: r.block_len,
-        crcs: r.crcs.clone(),
-    })
-}
-
 fn remote(e: impl std::fmt::Display) -> VolumeError {
     VolumeError::Internal(e.to_string())
 }
@@ -95,6 +75,16 @@ impl VolumeStore {
         }
         if req.outputs.is_empty() {
             return Err(VolumeError::BadRequest("no member to rebuild".into()));
+        }
+        // Members and capacity are checked here, once: everything after indexes by them.
+        for member in req
+            .sources
+            .iter()
+            .map(|s| s.member)
+            .chain(req.outputs.iter().map(|o| o.member))
+            .chain(req.copy_from)
+        {
+            crate::wire::extent_shape(member, req.k, req.m, req.capacity)?;
         }
         // The records are the same in every member; gather them from two sources, so that a damaged
         // slot in one .idx is filled from the other.
@@ -125,7 +115,7 @@ impl VolumeStore {
         }
         let records: Vec<BlockRecord> = by_offset
             .into_values()
-            .filter(|r| r.crcs.len() == geometry.width() as usize)
+            .filter(|r| r.crcs.len() == geometry.width() as usize && r.end() <= req.capacity)
             .collect();
         let total_bytes: u64 = records.iter().map(|r| r.frag_len as u64).sum();
         let mut outputs = Vec::new();
@@ -217,7 +207,7 @@ impl VolumeStore {
             let msg = msg.map_err(|s| remote(s.message()))?;
             bad += msg.bad_slots;
             for r in &msg.records {
-                out.push(from_wire(r)?);
+                out.push(crate::wire::record_from_wire(r)?);
             }
         }
         Ok((out, bad))
@@ -570,7 +560,7 @@ impl VolumeStore {
                             member: o.member,
                             generation: o.generation,
                         }),
-                        records: records.iter().map(to_wire).collect(),
+                        records: records.iter().map(crate::wire::record_to_wire).collect(),
                     })
                     .await
                     .map_err(|st| {
@@ -599,7 +589,7 @@ impl VolumeStore {
         let e = req
             .extent
             .ok_or_else(|| VolumeError::BadRequest("missing extent".into()))?;
-        let record = from_wire(
+        let record = crate::wire::record_from_wire(
             req.record
                 .as_ref()
                 .ok_or_else(|| VolumeError::BadRequest("missing record".into()))?,

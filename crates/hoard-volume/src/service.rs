@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use hoard_proto::v1::{self, volume_server::Volume};
 use hoard_types::BlockHash;
 use tonic::{Request, Response, Status};
@@ -10,8 +9,13 @@ use tracing::Instrument;
 
 use crate::VolumeError;
 use crate::extent::MemberFile;
-use crate::format::BlockRecord;
 use crate::store::VolumeStore;
+use crate::wire::{
+    ExtentId, disk_info, extent_info, extent_shape, record_from_wire, record_to_wire,
+};
+
+/// Records per `ReadIndex` message.
+const INDEX_CHUNK: usize = 4096;
 
 #[derive(Clone)]
 pub struct VolumeService {
@@ -24,52 +28,8 @@ impl VolumeService {
     }
 }
 
-fn extent_ref(r: Option<v1::ExtentRef>) -> Result<v1::ExtentRef, Status> {
-    r.ok_or_else(|| Status::invalid_argument("missing extent"))
-}
-
-fn record_from_wire(r: v1::BlockRecord) -> Result<BlockRecord, Status> {
-    Ok(BlockRecord {
-        hash: BlockHash::from_slice(&r.hash)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?,
-        offset: r.offset,
-        frag_len: r.frag_len,
-        block_len: r.block_len,
-        crcs: r.crcs,
-    })
-}
-
-pub fn extent_info(e: &crate::extent::Extent, d: &crate::disk::Disk) -> v1::ExtentInfo {
-    let mf = e.member_file();
-    v1::ExtentInfo {
-        extent: Some(v1::ExtentRef {
-            volume: e.volume,
-            member: e.member,
-            generation: mf.generation,
-        }),
-        disk_id: d.id.clone(),
-        data_len: e.data_len(),
-        k: mf.k,
-        m: mf.m,
-        epoch: mf.epoch,
-        capacity: mf.capacity,
-        records: e.records(),
-    }
-}
-
-pub fn disk_info(d: &crate::store::DiskReport) -> v1::DiskInfo {
-    v1::DiskInfo {
-        disk_id: d.disk_id.clone(),
-        path: d.path.clone(),
-        capacity_bytes: d.capacity_bytes,
-        used_bytes: d.used_bytes,
-        free_bytes: d.free_bytes,
-        state: d.state.clone(),
-        extents: d.extents,
-        cluster_id: d.cluster_id.clone(),
-        scrub: None,
-        trash_bytes: d.trash_bytes,
-    }
+fn extent_ref(r: Option<v1::ExtentRef>) -> Result<ExtentId, Status> {
+    Ok(ExtentId::from_wire(r.as_ref())?)
 }
 
 type IndexStream =
@@ -87,8 +47,12 @@ impl Volume for VolumeService {
     ) -> Result<Response<v1::ReadRangeResponse>, Status> {
         let req = req.into_inner();
         let e = extent_ref(req.extent)?;
-        if req.len as usize > hoard_proto::MAX_MESSAGE_BYTES - 1024 {
-            return Err(Status::invalid_argument("range too long for one message"));
+        if req.len == 0 || req.len > hoard_proto::raw::MAX_READ {
+            return Err(Status::invalid_argument(format!(
+                "range of {} bytes: len must be 1 to {}",
+                req.len,
+                hoard_proto::raw::MAX_READ
+            )));
         }
         let extent = self.store.extent(e.volume, e.member)?;
         let data = tokio::task::spawn_blocking(move || {
@@ -117,36 +81,40 @@ impl Volume for VolumeService {
             }
             .into());
         }
-        let (records, bad) = tokio::task::spawn_blocking(move || {
-            let mut out = Vec::new();
-            let scan = extent.for_each_record(|_, r| out.push(r.clone()))?;
-            Ok::<_, VolumeError>((out, scan.bad_slots.len() as u64))
-        })
-        .await
-        .map_err(blocking_err)??;
-        let mut msgs: Vec<Result<v1::ReadIndexResponse, Status>> = records
-            .chunks(4096)
-            .map(|c| {
-                Ok(v1::ReadIndexResponse {
-                    records: c
-                        .iter()
-                        .map(|r| v1::BlockRecord {
-                            hash: Bytes::copy_from_slice(r.hash.as_bytes()),
-                            offset: r.offset,
-                            frag_len: r.frag_len,
-                            block_len: r.block_len,
-                            crcs: r.crcs.clone(),
-                        })
-                        .collect(),
-                    bad_slots: 0,
-                })
-            })
-            .collect();
-        msgs.push(Ok(v1::ReadIndexResponse {
-            records: Vec::new(),
-            bad_slots: bad,
-        }));
-        Ok(Response::new(Box::pin(tokio_stream::iter(msgs))))
+        // Streamed as the scan goes: a few thousand records in memory at a time, whatever the size of
+        // the index.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<v1::ReadIndexResponse, Status>>(2);
+        tokio::task::spawn_blocking(move || {
+            let mut chunk = Vec::with_capacity(INDEX_CHUNK);
+            let mut gone = false;
+            let scan = extent.for_each_record(|_, r| {
+                if gone {
+                    return;
+                }
+                chunk.push(record_to_wire(r));
+                if chunk.len() == INDEX_CHUNK {
+                    let records = std::mem::replace(&mut chunk, Vec::with_capacity(INDEX_CHUNK));
+                    gone = tx
+                        .blocking_send(Ok(v1::ReadIndexResponse {
+                            records,
+                            bad_slots: 0,
+                        }))
+                        .is_err();
+                }
+            });
+            let last = scan
+                .map_err(Status::from)
+                .map(|scan| v1::ReadIndexResponse {
+                    records: chunk,
+                    bad_slots: scan.bad_slots.len() as u64,
+                });
+            if !gone {
+                let _ = tx.blocking_send(last);
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn begin_rebuild(
@@ -191,6 +159,7 @@ impl Volume for VolumeService {
     ) -> Result<Response<v1::StageWriteResponse>, Status> {
         let r = req.into_inner();
         let e = extent_ref(r.extent)?;
+        extent_shape(e.member, r.k, r.m, r.capacity)?;
         let mf = MemberFile {
             format: 1,
             volume: e.volume,
@@ -225,7 +194,7 @@ impl Volume for VolumeService {
         let records = r
             .records
             .iter()
-            .map(crate::rebuild::from_wire)
+            .map(record_from_wire)
             .collect::<Result<Vec<_>, _>>()?;
         let store = Arc::clone(&self.store);
         tokio::task::spawn_blocking(move || {
@@ -250,12 +219,7 @@ impl Volume for VolumeService {
     ) -> Result<Response<v1::CreateExtentResponse>, Status> {
         let req = req.into_inner();
         let e = extent_ref(req.extent)?;
-        if req.k == 0 || e.member >= req.k + req.m {
-            return Err(Status::invalid_argument(format!(
-                "member {} does not fit geometry {}+{}",
-                e.member, req.k, req.m
-            )));
-        }
+        extent_shape(e.member, req.k, req.m, req.capacity)?;
         let mf = MemberFile {
             format: 1,
             volume: e.volume,
@@ -296,6 +260,7 @@ impl Volume for VolumeService {
         let e = extent_ref(req.extent)?;
         let record = record_from_wire(
             req.record
+                .as_ref()
                 .ok_or_else(|| Status::invalid_argument("missing record"))?,
         )?;
         let extent = self.store.extent(e.volume, e.member)?;
@@ -325,6 +290,13 @@ impl Volume for VolumeService {
     ) -> Result<Response<v1::ReadFragmentResponse>, Status> {
         let req = req.into_inner();
         let e = extent_ref(req.extent)?;
+        if req.frag_len == 0 || u64::from(req.frag_len) > hoard_types::MAX_FRAGMENT_LEN {
+            return Err(Status::invalid_argument(format!(
+                "fragment of {} bytes: frag_len must be 1 to {}",
+                req.frag_len,
+                hoard_types::MAX_FRAGMENT_LEN
+            )));
+        }
         let extent = self.store.extent(e.volume, e.member)?;
         let res = tokio::task::spawn_blocking(move || {
             extent.read_fragment(e.generation, req.offset, req.frag_len, req.expected_crc)

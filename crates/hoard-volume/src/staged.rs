@@ -47,8 +47,9 @@ impl StagedExtent {
 
     /// Writes rebuilt bytes at `offset` of the data region.
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), VolumeError> {
-        if offset + data.len() as u64 > self.mf.capacity {
-            return Err(VolumeError::BadRequest(format!(
+        let end = hoard_types::range_end(offset, data.len() as u64);
+        if end.is_none_or(|end| end > self.mf.capacity) {
+            return Err(VolumeError::OutOfRange(format!(
                 "staged write at {offset}+{} passes the capacity {}",
                 data.len(),
                 self.mf.capacity

@@ -152,7 +152,7 @@ pub enum RepairCmd {
 }
 
 /// Prints rows as an aligned table.
-pub fn table(headers: &[&str], rows: &[Vec<String>]) {
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -165,12 +165,13 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
             .enumerate()
             .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
             .collect();
-        println!("{}", s.join("  ").trim_end());
+        outln!("{}", s.join("  ").trim_end())
     };
-    line(headers.iter().map(|h| h.to_string()).collect());
+    line(headers.iter().map(|h| h.to_string()).collect())?;
     for r in rows {
-        line(r.clone());
+        line(r.clone())?;
     }
+    Ok(())
 }
 
 fn s(v: &Value) -> String {
@@ -190,7 +191,7 @@ fn fill_bar(used: u64, cap: u64) -> String {
     format!("[{}{}] {pct:4.1}%", "#".repeat(n), ".".repeat(10 - n))
 }
 
-fn print_disks(v: &Value) {
+fn print_disks(v: &Value) -> std::io::Result<()> {
     let rows: Vec<Vec<String>> = v
         .as_array()
         .into_iter()
@@ -215,10 +216,11 @@ fn print_disks(v: &Value) {
             "DISK", "NODE", "STATE", "MEMBERS", "USED", "FILL", "TRASH", "PATH",
         ],
         &rows,
-    );
+    )?;
+    Ok(())
 }
 
-fn print_nodes(v: &Value) {
+fn print_nodes(v: &Value) -> std::io::Result<()> {
     let now = hoard_types::now_ms();
     let rows: Vec<Vec<String>> = v
         .as_array()
@@ -243,10 +245,11 @@ fn print_nodes(v: &Value) {
             ]
         })
         .collect();
-    table(&["NODE", "STATE", "ADDRESS", "HEARTBEAT", "LABELS"], &rows);
+    table(&["NODE", "STATE", "ADDRESS", "HEARTBEAT", "LABELS"], &rows)?;
+    Ok(())
 }
 
-fn print_volumes(v: &Value) {
+fn print_volumes(v: &Value) -> std::io::Result<()> {
     let rows: Vec<Vec<String>> = v
         .as_array()
         .into_iter()
@@ -288,7 +291,8 @@ fn print_volumes(v: &Value) {
             "NOTE",
         ],
         &rows,
-    );
+    )?;
+    Ok(())
 }
 
 /// A bytes-per-second throttle as shown to operators; 0 is no throttle.
@@ -300,9 +304,9 @@ fn throttle_text(rate: u64) -> String {
     }
 }
 
-fn print_repair(r: &Value) {
+fn print_repair(r: &Value) -> std::io::Result<()> {
     let rate = r["bytes_per_sec"].as_u64().unwrap_or(0);
-    println!(
+    outln!(
         "repair: {}  throttle {}  concurrency {}  degraded {}  lost {}  rate {}/s  rebuilt {} ({} volumes)",
         if r["paused"].as_bool().unwrap_or(false) {
             "PAUSED"
@@ -316,7 +320,7 @@ fn print_repair(r: &Value) {
         human_bytes(r["rate_bytes_per_sec"].as_f64().unwrap_or(0.0) as u64),
         human_bytes(r["bytes_rebuilt_total"].as_u64().unwrap_or(0)),
         s(&r["volumes_repaired_total"]),
-    );
+    )?;
     let rows: Vec<Vec<String>> = r["queue"]
         .as_array()
         .into_iter()
@@ -341,13 +345,14 @@ fn print_repair(r: &Value) {
         table(
             &["VOLUME", "LOST", "STATE", "PROGRESS", "ETA", "DEGRADED FOR"],
             &rows,
-        );
+        )?;
     }
+    Ok(())
 }
 
-fn print_scrub(v: &Value) {
+fn print_scrub(v: &Value) -> std::io::Result<()> {
     let rate = v["bytes_per_sec"].as_u64().unwrap_or(0);
-    println!(
+    outln!(
         "scrub: {}  throttle {} per disk  interval {}  corrupt ranges found {}",
         if v["paused"].as_bool().unwrap_or(false) {
             "PAUSED"
@@ -359,7 +364,7 @@ fn print_scrub(v: &Value) {
             v["interval_secs"].as_u64().unwrap_or(0)
         )),
         s(&v["bad_ranges"]),
-    );
+    )?;
     let rows: Vec<Vec<String>> = v["disks"]
         .as_array()
         .into_iter()
@@ -398,7 +403,8 @@ fn print_scrub(v: &Value) {
             "LAST PASS",
         ],
         &rows,
-    );
+    )?;
+    Ok(())
 }
 
 fn bar(template: &str) -> indicatif::ProgressBar {
@@ -505,9 +511,9 @@ async fn verify(
         out["deep"] = deep_report;
         out["problems"] = serde_json::json!(problems);
         out["problems_total"] = serde_json::json!(total);
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?)?;
     } else {
-        println!(
+        outln!(
             "verify: {} entries ({} live) in {:.2} s, {:.0} entries/s; {} problem(s)",
             s(&v["entries"]),
             s(&v["live"]),
@@ -516,16 +522,16 @@ async fn verify(
                 / 1000.0,
             v["entries_per_sec"].as_f64().unwrap_or(0.0),
             total
-        );
+        )?;
         if deep {
-            println!(
+            outln!(
                 "deep: {} block(s) read back and checked against their hash, {} failed",
                 s(&deep_report["read"]),
                 s(&deep_report["failed"])
-            );
+            )?;
         }
         for p in &problems {
-            println!("problem: {p}");
+            outln!("problem: {p}")?;
         }
     }
     Ok(if total == 0 {
@@ -567,7 +573,7 @@ async fn wait_moves(base: &str, reason: &str) -> anyhow::Result<Value> {
     }
 }
 
-fn print_moves(v: &Value) {
+fn print_moves(v: &Value) -> std::io::Result<()> {
     let rows: Vec<Vec<String>> = v["moves"]
         .as_array()
         .into_iter()
@@ -587,7 +593,8 @@ fn print_moves(v: &Value) {
     table(
         &["VOLUME", "MEMBER", "FROM", "TO", "BYTES", "STATE", "WHY"],
         &rows,
-    );
+    )?;
+    Ok(())
 }
 
 async fn rebalance(base: &str, json: bool, cmd: &RebalanceCmd) -> anyhow::Result<ExitCode> {
@@ -605,12 +612,12 @@ async fn rebalance(base: &str, json: bool, cmd: &RebalanceCmd) -> anyhow::Result
             )
             .await?;
             if !json {
-                println!(
+                outln!(
                     "{} move(s), {} to copy, to bring every disk within {tolerance} points of the mean fill",
                     v["moves"].as_array().map(|m| m.len()).unwrap_or(0),
                     human_bytes(v["bytes"].as_u64().unwrap_or(0))
-                );
-                print_moves(&v);
+                )?;
+                print_moves(&v)?;
             }
             v
         }
@@ -639,9 +646,9 @@ async fn rebalance(base: &str, json: bool, cmd: &RebalanceCmd) -> anyhow::Result
         }
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?)?;
     } else if !matches!(cmd, RebalanceCmd::Plan { .. }) {
-        println!(
+        outln!(
             "rebalance: {}{}  moves {}  {} / {} copied",
             s(&v["state"]),
             if v["paused"].as_bool().unwrap_or(false) {
@@ -659,8 +666,8 @@ async fn rebalance(base: &str, json: bool, cmd: &RebalanceCmd) -> anyhow::Result
                 .unwrap_or_default(),
             human_bytes(v["bytes_done"].as_u64().unwrap_or(0)),
             human_bytes(v["bytes_total"].as_u64().unwrap_or(0)),
-        );
-        print_moves(&v);
+        )?;
+        print_moves(&v)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -695,9 +702,9 @@ async fn rebuild_index(base: &str, json: bool) -> anyhow::Result<ExitCode> {
     };
     pb.finish_and_clear();
     if json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?)?;
     } else {
-        println!(
+        outln!(
             "rebuild-index: {} of {} volumes restored; blocks: {} accepted, {} already known, {} rejected (of {} records)",
             s(&v["volumes_restored"]),
             s(&v["volumes_total"]),
@@ -705,12 +712,12 @@ async fn rebuild_index(base: &str, json: bool) -> anyhow::Result<ExitCode> {
             s(&v["blocks_already_known"]),
             s(&v["blocks_rejected"]),
             s(&v["records_seen"]),
-        );
+        )?;
         if let Some(id) = v["cluster_id_adopted"].as_str().filter(|i| !i.is_empty()) {
-            println!("the metadata tier took the disks' cluster id {id}");
+            outln!("the metadata tier took the disks' cluster id {id}")?;
         }
         for e in v["errors"].as_array().into_iter().flatten() {
-            println!("problem: {}", s(e));
+            outln!("problem: {}", s(e))?;
         }
     }
     Ok(if v["errors"].as_array().is_some_and(|e| !e.is_empty()) {
@@ -735,19 +742,19 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
             .await
             .map_err(|e| anyhow!(e))?;
             if !args.json {
-                println!(
+                outln!(
                     "draining {what} {id}: {} member move(s) planned",
                     s(&v["moves"])
-                );
+                )?;
             }
             if *wait {
                 wait_moves(&base, "drain").await?;
                 if !args.json {
-                    println!("{what} {id} drained: safe to pull");
+                    outln!("{what} {id} drained: safe to pull")?;
                 }
             }
             if args.json {
-                println!("{v}");
+                outln!("{v}")?;
             }
             return Ok(ExitCode::SUCCESS);
         }
@@ -760,14 +767,14 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
             )
             .await
             .map_err(|e| anyhow!(e))?;
-            println!(
+            outln!(
                 "{}",
                 if args.json {
                     v.to_string()
                 } else {
                     format!("{what} {id} takes members again")
                 }
-            );
+            )?;
             return Ok(ExitCode::SUCCESS);
         }
         AdminCmd::Verify { deep, sample, ep } => {
@@ -783,14 +790,14 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
             .await
             .map_err(|e| anyhow!(e))?;
             if args.json {
-                println!("{v}");
+                outln!("{v}")?;
             } else {
-                println!(
+                outln!(
                     "backup of the metadata tier in {} ({}, {:.2} s)",
                     s(&v["dir"]),
                     human_bytes(v["bytes"].as_u64().unwrap_or(0)),
                     v["seconds"].as_f64().unwrap_or(0.0)
-                );
+                )?;
             }
             return Ok(ExitCode::SUCCESS);
         }
@@ -803,14 +810,14 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
             )
             .await
             .map_err(|e| anyhow!(e))?;
-            println!(
+            outln!(
                 "{}",
                 if args.json {
                     v.to_string()
                 } else {
                     format!("disk {disk} declared empty")
                 }
-            );
+            )?;
             return Ok(ExitCode::SUCCESS);
         }
         _ => {}
@@ -878,12 +885,12 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
         .await
         .map_err(|e| anyhow!(e))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     match &args.cmd {
         AdminCmd::Status => {
-            println!(
+            outln!(
                 "cell {}  blocks {}  bytes {}  volumes {}",
                 s(&v["cluster_id"]),
                 s(&v["blocks"]),
@@ -896,19 +903,19 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
                         .collect::<Vec<_>>()
                         .join(" "))
                     .unwrap_or_default()
-            );
-            println!();
-            print_nodes(&v["nodes"]);
-            println!();
-            print_disks(&v["disks"]);
-            println!();
-            print_repair(&v["repair"]);
+            )?;
+            outln!()?;
+            print_nodes(&v["nodes"])?;
+            outln!()?;
+            print_disks(&v["disks"])?;
+            outln!()?;
+            print_repair(&v["repair"])?;
         }
-        AdminCmd::Nodes => print_nodes(&v),
-        AdminCmd::Disks => print_disks(&v),
-        AdminCmd::Volumes => print_volumes(&v),
-        AdminCmd::Repair { .. } => print_repair(&v),
-        AdminCmd::Scrub { .. } => print_scrub(&v),
+        AdminCmd::Nodes => print_nodes(&v)?,
+        AdminCmd::Disks => print_disks(&v)?,
+        AdminCmd::Volumes => print_volumes(&v)?,
+        AdminCmd::Repair { .. } => print_repair(&v)?,
+        AdminCmd::Scrub { .. } => print_scrub(&v)?,
         AdminCmd::RebuildIndex
         | AdminCmd::DeclareEmpty { .. }
         | AdminCmd::Verify { .. }

@@ -231,17 +231,26 @@ fn report(mode: &str, args: &BenchArgs, tally: Tally, elapsed: Duration) -> serd
     })
 }
 
-fn print_table(rows: &[serde_json::Value]) {
-    println!(
+fn print_table(rows: &[serde_json::Value]) -> std::io::Result<()> {
+    outln!(
         "{:<6} {:>7} {:>7} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7}",
-        "mode", "ops", "errors", "ops/s", "MB/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "seconds"
-    );
+        "mode",
+        "ops",
+        "errors",
+        "ops/s",
+        "MB/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms",
+        "seconds"
+    )?;
     for r in rows {
         let f = |k: &str| match &r[k] {
             serde_json::Value::String(s) => s.clone(),
             v => v.to_string(),
         };
-        println!(
+        outln!(
             "{:<6} {:>7} {:>7} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7}",
             f("mode"),
             f("ops"),
@@ -253,13 +262,14 @@ fn print_table(rows: &[serde_json::Value]) {
             f("p99_ms"),
             f("max_ms"),
             f("seconds"),
-        );
+        )?;
     }
     for r in rows {
         if let Some(e) = r["first_error"].as_str() {
             eprintln!("{}: first error: {e}", r["mode"].as_str().unwrap_or(""));
         }
     }
+    Ok(())
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -349,9 +359,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?;
     }
     if args.json {
-        println!("{}", rows.last().expect("one row"));
+        outln!("{}", rows.last().expect("one row"))?;
     } else {
-        print_table(&rows);
+        print_table(&rows)?;
     }
     Ok(if errors > 0 {
         ExitCode::FAILURE

@@ -11,6 +11,14 @@ use hoard_client::{Client, ClientError};
 use hoard_types::{BlockHash, MAX_BLOCK_LEN};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::config::human_bytes;
+
+/// A time in milliseconds since the Unix epoch as RFC 3339 in UTC, to the millisecond.
+pub fn rfc3339_ms(unix_ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct EndpointArg {
     /// The cell's client endpoint.
@@ -86,7 +94,7 @@ pub async fn put(ep: &EndpointArg, file: &str, expect: Option<&str>) -> anyhow::
         .put_checked(Bytes::from(data), expected)
         .await
         .map_err(answer)?;
-    println!("{}", put.hash);
+    outln!("{}", put.hash)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -131,23 +139,25 @@ pub async fn stat(ep: &EndpointArg, hash: &str, json: bool) -> anyhow::Result<Ex
     let client = connect(ep).await?;
     let s = client.stat(hash).await.map_err(answer)?;
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "hash": s.hash, "size": s.size, "volume": s.volume, "offset": s.offset,
                 "created_unix_ms": s.created_unix_ms, "volume_state": s.volume_state,
                 "geometry": s.geometry,
             })
-        );
+        )?;
     } else {
-        println!("hash      {}", s.hash);
-        println!("size      {} bytes", s.size);
-        println!(
+        outln!("hash      {}", s.hash)?;
+        outln!("size      {} ({} bytes)", human_bytes(s.size), s.size)?;
+        outln!(
             "volume    {} ({}, RS {})",
-            s.volume, s.volume_state, s.geometry
-        );
-        println!("offset    {}", s.offset);
-        println!("created   {} ms since epoch", s.created_unix_ms);
+            s.volume,
+            s.volume_state,
+            s.geometry
+        )?;
+        outln!("offset    {}", s.offset)?;
+        outln!("created   {}", rfc3339_ms(s.created_unix_ms))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -158,7 +168,7 @@ pub async fn missing(ep: &EndpointArg, hashes: &[String]) -> anyhow::Result<Exit
     }
     let client = connect(ep).await?;
     for m in client.find_missing(hashes).await.map_err(answer)? {
-        println!("{m}");
+        outln!("{m}")?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -206,7 +216,7 @@ pub async fn upload(
     let manifest: String = hashes.iter().map(|h| format!("{h}\n")).collect();
     match out {
         Some(p) => write_output(Some(p), &[Bytes::from(manifest)])?,
-        None => print!("{manifest}"),
+        None => out!("{manifest}")?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -274,6 +274,13 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config, String> {
+        let cfg = Self::parse_unchecked(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The config as written, before [`Config::problems`] are looked for.
+    fn parse_unchecked(text: &str) -> Result<Config, String> {
         let cfg: Config = toml::from_str(text).map_err(|e| {
             let msg = e.message().trim().replace('\n', " ");
             match e.span() {
@@ -281,56 +288,147 @@ impl Config {
                 None => msg,
             }
         })?;
-        cfg.validate()?;
         Ok(cfg)
     }
 
     fn validate(&self) -> Result<(), String> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
+    /// Every value that parses but makes no sense: missing roles and keys, zero or absurd durations
+    /// and sizes. Each problem names its key and the allowed range.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
         if self.meta.is_none()
             && self.frontend.is_none()
             && self.volume.is_none()
             && self.repair.is_none()
         {
-            return Err(
+            p.push(
                 "no role configured: add a [meta], [frontend], [volume] or [repair] section".into(),
             );
         }
-        if let Some(r) = &self.repair {
-            check_url("repair.meta", &r.meta)?;
+        if let Some(r) = &self.repair
+            && let Err(e) = check_url("repair.meta", &r.meta)
+        {
+            p.push(e);
         }
         if let Some(m) = &self.meta {
-            if m.extent_size.0 < 1 << 20 {
-                return Err(format!(
-                    "meta.extent_size {} is below the 1 MiB minimum",
-                    m.extent_size
-                ));
-            }
-            if m.lease < Duration::from_secs(1) {
-                return Err("meta.lease must be at least 1s".into());
-            }
+            size_within(
+                &mut p,
+                "meta.extent_size",
+                m.extent_size,
+                1 << 20,
+                hoard_types::MAX_EXTENT_CAPACITY,
+            );
+            within(
+                &mut p,
+                "meta.lease",
+                m.lease,
+                Duration::from_secs(1),
+                Duration::from_secs(3600),
+            );
+            within(
+                &mut p,
+                "meta.heartbeat_grace",
+                m.heartbeat_grace,
+                Duration::from_secs(1),
+                Duration::from_secs(7 * 86_400),
+            );
             if !(0.1..=1.0).contains(&m.high_water) {
-                return Err("meta.high_water must be between 0.1 and 1.0".into());
+                p.push(format!(
+                    "meta.high_water {} must be between 0.1 and 1.0",
+                    m.high_water
+                ));
             }
         }
         if let Some(v) = &self.volume {
             if v.disks.is_empty() {
-                return Err("volume.disks is empty: list at least one disk directory".into());
+                p.push("volume.disks is empty: list at least one disk directory".into());
             }
             if self.node.id.as_deref().unwrap_or("").is_empty() {
-                return Err("node.id is missing: the volume role needs a node id".into());
+                p.push("node.id is missing: the volume role needs a node id".into());
             }
-            check_url("volume.meta", &v.meta)?;
+            if let Err(e) = check_url("volume.meta", &v.meta) {
+                p.push(e);
+            }
+            if let Some(h) = v.heartbeat {
+                within(
+                    &mut p,
+                    "volume.heartbeat",
+                    h,
+                    Duration::from_millis(100),
+                    Duration::from_secs(300),
+                );
+            }
+            if let Some(t) = v.trash_grace {
+                within(
+                    &mut p,
+                    "volume.trash_grace",
+                    t,
+                    Duration::from_secs(60),
+                    Duration::from_secs(365 * 86_400),
+                );
+            }
+            if let Some(c) = v.disk_capacity {
+                size_within(&mut p, "volume.disk_capacity", c, 1 << 20, u64::MAX);
+            }
         }
         if let Some(f) = &self.frontend {
-            check_url("frontend.meta", &f.meta)?;
-            if f.open_volumes == 0 {
-                return Err("frontend.open_volumes must be at least 1".into());
+            if let Err(e) = check_url("frontend.meta", &f.meta) {
+                p.push(e);
+            }
+            if !(1..=64).contains(&f.open_volumes) {
+                p.push(format!(
+                    "frontend.open_volumes {} must be 1 to 64",
+                    f.open_volumes
+                ));
             }
             if !(0.0..=1.0).contains(&f.watch_share) {
-                return Err("frontend.watch_share must be between 0 and 1".into());
+                p.push(format!(
+                    "frontend.watch_share {} must be between 0 and 1",
+                    f.watch_share
+                ));
+            }
+            for d in &f.watch_delays {
+                within(
+                    &mut p,
+                    "frontend.watch_delays",
+                    *d,
+                    Duration::from_secs(1),
+                    Duration::from_secs(365 * 86_400),
+                );
             }
         }
-        Ok(())
+        p
+    }
+}
+
+/// Adds a problem unless `d` lies in `[min, max]`.
+fn within(problems: &mut Vec<String>, key: &str, d: Duration, min: Duration, max: Duration) {
+    if d < min || d > max {
+        problems.push(format!(
+            "{key} {} must be between {} and {}",
+            humantime::format_duration(d),
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        ));
+    }
+}
+
+/// Adds a problem unless `s` lies in `[min, max]` bytes.
+fn size_within(problems: &mut Vec<String>, key: &str, s: Size, min: u64, max: u64) {
+    if s.0 < min || s.0 > max {
+        problems.push(format!(
+            "{key} {s} must be between {} and {}",
+            Size(min),
+            Size(max)
+        ));
     }
 }
 
@@ -488,10 +586,11 @@ impl Config {
         problems.extend(section_error::<VolumeSection>(text, "volume"));
         problems.extend(section_error::<RepairSection>(text, "repair"));
         problems.extend(section_error::<AdminSection>(text, "admin"));
-        if problems.is_empty()
-            && let Err(e) = Config::parse(text)
-        {
-            problems.push(e);
+        if problems.is_empty() {
+            match Config::parse_unchecked(text) {
+                Ok(cfg) => problems.extend(cfg.problems()),
+                Err(e) => problems.push(e),
+            }
         }
         // One report per line is enough: the unknown-key pass and a section's own error may agree.
         let mut seen = std::collections::HashSet::new();

@@ -117,19 +117,30 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     admin.frontend = Some(fe);
     tasks.push(roles::start_repair(&meta_url, &stop)?);
     let admin_role = roles::start_admin(args.admin, admin, prometheus, &stop).await?;
-    println!(
+    let admin_url = format!("http://{}", admin_role.addr);
+    let env_file = args.data.join("hoard.env");
+    write_env_file(
+        &env_file,
+        &[("HOARD_ENDPOINT", &endpoint), ("HOARD_ADMIN", &admin_url)],
+    )?;
+    // A closed stdout must not stop the cell: these lines are a courtesy.
+    let _ = outln!(
         "hoard dev: cell of {} nodes x {} disks, RS {}, data in {}",
         args.nodes,
         args.disks_per_node,
         args.ec,
         args.data.display()
     );
-    println!("hoard dev: admin on http://{}", admin_role.addr);
-    println!("hoard dev: client endpoint {endpoint}");
+    let _ = outln!("hoard dev: admin on {admin_url}");
+    let _ = outln!("hoard dev: client endpoint {endpoint}");
+    let _ = outln!(
+        "hoard dev: `. {}` points the CLI at this cell",
+        env_file.display()
+    );
     tasks.push(admin_role);
 
     roles::shutdown_signal().await;
-    println!("hoard dev: stopping");
+    let _ = outln!("hoard dev: stopping");
     stop.trigger();
     let clean = roles::join_all(tasks, "hoard dev").await;
     Ok(if clean {
@@ -137,4 +148,61 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Writes `DATA/hoard.env`: shell assignments of what a client or operator needs to reach the cell, so
+/// that `. DATA/hoard.env` points every `hoard` command at it. Written whole and renamed into place.
+fn write_env_file(path: &std::path::Path, vars: &[(&str, &str)]) -> anyhow::Result<()> {
+    let mut text = String::from(
+        "# Written by `hoard dev` at start: `. hoard.env` points the hoard CLI at this cell.\n",
+    );
+    for (name, value) in vars {
+        text.push_str(&format!("export {name}={}\n", shell_quote(value)));
+    }
+    let tmp = path.with_extension("env.tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))
+}
+
+/// `value` as one word for a POSIX shell.
+fn shell_quote(value: &str) -> String {
+    if !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/:._-+=@,".contains(&b))
+    {
+        return value.to_string();
+    }
+    format!("'{}'", value.replace('\'', "'\\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_file_values_survive_a_shell() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hoard.env");
+        let odd = "it's a $path with spaces";
+        write_env_file(
+            &path,
+            &[("HOARD_ENDPOINT", "http://127.0.0.1:7700"), ("ODD", odd)],
+        )
+        .unwrap();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                ". '{}' && printf '%s\\n%s' \"$HOARD_ENDPOINT\" \"$ODD\"",
+                path.display()
+            ))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            format!("http://127.0.0.1:7700\n{odd}")
+        );
+    }
 }

@@ -1,5 +1,7 @@
 //! `hoard`: the one binary. Roles (`server`, `dev`) and client commands.
 
+#[macro_use]
+mod out;
 mod admin_api;
 mod admin_cli;
 mod admin_json;
@@ -150,6 +152,7 @@ fn main() -> ExitCode {
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
     match res {
         Ok(code) => code,
+        Err(e) if out::is_broken_pipe(&e) => out::die_of_sigpipe(),
         Err(e) => {
             eprintln!("hoard: error: {}", one_line(&e));
             ExitCode::FAILURE
@@ -206,7 +209,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 .map_err(|e| anyhow::anyhow!("config {}: cannot read: {e}", file.display()))?;
             let problems = config::Config::check(&text);
             if problems.is_empty() {
-                println!("{}: ok", file.display());
+                outln!("{}: ok", file.display())?;
                 return Ok(ExitCode::SUCCESS);
             }
             for p in &problems {
@@ -217,7 +220,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Config {
             cmd: ConfigCmd::Example { role },
         } => {
-            print!(
+            out!(
                 "{}",
                 match role.as_str() {
                     "meta" => include_str!("../../../deploy/config/meta.toml"),
@@ -225,7 +228,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
                     "frontend" => include_str!("../../../deploy/config/frontend.toml"),
                     _ => include_str!("../../../deploy/config/repair.toml"),
                 }
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -66,21 +66,48 @@ async fn bind(role: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .map_err(|e| anyhow!("{role}: cannot listen on {addr}: {e}"))
 }
 
+/// The gRPC services every role serves beside its own: health, and reflection in both versions
+/// (`grpc.reflection.v1`, and `v1alpha`, which many clients and tools still speak).
+struct CommonServices<H, R1, R0> {
+    health: H,
+    reflection_v1: R1,
+    reflection_v1alpha: R0,
+}
+
 /// Health (all serving) and reflection services for a role.
+#[allow(clippy::type_complexity)]
 async fn health_and_reflection() -> anyhow::Result<(
     tonic_health::server::HealthReporter,
-    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
-    tonic_reflection::server::v1::ServerReflectionServer<
-        impl tonic_reflection::server::v1::ServerReflection,
+    CommonServices<
+        tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
     >,
 )> {
     let (reporter, health) = tonic_health::server::health_reporter();
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(hoard_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(hoard_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = builder()
         .build_v1()
-        .context("building gRPC reflection")?;
-    Ok((reporter, health, reflection))
+        .context("building gRPC reflection v1")?;
+    let reflection_v1alpha = builder()
+        .build_v1alpha()
+        .context("building gRPC reflection v1alpha")?;
+    Ok((
+        reporter,
+        CommonServices {
+            health,
+            reflection_v1,
+            reflection_v1alpha,
+        },
+    ))
 }
 
 /// Keeps a service's `grpc.health.v1` status in step with its readiness, checked every two seconds.
@@ -108,15 +135,6 @@ where
     });
 }
 
-/// Accepted connections with Nagle off. `Server::tcp_nodelay` covers only listeners tonic binds
-/// itself; without this, small responses (append acks, commit answers) waited for the peer's delayed
-/// ACK, about 40 ms each.
-fn incoming(l: TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(l)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(60)))
-}
-
 pub async fn start_meta(
     listen: SocketAddr,
     data_dir: &Path,
@@ -135,7 +153,7 @@ pub async fn start_meta(
     hoard_meta::repair::spawn_monitor(Arc::downgrade(&state), Duration::from_secs(1));
     let listener = bind("meta", listen).await?;
     let addr = listener.local_addr()?;
-    let (reporter, health, reflection) = health_and_reflection().await?;
+    let (reporter, common) = health_and_reflection().await?;
     reporter.set_serving::<MetaServer<MetaService>>().await;
     let svc = MetaServer::new(MetaService::new(Arc::clone(&state)))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -144,10 +162,11 @@ pub async fn start_meta(
     let st = Arc::clone(&state);
     let task = tokio::spawn(async move {
         hoard_proto::server()
-            .add_service(health)
-            .add_service(reflection)
+            .add_service(common.health)
+            .add_service(common.reflection_v1)
+            .add_service(common.reflection_v1alpha)
             .add_service(svc)
-            .serve_with_incoming_shutdown(incoming(listener), shutdown)
+            .serve_with_incoming_shutdown(hoard_proto::listen::grpc_only(listener), shutdown)
             .await
             .context("meta server")?;
         st.shutdown();
@@ -228,7 +247,7 @@ pub async fn start_volume(
             }
         });
     }
-    let (reporter, health, reflection) = health_and_reflection().await?;
+    let (reporter, common) = health_and_reflection().await?;
     {
         let store = Arc::clone(&store);
         follow_readiness::<VolumeServer<VolumeService>, _, _>(reporter, stop.clone(), move || {
@@ -243,8 +262,9 @@ pub async fn start_volume(
     let raw_store = Arc::clone(&store);
     let task = tokio::spawn(async move {
         hoard_proto::server()
-            .add_service(health)
-            .add_service(reflection)
+            .add_service(common.health)
+            .add_service(common.reflection_v1)
+            .add_service(common.reflection_v1alpha)
             .add_service(svc)
             .serve_with_incoming_shutdown(
                 hoard_volume::raw::incoming(listener, raw_store),
@@ -273,7 +293,7 @@ pub async fn start_frontend(
     let fe = Frontend::new(cfg, meta_url).map_err(|e| anyhow!("frontend: {e}"))?;
     let listener = bind("frontend", listen).await?;
     let addr = listener.local_addr()?;
-    let (reporter, health, reflection) = health_and_reflection().await?;
+    let (reporter, common) = health_and_reflection().await?;
     {
         let fe = Arc::clone(&fe);
         follow_readiness::<BlockStoreServer<BlockStoreService>, _, _>(
@@ -285,16 +305,18 @@ pub async fn start_frontend(
             },
         );
     }
+    // A client's message carries at most one whole block: nothing larger is read off a connection.
     let svc = BlockStoreServer::new(BlockStoreService::new(Arc::clone(&fe)))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(hoard_types::MAX_BLOCK_LEN as usize + (64 << 10))
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let shutdown = stop.wait();
     let f = Arc::clone(&fe);
     let (incoming, raw_puts) = hoard_frontend::raw::incoming(listener, Arc::clone(&fe));
     let task = tokio::spawn(async move {
         hoard_proto::server()
-            .add_service(health)
-            .add_service(reflection)
+            .add_service(common.health)
+            .add_service(common.reflection_v1)
+            .add_service(common.reflection_v1alpha)
             .add_service(svc)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await

@@ -28,7 +28,7 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
             high_water: m.high_water,
         };
         let (role, state) = roles::start_meta(m.listen, &m.data_dir, mc, &stop).await?;
-        println!("hoard meta listening on {}", role.addr);
+        let _ = outln!("hoard meta listening on {}", role.addr);
         admin.meta = Some(state);
         tasks.push(role);
     }
@@ -45,7 +45,7 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
             trash_grace: v.trash_grace.unwrap_or(Duration::from_secs(86_400)),
         };
         let (role, store) = roles::start_volume(vc, &stop).await?;
-        println!("hoard volume listening on {}", role.addr);
+        let _ = outln!("hoard volume listening on {}", role.addr);
         admin.volumes.push(store);
         tasks.push(role);
     }
@@ -58,18 +58,18 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
             ..Default::default()
         };
         let (role, fe) = roles::start_frontend(f.listen, &f.meta, fc, &stop).await?;
-        println!("hoard frontend listening on {}", role.addr);
+        let _ = outln!("hoard frontend listening on {}", role.addr);
         admin.frontend = Some(fe);
         tasks.push(role);
     }
     if let Some(r) = &cfg.repair {
         let role = roles::start_repair(&r.meta, &stop)?;
-        println!("hoard repair running");
+        let _ = outln!("hoard repair running");
         tasks.push(role);
     }
     if let Some(a) = &cfg.admin {
         let role = roles::start_admin(a.listen, admin, prometheus, &stop).await?;
-        println!("hoard admin listening on {}", role.addr);
+        let _ = outln!("hoard admin listening on {}", role.addr);
         tasks.push(role);
     }
 
