@@ -107,7 +107,17 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     (
         "hoard_frontend_raw_waits_total",
         Counter,
-        "Raw puts that waited for room: label `for` is `connection` (connection slots) or `put_memory` (the 256 MiB of blocks in memory).",
+        "Puts that waited for room: label `for` is `connection` (raw connection slots) or `put_memory` (the 256 MiB of blocks in memory, raw and gRPC puts together).",
+    ),
+    (
+        "hoard_listener_refused_total",
+        Counter,
+        "Connections closed before they were served: label `why` is `handshake` (no HTTP/2 preface or raw header within 5 s), `handshakes` (too many still showing it), `not_http2`, `raw_per_peer`, `raw_connections`, `grpc_per_peer`, `grpc_connections` or `admin_connections`.",
+    ),
+    (
+        "hoard_meta_heartbeats_refused_total",
+        Counter,
+        "Heartbeats (label `why` = `address`) or disks in heartbeats (`disk`) refused because a live server answers for that node or disk at its recorded address.",
     ),
     (
         "hoard_volume_raw_connections",

@@ -160,7 +160,12 @@ impl Client {
         let (k, m) = (loc.k as usize, loc.m as usize);
         let frag_len = usize::try_from(loc.frag_len).ok()?;
         let block_len = usize::try_from(loc.block_len).ok()?;
-        if k == 0 || frag_len == 0 || frag_len > hoard_proto::raw::MAX_READ as usize {
+        if k == 0
+            || frag_len == 0
+            || loc.frag_len > hoard_types::MAX_FRAGMENT_LEN
+            || block_len == 0
+            || loc.block_len > hoard_types::MAX_BLOCK_LEN
+        {
             return None;
         }
         // The geometry is checked (by building its codec) before anything is sized by it.

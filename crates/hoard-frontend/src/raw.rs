@@ -157,7 +157,7 @@ async fn put(puts: &RawPuts, stream: &mut TcpStream, req: RawPut) -> bool {
     };
     // A pooled buffer: a fresh 4 MiB allocation would be faulted in page by page on every put.
     let mut buf = hoard_erasure::pool::take(len);
-    match tokio::time::timeout(listen::IDLE, stream.read_exact(&mut buf)).await {
+    match tokio::time::timeout(listen::body_deadline(len), stream.read_exact(&mut buf)).await {
         Ok(Ok(_)) => {}
         _ => return false,
     }

@@ -30,9 +30,6 @@ impl BlockStoreService {
     }
 }
 
-/// How long a put's bytes may take to arrive after its header, as for raw puts.
-const PUT_BODY: std::time::Duration = hoard_proto::listen::IDLE;
-
 /// A put's block as it arrived, and the room it holds in the frontend's put memory until dropped.
 struct Arrived<'a> {
     data: Bytes,
@@ -41,8 +38,8 @@ struct Arrived<'a> {
 }
 
 /// Reads a put stream: the header, then chunks adding up to exactly the header's size. The block waits
-/// for room in the frontend's put memory before its chunks are read, and must arrive within
-/// [`PUT_BODY`].
+/// for room in the frontend's put memory before its chunks are read, and must arrive as fast as a raw
+/// put's ([`hoard_proto::listen::body_deadline`]).
 async fn read_put_stream(
     fe: &Frontend,
     mut stream: Streaming<v1::PutRequest>,
@@ -80,12 +77,13 @@ async fn read_put_stream(
         .put_room(size)
         .await
         .ok_or_else(|| Status::unavailable("the frontend is stopping"))?;
-    let data = tokio::time::timeout(PUT_BODY, read_put_body(&mut stream, size))
+    let deadline = hoard_proto::listen::body_deadline(size);
+    let data = tokio::time::timeout(deadline, read_put_body(&mut stream, size))
         .await
         .map_err(|_| {
             Status::deadline_exceeded(format!(
-                "the block's {size} bytes did not arrive within {} s of the put's header",
-                PUT_BODY.as_secs()
+                "the block's {size} bytes did not arrive within {:.1} s of the put's header",
+                deadline.as_secs_f64()
             ))
         })??;
     Ok(Arrived {

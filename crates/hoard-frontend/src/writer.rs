@@ -97,12 +97,15 @@ impl Writer {
                 // Page-sized fragments go to page-aligned offsets, so that they can be written with
                 // O_DIRECT; the gap before them is never read.
                 let align = hoard_types::fragment_align(frag_len);
-                let at = next.div_ceil(align) * align;
-                if at + frag_len > vol.info.capacity {
-                    None
-                } else {
-                    *next = at + frag_len;
-                    Some(at)
+                let end = next
+                    .checked_next_multiple_of(align)
+                    .and_then(|at| Some((at, at.checked_add(frag_len)?)));
+                match end {
+                    Some((at, end)) if end <= vol.info.capacity => {
+                        *next = end;
+                        Some(at)
+                    }
+                    _ => None,
                 }
             };
             match offset {
@@ -209,7 +212,17 @@ impl Writer {
         let mut next = 0u64;
         for (m, r) in info.members.iter().zip(results) {
             match r {
-                Ok(len) => next = next.max(len),
+                Ok(len) if len <= info.capacity => next = next.max(len),
+                Ok(len) => {
+                    let detail = format!(
+                        "member {} says it holds {len} bytes, past the capacity {}",
+                        m.index, info.capacity
+                    );
+                    tracing::warn!(volume = info.id, "{detail}");
+                    fe.report(info.id, Some(m.index), "write_failed", detail.clone())
+                        .await;
+                    return Err(FrontendError::Unavailable(detail));
+                }
                 Err(e) => {
                     let detail = format!("fence of member {} failed: {e}", m.index);
                     tracing::warn!(volume = info.id, "{detail}");

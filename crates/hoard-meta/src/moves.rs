@@ -72,7 +72,7 @@ impl MetaState {
         for extents in cell.in_service.values() {
             for e in extents {
                 if let Some(r) = &e.extent {
-                    out.insert((r.volume, r.member), e.data_len + 4096);
+                    out.insert((r.volume, r.member), e.data_len.saturating_add(4096));
                 }
             }
         }
@@ -153,8 +153,10 @@ impl MetaState {
         if fills.len() < 2 {
             return Vec::new();
         }
-        let total_used: u64 = fills.values().map(|d| d.used).sum();
-        let total_cap: u64 = fills.values().map(|d| d.capacity).sum();
+        let total_used: u64 = fills.values().fold(0u64, |a, d| a.saturating_add(d.used));
+        let total_cap: u64 = fills
+            .values()
+            .fold(0u64, |a, d| a.saturating_add(d.capacity));
         if total_cap == 0 {
             return Vec::new();
         }
@@ -197,8 +199,9 @@ impl MetaState {
             members.sort_by_key(|(v, m, s)| (std::cmp::Reverse(*s), *v, *m));
             let mut done = false;
             for (vid, member, size) in members {
-                let room =
-                    |d: &DiskFill| (d.used + size) as f64 <= (mean + tol) * d.capacity as f64;
+                let room = |d: &DiskFill| {
+                    d.used.saturating_add(size) as f64 <= (mean + tol) * d.capacity as f64
+                };
                 let width = cell.volumes.get(&vid).map(|v| v.members.len()).unwrap_or(0) as u32;
                 let planned: Vec<String> =
                     (0..width).map(|i| placement[&(vid, i)].clone()).collect();
@@ -566,7 +569,7 @@ impl MetaState {
                 v.generation_seq = v
                     .generation_seq
                     .max(v.members.iter().map(|x| x.generation).max().unwrap_or(0))
-                    + 1;
+                    .saturating_add(1);
                 put_volume(b, m.volume, v);
                 v.generation_seq
             };

@@ -23,6 +23,10 @@ use crate::engine::Cf;
 use crate::records::{MemberRow, VolumeRow, encode};
 use crate::state::{CommitOutcome, MEMBER_LOST, MEMBER_OK, MetaState, STATE_SEALED};
 
+/// The highest member generation rebuild-index believes a disk about: far more rebuilds than a volume
+/// ever sees, far below the top of the range.
+const MAX_RESTORED_GENERATION: u64 = 1 << 48;
+
 /// Progress and result of a rebuild.
 #[derive(Clone, Debug, Default)]
 pub struct IndexRebuild {
@@ -179,6 +183,29 @@ impl MetaState {
         let first = &extents[0].info;
         let g = Geometry::new(first.k, first.m).map_err(|e| MetaError::Invalid(e.to_string()))?;
         let width = g.width() as usize;
+        // What the disks say is checked before it becomes this tier's own: every member agrees on the
+        // shape, the capacity is one an extent can have, and generations are ones meta could have
+        // handed out.
+        if first.capacity == 0 || first.capacity > hoard_types::MAX_EXTENT_CAPACITY {
+            return Err(MetaError::Invalid(format!(
+                "extents report a capacity of {} bytes",
+                first.capacity
+            )));
+        }
+        if let Some(f) = extents.iter().find(|f| {
+            f.info.k != first.k
+                || f.info.m != first.m
+                || f.info.capacity != first.capacity
+                || f.info
+                    .extent
+                    .as_ref()
+                    .is_none_or(|x| x.generation == 0 || x.generation > MAX_RESTORED_GENERATION)
+        }) {
+            return Err(MetaError::Invalid(format!(
+                "the extent on disk {} disagrees with the others (geometry {}+{}, capacity {}, {:?})",
+                f.info.disk_id, f.info.k, f.info.m, f.info.capacity, f.info.extent
+            )));
+        }
         // The newest generation of each member.
         let mut members: Vec<Option<&Found>> = vec![None; width];
         for f in extents {

@@ -448,9 +448,12 @@ impl MetaState {
                 .iter()
                 .zip(&chosen)
                 .map(|(&member, &c)| {
-                    v.generation_seq = v.generation_seq.max(
-                        v.members.iter().map(|m| m.generation).max().unwrap_or(0),
-                    ) + 1;
+                    // Generations meta hands out stay far below the top of the range (restored ones
+                    // are bounded by rebuild-index), so this never saturates in practice.
+                    v.generation_seq = v
+                        .generation_seq
+                        .max(v.members.iter().map(|m| m.generation).max().unwrap_or(0))
+                        .saturating_add(1);
                     RepairOutputRow {
                         member,
                         generation: v.generation_seq,
@@ -538,7 +541,7 @@ impl MetaState {
             put_volume(b, id, v);
             b.delete(Cf::Repair, RepairKey::Rebuild(id).encode());
             cell.repairs.remove(&id);
-            cell.counters.bytes_rebuilt += bytes;
+            cell.counters.bytes_rebuilt = cell.counters.bytes_rebuilt.saturating_add(bytes);
             cell.counters.volumes_repaired += 1;
             b.put(Cf::Config, KEY_COUNTERS, encode(&cell.counters));
             cell.recent.push_back((now, bytes));
@@ -648,7 +651,10 @@ impl MetaState {
             by_state.entry(s.to_string()).or_insert(0);
         }
         c.by_state = by_state.into_iter().collect();
-        let bytes: u64 = cell.recent.iter().map(|(_, b)| b).sum();
+        let bytes: u64 = cell
+            .recent
+            .iter()
+            .fold(0u64, |a, (_, b)| a.saturating_add(*b));
         c.rate = bytes as f64 / 60.0;
         c.bytes_rebuilt = cell.counters.bytes_rebuilt;
         c.volumes_repaired = cell.counters.volumes_repaired;

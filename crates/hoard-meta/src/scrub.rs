@@ -45,10 +45,12 @@ impl MetaState {
     }
 
     pub fn set_scrub(&self, c: ScrubChange) -> Result<v1::ScrubKnobs, MetaError> {
-        if c.interval_secs == Some(0) {
-            return Err(MetaError::Invalid(
-                "interval must be at least 1 second".into(),
-            ));
+        if let Some(i) = c.interval_secs
+            && !(1..=10 * 365 * 86_400).contains(&i)
+        {
+            return Err(MetaError::Invalid(format!(
+                "scrub interval of {i} s: it must be 1 second to 10 years"
+            )));
         }
         self.mutate_cell(true, |cell, b| {
             let k = &mut cell.scrub_knobs;

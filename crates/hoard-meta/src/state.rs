@@ -107,6 +107,27 @@ pub(crate) fn candidate_of(cell: &Cell, disk: &str) -> Option<Candidate> {
     })
 }
 
+/// The most bytes meta believes one disk reports (1 PiB): sums over many disks cannot overflow.
+const MAX_DISK_BYTES: u64 = 1 << 50;
+
+/// A heartbeat with every size clamped to what a disk or extent can hold, so that arithmetic on them
+/// (placement, rebalance plans, verify) cannot overflow whatever a server reports.
+fn sanitized(req: &v1::HeartbeatRequest) -> v1::HeartbeatRequest {
+    let mut req = req.clone();
+    req.interval_ms = req.interval_ms.clamp(100, 3_600_000);
+    for d in &mut req.disks {
+        d.capacity_bytes = d.capacity_bytes.min(MAX_DISK_BYTES);
+        d.used_bytes = d.used_bytes.min(MAX_DISK_BYTES);
+        d.free_bytes = d.free_bytes.min(d.capacity_bytes);
+        d.trash_bytes = d.trash_bytes.min(MAX_DISK_BYTES);
+    }
+    for e in &mut req.extents {
+        e.capacity = e.capacity.min(hoard_types::MAX_EXTENT_CAPACITY);
+        e.data_len = e.data_len.min(e.capacity);
+    }
+    req
+}
+
 /// What meta answers a heartbeat.
 pub struct HeartbeatAnswer {
     pub cluster_id: String,
@@ -500,6 +521,7 @@ impl MetaState {
         &self,
         req: &v1::HeartbeatRequest,
     ) -> Result<HeartbeatAnswer, MetaError> {
+        let req = &sanitized(req);
         // Addresses to ask, and what each should answer to keep its claim.
         let mut probes: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
         {
@@ -734,7 +756,8 @@ impl MetaState {
             .flat_map(|v| v.members.iter())
             .filter(|m| m.disk_id == disk)
             .count() as u64;
-        d.used_bytes + open * self.cfg.extent_capacity
+        d.used_bytes
+            .saturating_add(open.saturating_mul(self.cfg.extent_capacity))
     }
 
     /// Healthy disks of live nodes that are not held, whatever their fill.
@@ -776,7 +799,9 @@ impl MetaState {
         }
         self.healthy_disks(cell, now)
             .filter(|(id, d)| {
-                let after = self.committed_bytes(cell, id) + self.cfg.extent_capacity;
+                let after = self
+                    .committed_bytes(cell, id)
+                    .saturating_add(self.cfg.extent_capacity);
                 d.free_bytes >= self.cfg.extent_capacity
                     && (d.capacity_bytes == 0
                         || after as f64 <= self.cfg.high_water * d.capacity_bytes as f64)

@@ -118,7 +118,7 @@ impl MetaState {
                         let node_up = node.is_some_and(|n| self.node_up(n, now));
                         // A report is current while its server has missed fewer than three beats.
                         let silent = node.map(|n| {
-                            let stale = 3 * n.interval_ms.max(500) + 1000;
+                            let stale = n.interval_ms.clamp(500, 3_600_000) * 3 + 1000;
                             now.saturating_sub(n.last_heartbeat_unix_ms) > stale
                         });
                         if silent != Some(false) {
@@ -208,7 +208,8 @@ impl MetaState {
                 Some(vv) => {
                     let fits = row.crcs.len() == vv.geometry.width() as usize
                         && row.frag_len as u64 == vv.geometry.frag_len(row.block_len as u64)
-                        && row.offset + row.frag_len as u64 <= vv.capacity
+                        && hoard_types::range_end(row.offset, row.frag_len as u64)
+                            .is_some_and(|end| end <= vv.capacity)
                         && k.len() == 32;
                     if !fits {
                         note(

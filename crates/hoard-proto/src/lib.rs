@@ -2,6 +2,8 @@
 //!
 //! Wire values are validated once, here, on receive: the rest of the code works with `hoard_types`.
 
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod listen;
 pub mod raw;
 

@@ -33,6 +33,16 @@ pub const HANDSHAKE: Duration = Duration::from_secs(5);
 /// How long a raw request's header may take once its first byte has arrived.
 pub const HEADER: Duration = Duration::from_secs(5);
 
+/// The slowest a request's body (an append's fragment, a put's block) may arrive: a megabyte a second,
+/// far below any link between roles, so that a peer that stops sending is dropped in seconds.
+pub const MIN_BODY_RATE: u64 = 1 << 20;
+
+/// How long a body of `len` bytes may take to arrive once its header has: [`HEADER`] plus `len` at
+/// [`MIN_BODY_RATE`].
+pub fn body_deadline(len: usize) -> Duration {
+    HEADER + Duration::from_millis(len as u64 * 1000 / MIN_BODY_RATE)
+}
+
 /// How long a raw connection may sit idle between requests: longer than clients keep an idle
 /// connection pooled (a minute), so that a pooled connection is never closed under a request.
 pub const BETWEEN_REQUESTS: Duration = Duration::from_secs(75);

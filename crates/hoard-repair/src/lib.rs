@@ -87,11 +87,12 @@ impl Throttle {
             let refill = now.duration_since(st.1).as_secs_f64() * rate as f64;
             st.0 = (st.0 + refill).min(rate as f64);
             st.1 = now;
-            st.0 -= bytes as f64;
+            // Debt is bounded to a minute of the rate: one huge step never stalls the others.
+            st.0 = (st.0 - bytes as f64).max(-60.0 * rate as f64);
             if st.0 >= 0.0 {
                 Duration::ZERO
             } else {
-                Duration::from_secs_f64(-st.0 / rate as f64)
+                Duration::try_from_secs_f64(-st.0 / rate as f64).unwrap_or(Duration::from_secs(60))
             }
         };
         if !wait.is_zero() {
@@ -430,7 +431,16 @@ impl RepairDaemon {
                 .await
                 .map_err(|s| runner_err(s.message().to_string()))?
                 .into_inner();
-            self.throttle.spend((r.done_bytes - done) * outputs).await;
+            // A runner whose progress goes backwards is out of step with this session.
+            if r.done_bytes < done {
+                return Err(runner_err(format!(
+                    "the runner's progress went back from {done} to {} bytes",
+                    r.done_bytes
+                )));
+            }
+            self.throttle
+                .spend((r.done_bytes - done).saturating_mul(outputs))
+                .await;
             done = r.done_bytes;
             self.progress(job, &session, r.done_bytes, r.total_bytes)
                 .await?;

@@ -103,6 +103,11 @@ impl Proc {
             .unwrap_or_else(|| panic!("{} has no {role} address", self.name))
     }
 
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// SIGKILL, and reap.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -344,6 +349,28 @@ impl Cluster {
         if let Some(mut p) = self.repair.take() {
             p.kill();
         }
+    }
+
+    /// Meta's gRPC URL.
+    pub fn meta_url(&self) -> &str {
+        &self.meta_url
+    }
+
+    /// The names of the cell's processes that have exited.
+    pub fn dead(&mut self) -> Vec<String> {
+        let mut dead = Vec::new();
+        let all = self
+            .meta
+            .iter_mut()
+            .chain(self.frontend.iter_mut())
+            .chain(self.repair.iter_mut())
+            .chain(self.volumes.iter_mut().flatten());
+        for p in all {
+            if !p.alive() {
+                dead.push(p.name.clone());
+            }
+        }
+        dead
     }
 
     /// The admin HTTP API of the meta process.

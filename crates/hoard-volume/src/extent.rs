@@ -161,6 +161,12 @@ impl Extent {
     /// Opens an extent: checks both headers against `member.toml`, scans `.idx`, and cuts a torn tail.
     pub fn open(dir: &Path) -> Result<(Arc<Extent>, IdxScan), VolumeError> {
         let mf: MemberFile = read_checked_toml(&dir.join("member.toml"))?;
+        format::member_shape(mf.member, mf.k, mf.m, mf.capacity).map_err(|problem| {
+            VolumeError::Format {
+                path: dir.join("member.toml"),
+                problem,
+            }
+        })?;
         let header = ExtentHeader {
             volume: mf.volume,
             member: mf.member,

@@ -106,6 +106,28 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
+/// The geometry of an extent of member `member` with `k` data and `m` parity members and `capacity`
+/// bytes of data region, checked: a geometry Hoard allows, a member inside it, and a capacity inside
+/// [`MAX_EXTENT_CAPACITY`]. Checked for requests that create extents and for `member.toml` files on
+/// open, so that nothing after divides, indexes or sizes by values no writer could have produced.
+pub fn member_shape(
+    member: u32,
+    k: u32,
+    m: u32,
+    capacity: u64,
+) -> Result<hoard_types::Geometry, String> {
+    let g = hoard_types::Geometry::new(k, m).map_err(|e| e.to_string())?;
+    if member >= g.width() {
+        return Err(format!("member {member} does not fit geometry {g}"));
+    }
+    if capacity == 0 || capacity > MAX_EXTENT_CAPACITY {
+        return Err(format!(
+            "extent capacity {capacity} is outside 1..={MAX_EXTENT_CAPACITY}"
+        ));
+    }
+    Ok(g)
+}
+
 /// The record every member of a volume keeps for one block. Identical in all members.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlockRecord {
@@ -252,24 +274,28 @@ pub fn write_checked_toml<T: Serialize>(path: &Path, value: &T) -> Result<(), Vo
 /// Reads a file written by [`write_checked_toml`], checking its checksum line.
 pub fn read_checked_toml<T: DeserializeOwned>(path: &Path) -> Result<T, VolumeError> {
     let text = fs::read_to_string(path).map_err(|e| VolumeError::io(path, e))?;
-    let bad = |problem: String| VolumeError::Format {
+    parse_checked_toml(&text).map_err(|problem| VolumeError::Format {
         path: path.to_path_buf(),
         problem,
-    };
+    })
+}
+
+/// The value in the text of a file written by [`write_checked_toml`], after its checksum line matched.
+pub fn parse_checked_toml<T: DeserializeOwned>(text: &str) -> Result<T, String> {
     let at = text
         .rfind("checksum = \"")
-        .ok_or_else(|| bad("no checksum line".into()))?;
+        .ok_or_else(|| "no checksum line".to_string())?;
     let (body, tail) = text.split_at(at);
     let want = tail
         .trim()
         .strip_prefix("checksum = \"")
         .and_then(|t| t.strip_suffix('"'))
         .and_then(|h| u32::from_str_radix(h, 16).ok())
-        .ok_or_else(|| bad("malformed checksum line".into()))?;
+        .ok_or_else(|| "malformed checksum line".to_string())?;
     if want != crc32c::crc32c(body.as_bytes()) {
-        return Err(bad("checksum mismatch".into()));
+        return Err("checksum mismatch".into());
     }
-    toml::from_str(body).map_err(|e| bad(e.to_string()))
+    toml::from_str(body).map_err(|e| e.to_string())
 }
 
 /// fsyncs a directory, so that a rename or a new file inside it is durable.

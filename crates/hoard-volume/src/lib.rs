@@ -4,6 +4,8 @@ mod aligned;
 pub mod disk;
 pub mod extent;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod heartbeat;
 pub mod raw;
 pub mod rebuild;

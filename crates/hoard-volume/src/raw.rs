@@ -199,7 +199,8 @@ async fn append(shared: &Shared, stream: &mut TcpStream, req: RawAppend) -> bool
     // The fragment goes straight into the buffer that O_DIRECT writes from. It is read off the stream
     // before anything else is checked, so that the stream stays in step whatever the answer.
     let mut buf = AlignedBuf::with_len(req.frag_len as usize);
-    match tokio::time::timeout(IDLE, stream.read_exact(buf.as_mut_slice())).await {
+    let deadline = listen::body_deadline(req.frag_len as usize);
+    match tokio::time::timeout(deadline, stream.read_exact(buf.as_mut_slice())).await {
         Ok(Ok(_)) => {}
         _ => return false,
     }
@@ -207,11 +208,11 @@ async fn append(shared: &Shared, stream: &mut TcpStream, req: RawAppend) -> bool
     answer_append(stream, &req, res).await
 }
 
-/// Reads and drops `n` bytes of a request's body, within [`IDLE`]; `false` when they did not come.
+/// Reads and drops `n` bytes of a request's body, within its deadline; `false` when they did not come.
 async fn skip(stream: &mut TcpStream, n: usize) -> bool {
     let mut left = n;
     let mut scratch = [0u8; 16 << 10];
-    let drained = tokio::time::timeout(IDLE, async {
+    let drained = tokio::time::timeout(listen::body_deadline(n), async {
         while left > 0 {
             let want = left.min(scratch.len());
             match stream.read(&mut scratch[..want]).await {

@@ -602,6 +602,12 @@ impl VolumeStore {
                 "record does not fit the geometry".into(),
             ));
         }
+        if let Some(s) = req.sources.iter().find(|s| s.member as usize >= width) {
+            return Err(VolumeError::BadRequest(format!(
+                "source member {} does not fit geometry {geometry}",
+                s.member
+            )));
+        }
         let extent = self.extent(e.volume, e.member)?;
         let (ext, rec) = (Arc::clone(&extent), record.clone());
         let fine = tokio::task::spawn_blocking(move || {

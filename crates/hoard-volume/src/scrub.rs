@@ -60,7 +60,7 @@ impl Knobs {
         Knobs {
             paused: k.paused,
             bytes_per_sec: k.bytes_per_sec,
-            interval: Duration::from_secs(k.interval_secs.max(1)),
+            interval: Duration::from_secs(k.interval_secs.clamp(1, MAX_INTERVAL_SECS)),
             start_requested_unix_ms: k.start_requested_unix_ms,
         }
     }
@@ -79,6 +79,9 @@ fn checkpoint_path(d: &Disk) -> PathBuf {
 }
 
 /// A per-disk fraction in [0, 0.1) of the interval, so that disks spread their passes.
+/// The longest time between scrub passes a volume server takes from meta: ten years.
+const MAX_INTERVAL_SECS: u64 = 10 * 365 * 86_400;
+
 fn jitter(disk_id: &str, interval: Duration) -> Duration {
     let f = (crc32c::crc32c(disk_id.as_bytes()) & 0xffff) as f64 / 65536.0;
     interval.mul_f64(0.1 * f)
@@ -196,11 +199,13 @@ impl Scrubber {
                 None => false,
                 Some(k) if k.paused || disk.failure().is_some() => false,
                 Some(k) => {
+                    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
                     let next = if cp.last_pass_completed_unix_ms == 0 {
-                        born + jitter(&disk.id, k.interval).as_millis() as u64
+                        born.saturating_add(ms(jitter(&disk.id, k.interval)))
                     } else {
-                        cp.last_pass_completed_unix_ms
-                            + (k.interval + jitter(&disk.id, k.interval)).as_millis() as u64
+                        cp.last_pass_completed_unix_ms.saturating_add(ms(k
+                            .interval
+                            .saturating_add(jitter(&disk.id, k.interval))))
                     };
                     cp.pass_started_unix_ms != 0
                         || now_ms() >= next

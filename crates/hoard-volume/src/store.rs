@@ -239,8 +239,28 @@ impl VolumeStore {
         let staged = self
             .staged
             .lock()
-            .remove(&(volume, member, generation))
+            .get(&(volume, member, generation))
+            .cloned()
             .ok_or(VolumeError::NoExtent { volume, member })?;
+        // Records come from a peer: each must fit this extent, or the index it writes would not read
+        // back as the same records.
+        let g = hoard_types::Geometry {
+            k: staged.mf.k,
+            m: staged.mf.m,
+        };
+        if let Some(r) = records.iter().find(|r| {
+            r.crcs.len() != g.width() as usize
+                || r.end() > staged.mf.capacity
+                || u64::from(r.frag_len) != g.frag_len(u64::from(r.block_len))
+        }) {
+            return Err(VolumeError::BadRequest(format!(
+                "record of block {} at {} does not fit extent {volume}/{member} ({g}, capacity {})",
+                r.hash.short(),
+                r.offset,
+                staged.mf.capacity
+            )));
+        }
+        self.staged.lock().remove(&(volume, member, generation));
         let disk = self.disk(&staged.mf.disk_id)?;
         let final_dir = disk.extents_dir().join(volume.to_string());
         if final_dir.exists() {

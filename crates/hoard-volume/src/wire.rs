@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use hoard_proto::v1;
-use hoard_types::{BlockHash, Geometry, MAX_EXTENT_CAPACITY, MemberIndex, VolumeId};
+use hoard_types::{BlockHash, Geometry, MemberIndex, VolumeId};
 
 use crate::VolumeError;
 use crate::disk::Disk;
@@ -64,18 +64,7 @@ pub fn extent_shape(
     m: u32,
     capacity: u64,
 ) -> Result<Geometry, VolumeError> {
-    let g = Geometry::new(k, m).map_err(|e| VolumeError::BadRequest(e.to_string()))?;
-    if member >= g.width() {
-        return Err(VolumeError::BadRequest(format!(
-            "member {member} does not fit geometry {g}"
-        )));
-    }
-    if capacity == 0 || capacity > MAX_EXTENT_CAPACITY {
-        return Err(VolumeError::BadRequest(format!(
-            "extent capacity {capacity} is outside 1..={MAX_EXTENT_CAPACITY}"
-        )));
-    }
-    Ok(g)
+    crate::format::member_shape(member, k, m, capacity).map_err(VolumeError::BadRequest)
 }
 
 pub fn extent_info(e: &Extent, d: &Disk) -> v1::ExtentInfo {

@@ -616,6 +616,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn zero_and_absurd_values_are_named_and_refused() {
+        let text = "[node]\nid = \"v\"\n[meta]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"/m\"\nheartbeat_grace = \"0s\"\nextent_size = \"4TiB\"\nlease = \"0s\"\n[volume]\nlisten = \"127.0.0.1:0\"\nmeta = \"http://127.0.0.1:1\"\ndisks = [\"/d\"]\nheartbeat = \"0s\"\ntrash_grace = \"0s\"\n";
+        let problems = Config::check(text);
+        for key in [
+            "meta.heartbeat_grace",
+            "meta.extent_size",
+            "meta.lease",
+            "volume.heartbeat",
+            "volume.trash_grace",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.contains(key)),
+                "{key} not named: {problems:?}"
+            );
+        }
+        let e = Config::parse(text).unwrap_err();
+        assert!(e.contains("volume.trash_grace") && !e.contains('\n'), "{e}");
+        let fine = text
+            .replace("\"0s\"", "\"2s\"")
+            .replace("4TiB", "1GiB")
+            .replace("trash_grace = \"2s\"", "trash_grace = \"1d\"");
+        assert!(
+            Config::check(&fine).is_empty(),
+            "{:?}",
+            Config::check(&fine)
+        );
+    }
+
+    #[test]
     fn sizes_parse() {
         assert_eq!("4MiB".parse::<Size>().unwrap(), Size(4 << 20));
         assert_eq!("1 GiB".parse::<Size>().unwrap(), Size(1 << 30));
