@@ -30,25 +30,7 @@ fn ok(out: &Output) -> String {
 }
 
 fn start_dev(data: &Path, log: &Path) -> Proc {
-    Proc::start(
-        bin(),
-        "dev",
-        &[
-            "dev",
-            "--data",
-            data.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--extent-size",
-            "16MiB",
-        ],
-        log,
-        &["admin", "endpoint"],
-        &[],
-    )
-    .expect("hoard dev starts")
+    hoard_testkit::start_dev(bin(), data, log, "16MiB").expect("hoard dev starts")
 }
 
 #[test]

@@ -151,6 +151,17 @@ fn append_at(e: &v1::ExtentInfo, offset: u64) -> (RawAppend, Bytes) {
     )
 }
 
+/// A raw read of `len` bytes at `offset` of the extent `r`.
+fn read_of(r: &v1::ExtentRef, offset: u64, len: u32) -> RawRead {
+    RawRead {
+        volume: r.volume,
+        member: r.member,
+        generation: r.generation,
+        offset,
+        len,
+    }
+}
+
 fn refused(r: Result<(), RawError>) -> String {
     match r {
         Err(RawError::Refused(m)) => m,
@@ -233,20 +244,7 @@ async fn volume_requests_out_of_range_fail_no_disk_and_overwrite_nothing() {
     assert_eq!(s.code(), Code::OutOfRange, "{s:?}");
     let pool = raw::Pool::default();
     let mut buf = bytes::BytesMut::with_capacity(4096);
-    let m = match pool
-        .read(
-            &addr,
-            RawRead {
-                volume: r.volume,
-                member: r.member,
-                generation: r.generation,
-                offset: 1 << 63,
-                len: 4096,
-            },
-            &mut buf,
-        )
-        .await
-    {
+    let m = match pool.read(&addr, read_of(&r, 1 << 63, 4096), &mut buf).await {
         Err(RawError::Refused(m)) => m,
         other => panic!("raw read at 2^63: {other:?}"),
     };
@@ -510,17 +508,7 @@ async fn idle_and_slow_connections_delay_nothing_and_are_closed() {
     let fresh = raw::Pool::default();
     let mut buf = bytes::BytesMut::with_capacity(4096);
     fresh
-        .read(
-            &addr,
-            RawRead {
-                volume: r.volume,
-                member: r.member,
-                generation: r.generation,
-                offset: 0,
-                len: 64,
-            },
-            &mut buf,
-        )
+        .read(&addr, read_of(&r, 0, 64), &mut buf)
         .await
         .unwrap();
     let read_took = started.elapsed();

@@ -172,7 +172,7 @@ impl Client {
         let codec = self.codec(loc.k, loc.m)?;
         let mut healthy: Vec<Option<hoard_proto::raw::Source>> = vec![None; k + m];
         for s in &loc.members {
-            if s.state == "ok" && (s.member as usize) < k + m && !s.address.is_empty() {
+            if readable(s) && (s.member as usize) < k + m && !s.address.is_empty() {
                 healthy[s.member as usize] = Some(hoard_proto::raw::Source {
                     address: &s.address,
                     member: s.member,
@@ -234,7 +234,7 @@ impl Client {
         let chosen: Vec<&v1::FragmentSource> = loc
             .members
             .iter()
-            .filter(|s| s.state == "ok" && (s.member as usize) < k + m)
+            .filter(|s| readable(s) && (s.member as usize) < k + m)
             .take(k)
             .collect();
         if chosen.len() < k {
@@ -507,4 +507,9 @@ fn raw_address(ep: &Endpoint) -> Option<String> {
         return None;
     }
     Some(format!("{}:{}", uri.host()?, uri.port_u16().unwrap_or(80)))
+}
+
+/// Whether the cell lists a member as readable now.
+fn readable(s: &v1::FragmentSource) -> bool {
+    hoard_proto::convert::member_health(&s.state).is_ok_and(hoard_types::state::MemberHealth::is_ok)
 }

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use hoard_proto::v1;
+use hoard_types::state::{MemberHealth, ProblemKind};
 use hoard_types::{BlockHash, BlockLocation, Geometry};
 use tonic::Code;
 use tracing::Instrument;
@@ -154,7 +155,7 @@ impl Frontend {
             .iter()
             .enumerate()
             .map(|(i, m)| {
-                (m.state == "ok" && m.index as usize == i && !m.address.is_empty()).then_some(
+                (healthy(m) && m.index as usize == i && !m.address.is_empty()).then_some(
                     hoard_proto::raw::Source {
                         address: &m.address,
                         member: m.index,
@@ -191,7 +192,7 @@ impl Frontend {
         index: usize,
     ) -> Result<Bytes, (Code, String)> {
         let m = &vol.members[index];
-        if m.state != "ok" {
+        if !healthy(m) {
             return Err((Code::Unavailable, format!("member {index} is {}", m.state)));
         }
         let mut client = self
@@ -363,9 +364,9 @@ impl Frontend {
     ) {
         for (i, code, msg) in problems {
             let kind = if *code == Code::DataLoss {
-                "corrupt"
+                ProblemKind::Corrupt
             } else {
-                "read_failed"
+                ProblemKind::ReadFailed
             };
             let req = v1::ReportVolumeRequest {
                 volume,
@@ -383,6 +384,11 @@ impl Frontend {
             });
         }
     }
+}
+
+/// Whether meta lists a member as readable now (stored ok and its node heard from).
+fn healthy(m: &v1::MemberInfo) -> bool {
+    hoard_proto::convert::member_health(&m.state).is_ok_and(MemberHealth::is_ok)
 }
 
 /// The length of the range `[offset, offset + len)` of a block of `block_len` bytes (`len` 0: to the

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use hoard_erasure::Codec;
 use hoard_proto::v1::{meta_client::MetaClient, volume_client::VolumeClient};
+use hoard_types::state::ProblemKind;
 use hoard_types::{BlockHash, Geometry};
 use parking_lot::Mutex;
 use tonic::transport::Channel;
@@ -211,7 +212,7 @@ impl Frontend {
         self.writer.release_all(self).await
     }
 
-    async fn report(&self, volume: u64, member: Option<u32>, kind: &str, detail: String) {
+    async fn report(&self, volume: u64, member: Option<u32>, kind: ProblemKind, detail: String) {
         let req = hoard_proto::v1::ReportVolumeRequest {
             volume,
             member,

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use hoard_erasure::Stripe;
 use hoard_proto::raw::RawError;
 use hoard_proto::v1;
+use hoard_types::state::ProblemKind;
 use hoard_types::{BlockHash, BlockLocation, MAX_BLOCK_LEN};
 use tracing::Instrument;
 
@@ -107,7 +108,7 @@ impl Frontend {
                         .and_then(|m| vol.info.members.get(m as usize))
                         .map(|m| m.address.clone());
                     self.writer
-                        .retire(self, &vol, f.member, "write_failed", f.detail)
+                        .retire(self, &vol, f.member, ProblemKind::WriteFailed, f.detail)
                         .await;
                     // A server that does not answer fails every volume it serves: stop using them all
                     // rather than discovering it one put at a time.

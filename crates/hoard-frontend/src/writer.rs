@@ -10,6 +10,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use hoard_proto::v1;
+use hoard_types::state::ProblemKind;
 use hoard_types::{BlockHash, Geometry};
 use parking_lot::Mutex;
 
@@ -111,8 +112,14 @@ impl Writer {
             match offset {
                 Some(o) => return Ok((Arc::clone(vol), o)),
                 None => {
-                    self.retire(fe, vol, None, "full", "extent capacity reached".into())
-                        .await
+                    self.retire(
+                        fe,
+                        vol,
+                        None,
+                        ProblemKind::Full,
+                        "extent capacity reached".into(),
+                    )
+                    .await
                 }
             }
         }
@@ -127,7 +134,7 @@ impl Writer {
         fe: &Frontend,
         vol: &OpenVolume,
         member: Option<u32>,
-        kind: &str,
+        kind: ProblemKind,
         detail: String,
     ) {
         if vol.dead.swap(true, Ordering::AcqRel) {
@@ -157,7 +164,7 @@ impl Writer {
                 fe,
                 &v,
                 member,
-                "write_failed",
+                ProblemKind::WriteFailed,
                 format!("{address} unreachable"),
             )
             .await;
@@ -219,15 +226,25 @@ impl Writer {
                         m.index, info.capacity
                     );
                     tracing::warn!(volume = info.id, "{detail}");
-                    fe.report(info.id, Some(m.index), "write_failed", detail.clone())
-                        .await;
+                    fe.report(
+                        info.id,
+                        Some(m.index),
+                        ProblemKind::WriteFailed,
+                        detail.clone(),
+                    )
+                    .await;
                     return Err(FrontendError::Unavailable(detail));
                 }
                 Err(e) => {
                     let detail = format!("fence of member {} failed: {e}", m.index);
                     tracing::warn!(volume = info.id, "{detail}");
-                    fe.report(info.id, Some(m.index), "write_failed", detail.clone())
-                        .await;
+                    fe.report(
+                        info.id,
+                        Some(m.index),
+                        ProblemKind::WriteFailed,
+                        detail.clone(),
+                    )
+                    .await;
                     return Err(FrontendError::Unavailable(detail));
                 }
             }

@@ -7,10 +7,12 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures::future::BoxFuture;
 use hoard_meta::engine::{Cf, WriteBatch};
-use hoard_meta::records::{BLOCK_LIVE, BlockRow, encode};
+use hoard_meta::rows::BlockRow;
+use hoard_meta::schema::encode;
 use hoard_meta::volume_ops::VolumeOps;
 use hoard_meta::{MetaConfig, MetaState, RocksEngine};
 use hoard_proto::v1;
+use hoard_types::state::BlockState;
 use hoard_types::{BlockHash, BlockLocation, Geometry};
 
 struct AcceptAll;
@@ -32,7 +34,7 @@ fn setup(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> (Arc<MetaState>
     let state = MetaState::open(engine, MetaConfig::default(), Arc::new(AcceptAll)).unwrap();
     for n in 0..4 {
         state
-            .heartbeat(&v1::HeartbeatRequest {
+            .heartbeat_wire(&v1::HeartbeatRequest {
                 node_id: format!("n{n}"),
                 address: format!("127.0.0.1:{}", 9000 + n),
                 disks: (0..3)
@@ -49,7 +51,7 @@ fn setup(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> (Arc<MetaState>
             })
             .unwrap();
     }
-    let (vol, _) = rt.block_on(state.acquire_volume("bench", &[])).unwrap();
+    let (vol, _) = rt.block_on(state.volumes().acquire("bench", &[])).unwrap();
     // A million rows, written straight into the engine in large batches.
     let g = Geometry::DEFAULT;
     let mut b = WriteBatch::default();
@@ -61,7 +63,7 @@ fn setup(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> (Arc<MetaState>
             block_len: 4 << 20,
             crcs: vec![i as u32; 9],
             created_unix_ms: 0,
-            state: BLOCK_LIVE,
+            state: BlockState::Live,
         };
         b.put(
             Cf::Blocks,
@@ -89,7 +91,10 @@ fn bench(c: &mut Criterion) {
     c.bench_function("meta lookup (hit, 1M rows)", |b| {
         b.iter(|| {
             i = (i + 7919) % ROWS;
-            state.lookup(&[BlockHash::of(&i.to_le_bytes())]).unwrap()
+            state
+                .blocks()
+                .lookup(&[BlockHash::of(&i.to_le_bytes())])
+                .unwrap()
         })
     });
     let mut j = ROWS;
@@ -103,7 +108,7 @@ fn bench(c: &mut Criterion) {
                 block_len: 1000,
                 crcs: vec![0; 9],
             };
-            rt.block_on(state.commit(BlockHash::of(&j.to_le_bytes()), loc))
+            rt.block_on(state.blocks().commit(BlockHash::of(&j.to_le_bytes()), loc))
                 .unwrap()
         })
     });
@@ -112,13 +117,13 @@ fn bench(c: &mut Criterion) {
         .sample_size(10)
         .measurement_time(Duration::from_secs(20));
     group.bench_function("walk of 1M index entries", |b| {
-        b.iter(|| state.verify_index().unwrap())
+        b.iter(|| rt.block_on(state.verify().start().unwrap().finished()))
     });
     group.finish();
     // The rate as the operator sees it.
     let t = Instant::now();
-    state.verify_index().unwrap();
-    let r = state.verify_report();
+    rt.block_on(state.verify().start().unwrap().finished());
+    let r = state.verify().report();
     println!(
         "verify: {} entries in {:.3} s = {:.2} M entries/s (one walk)",
         r.entries,

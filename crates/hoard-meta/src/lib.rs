@@ -2,17 +2,25 @@
 //! a key-value engine (RocksDB in production; in memory for tests). This is the only crate that sees
 //! RocksDB.
 
+pub mod blocks;
+mod core;
 pub mod engine;
+pub mod health;
 pub mod moves;
+pub mod nodes;
 pub mod placement;
 pub mod rebuild_index;
-pub mod records;
 pub mod repair;
+mod room;
+pub mod rows;
+pub mod schema;
 pub mod scrub;
 pub mod service;
 pub mod state;
 pub mod verify;
+mod views;
 pub mod volume_ops;
+pub mod volumes;
 
 #[cfg(test)]
 mod testutil;
@@ -31,6 +39,9 @@ pub enum MetaError {
     Corrupt { table: String, problem: String },
     #[error("no volume {0}")]
     NoVolume(VolumeId),
+    /// Something a request names does not exist (a disk, a node, a move).
+    #[error("{0}")]
+    NotFound(String),
     #[error("{0}")]
     Placement(#[from] placement::PlacementError),
     #[error("could not create volume: {0}")]
@@ -52,7 +63,7 @@ impl MetaError {
         use tonic::Status;
         let msg = self.to_string();
         match self {
-            MetaError::NoVolume(_) => Status::not_found(msg),
+            MetaError::NoVolume(_) | MetaError::NotFound(_) => Status::not_found(msg),
             MetaError::Invalid(_) => Status::invalid_argument(msg),
             MetaError::Conflict(_) => Status::failed_precondition(msg),
             MetaError::Full(_) => Status::resource_exhausted(msg),

@@ -9,24 +9,23 @@
 //! move is dropped.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use hoard_proto::v1;
+use hoard_types::state::{
+    MemberHealth, MemberState, MoveReason, MoveState, RebalanceAction, RebalanceState, VolumeState,
+};
 use hoard_types::{VolumeId, now_ms};
 
 use crate::MetaError;
+use crate::core::{Core, Tables};
 use crate::engine::{Cf, WriteBatch};
+use crate::health;
 use crate::placement::{self, Candidate};
-use crate::records::{MoveRow, RebalanceRow, encode};
-use crate::state::{
-    Cell, MEMBER_OK, MetaState, STATE_DEGRADED, STATE_LOST, STATE_OPEN, STATE_RETIRED,
-    STATE_SEALED, candidate_of,
-};
-
-pub const KEY_REBALANCE: &[u8] = b"rebalance";
-
-pub fn move_key(id: u64) -> Vec<u8> {
-    [b"m".as_slice(), &id.to_be_bytes()].concat()
-}
+use crate::room::{self, candidate_of};
+use crate::rows::{MoveRow, RebalanceRow};
+use crate::schema::{self, ConfigKey, encode, put_move, put_volume};
+use crate::views::volume_info;
 
 /// One planned move.
 #[derive(Clone, Debug, PartialEq)]
@@ -57,44 +56,42 @@ impl DiskFill {
     }
 }
 
-fn put_move(b: &mut WriteBatch, id: u64, m: &MoveRow) {
-    b.put(Cf::Repair, move_key(id), encode(m));
+pub struct Moves {
+    core: Arc<Core>,
 }
 
-fn put_volume(b: &mut WriteBatch, id: VolumeId, v: &crate::records::VolumeRow) {
-    b.put(Cf::Volumes, id.to_be_bytes().to_vec(), encode(v));
-}
+impl Moves {
+    pub(crate) fn new(core: Arc<Core>) -> Moves {
+        Moves { core }
+    }
 
-impl MetaState {
     /// Bytes each (volume, member) takes on its disk, from the volume servers' reports.
-    fn member_sizes(cell: &Cell) -> HashMap<(VolumeId, u32), u64> {
+    fn member_sizes(cell: &Tables) -> HashMap<(VolumeId, u32), u64> {
         let mut out = HashMap::new();
         for extents in cell.in_service.values() {
             for e in extents {
-                if let Some(r) = &e.extent {
-                    out.insert((r.volume, r.member), e.data_len.saturating_add(4096));
-                }
+                out.insert((e.id.volume, e.id.member), e.data_len.saturating_add(4096));
             }
         }
         out
     }
 
     /// Members that may move now: of sealed, whole volumes with no repair or move under way.
-    fn movable(cell: &Cell, vid: VolumeId) -> bool {
+    fn movable(cell: &Tables, vid: VolumeId) -> bool {
         let busy = cell.repairs.contains_key(&vid)
             || cell
                 .moves
                 .values()
-                .any(|m| m.volume == vid && (m.state == "pending" || m.state == "running"));
+                .any(|m| m.volume == vid && m.state.is_active());
         cell.volumes.get(&vid).is_some_and(|v| {
-            v.state == STATE_SEALED && v.members.iter().all(|m| m.state == MEMBER_OK)
+            v.state == VolumeState::Sealed && v.members.iter().all(|m| m.state == MemberState::Ok)
         }) && !busy
     }
 
     /// A target disk for one member of `vid`, by the placement rules, among `allowed` disks.
     fn target_for(
         &self,
-        cell: &Cell,
+        cell: &Tables,
         vid: VolumeId,
         member: u32,
         allowed: &dyn Fn(&Candidate) -> bool,
@@ -107,7 +104,7 @@ impl MetaState {
     /// Like [`Self::target_for`], with the volume's members on `disks` (as a plan has them).
     fn target_among(
         &self,
-        cell: &Cell,
+        cell: &Tables,
         vid: VolumeId,
         member: u32,
         disks: &[String],
@@ -128,11 +125,12 @@ impl MetaState {
             .chain(v.members.iter().map(|m| m.disk_id.as_str()))
             .collect();
         let cap = self
-            .config()
+            .core
+            .cfg
             .node_failure_domain
             .then_some(v.m.max(1) as usize);
-        let (cands, chosen) = self
-            .place_on(cell, now_ms(), &others, 1, cap, |c| {
+        let (cands, chosen) =
+            room::place_on(cell, &self.core.cfg, now_ms(), &others, 1, cap, |c| {
                 !used.contains(c.disk_id.as_str()) && allowed(c)
             })
             .ok()?;
@@ -142,7 +140,7 @@ impl MetaState {
     /// The moves that bring every disk's fill within `tolerance_pct` points of the mean, without
     /// breaking placement. Pure: nothing is recorded.
     pub fn plan_rebalance(&self, tolerance_pct: f64) -> Vec<PlannedMove> {
-        let cell = self.cell_lock();
+        let cell = self.core.lock();
         let now = now_ms();
         let sizes = Self::member_sizes(&cell);
         let mut fills: BTreeMap<String, DiskFill> = self
@@ -231,7 +229,7 @@ impl MetaState {
                         .keys()
                         .filter_map(|d| candidate_of(&cell, d))
                         .collect();
-                    if self.config().node_failure_domain
+                    if self.core.cfg.node_failure_domain
                         && !placement::violations(&after, &every, v.m as usize).is_empty()
                     {
                         continue;
@@ -263,18 +261,10 @@ impl MetaState {
     }
 
     /// Healthy disks with their fill (used bytes of sealed data as reported).
-    fn candidates_all_fill(&self, cell: &Cell, now: u64) -> Vec<DiskFill> {
+    fn candidates_all_fill(&self, cell: &Tables, now: u64) -> Vec<DiskFill> {
         cell.disks
             .iter()
-            .filter(|(_, d)| {
-                d.state == "ok"
-                    && d.hold.is_empty()
-                    && !d.draining
-                    && cell
-                        .nodes
-                        .get(&d.node_id)
-                        .is_some_and(|n| self.node_up(n, now))
-            })
+            .filter(|(_, d)| health::disk_usable(cell, &self.core.cfg, d, now))
             .map(|(id, d)| DiskFill {
                 disk: id.clone(),
                 node: d.node_id.clone(),
@@ -284,16 +274,19 @@ impl MetaState {
             .collect()
     }
 
-    fn record_moves(&self, moves: Vec<PlannedMove>, reason: &str) -> Result<usize, MetaError> {
-        self.mutate_cell(true, |cell, b| {
+    fn record_moves(
+        &self,
+        moves: Vec<PlannedMove>,
+        reason: MoveReason,
+    ) -> Result<usize, MetaError> {
+        self.core.mutate(true, |cell, b| {
             let now = now_ms();
             let mut n = 0;
             for m in moves {
-                let dup = cell.moves.values().any(|x| {
-                    x.volume == m.volume
-                        && x.member == m.member
-                        && (x.state == "pending" || x.state == "running")
-                });
+                let dup = cell
+                    .moves
+                    .values()
+                    .any(|x| x.volume == m.volume && x.member == m.member && x.state.is_active());
                 if dup {
                     continue;
                 }
@@ -305,20 +298,20 @@ impl MetaState {
                     from_disk: m.from_disk,
                     to_disk: m.to_disk,
                     bytes: m.bytes,
-                    state: "pending".into(),
-                    reason: reason.into(),
+                    state: MoveState::Pending,
+                    reason,
+                    generation: 0,
+                    session: String::new(),
+                    done_bytes: 0,
+                    error: String::new(),
                     created_unix_ms: now,
-                    ..Default::default()
+                    attempts: 0,
                 };
                 put_move(b, id, &row);
                 cell.moves.insert(id, row);
                 n += 1;
             }
-            b.put(
-                Cf::Config,
-                b"next_move".to_vec(),
-                cell.next_move.to_be_bytes().to_vec(),
-            );
+            schema::put_counter(b, ConfigKey::NextMove, cell.next_move);
             n
         })
     }
@@ -326,59 +319,63 @@ impl MetaState {
     /// Records the rebalance plan's moves and lets the daemon run them.
     pub fn apply_rebalance(&self, tolerance_pct: f64) -> Result<usize, MetaError> {
         let moves = self.plan_rebalance(tolerance_pct);
-        let n = self.record_moves(moves, "rebalance")?;
-        self.mutate_cell(true, |cell, b| {
+        let n = self.record_moves(moves, MoveReason::Rebalance)?;
+        self.core.mutate(true, |cell, b| {
             cell.rebalance = RebalanceRow {
                 paused: false,
-                state: if n > 0 { "running" } else { "done" }.into(),
+                state: if n > 0 {
+                    RebalanceState::Running
+                } else {
+                    RebalanceState::Done
+                },
                 tolerance_pct,
                 started_unix_ms: now_ms(),
             };
-            b.put(Cf::Config, KEY_REBALANCE, encode(&cell.rebalance));
+            schema::put_config(b, ConfigKey::Rebalance, &cell.rebalance);
         })?;
         tracing::info!(moves = n, tolerance_pct, "rebalance applied");
         Ok(n)
     }
 
     /// Pauses, resumes or cancels the moves (cancel drops the pending ones; running ones finish).
-    pub fn rebalance_control(&self, action: &str) -> Result<(), MetaError> {
-        self.mutate_cell(true, |cell, b| {
+    pub fn rebalance_control(&self, action: RebalanceAction) -> Result<(), MetaError> {
+        self.core.mutate(true, |cell, b| {
             match action {
-                "pause" => cell.rebalance.paused = true,
-                "resume" => cell.rebalance.paused = false,
-                "cancel" => {
+                RebalanceAction::Pause => cell.rebalance.paused = true,
+                RebalanceAction::Resume => cell.rebalance.paused = false,
+                RebalanceAction::Cancel => {
                     for (id, m) in cell.moves.iter_mut() {
-                        if m.state == "pending" && m.reason == "rebalance" {
-                            m.state = "dropped".into();
+                        if m.state == MoveState::Pending && m.reason == MoveReason::Rebalance {
+                            m.state = MoveState::Dropped;
                             m.error = "cancelled by an operator".into();
                             put_move(b, *id, m);
                         }
                     }
-                    cell.rebalance.state = "cancelled".into();
+                    cell.rebalance.state = RebalanceState::Cancelled;
                 }
-                other => return Err(MetaError::Invalid(format!("unknown action {other:?}"))),
             }
-            b.put(Cf::Config, KEY_REBALANCE, encode(&cell.rebalance));
-            Ok(())
-        })?
+            schema::put_config(b, ConfigKey::Rebalance, &cell.rebalance);
+        })
     }
 
     /// Starts draining disks: no new members there, open volumes with members there sealed, and a move
     /// recorded for every member on them.
     pub fn drain(&self, disks: &[String]) -> Result<usize, MetaError> {
-        let planned = self.mutate_cell(true, |cell, b| {
+        let planned = self.core.mutate(true, |cell, b| {
             for d in disks {
                 let row = cell
                     .disks
                     .get_mut(d)
-                    .ok_or_else(|| MetaError::Invalid(format!("no disk {d}")))?;
+                    .ok_or_else(|| MetaError::NotFound(format!("no disk {d}")))?;
                 row.draining = true;
                 b.put(Cf::Disks, d.as_bytes().to_vec(), encode(&*row));
             }
             // Writers must stop appending to members that are about to move.
             for (vid, v) in cell.volumes.iter_mut() {
-                if v.state == STATE_OPEN && v.members.iter().any(|m| disks.contains(&m.disk_id)) {
-                    v.state = STATE_SEALED.into();
+                if v.state == VolumeState::Open
+                    && v.members.iter().any(|m| disks.contains(&m.disk_id))
+                {
+                    v.state = VolumeState::Sealed;
                     v.lease_holder.clear();
                     v.seal_reason = "sealed for a drain".into();
                     put_volume(b, *vid, v);
@@ -386,11 +383,11 @@ impl MetaState {
             }
             let mut planned = Vec::new();
             for (vid, v) in &cell.volumes {
-                if v.state == STATE_RETIRED {
+                if v.state == VolumeState::Retired {
                     continue;
                 }
                 for (i, m) in v.members.iter().enumerate() {
-                    if disks.contains(&m.disk_id) && m.state == MEMBER_OK {
+                    if disks.contains(&m.disk_id) && m.state == MemberState::Ok {
                         planned.push(PlannedMove {
                             volume: *vid,
                             member: i as u32,
@@ -403,7 +400,7 @@ impl MetaState {
             }
             Ok::<_, MetaError>(planned)
         })??;
-        let sizes = Self::member_sizes(&self.cell_lock());
+        let sizes = Self::member_sizes(&self.core.lock());
         let planned = planned
             .into_iter()
             .map(|mut p| {
@@ -411,14 +408,14 @@ impl MetaState {
                 p
             })
             .collect();
-        let n = self.record_moves(planned, "drain")?;
+        let n = self.record_moves(planned, MoveReason::Drain)?;
         tracing::warn!(?disks, moves = n, "drain started");
         Ok(n)
     }
 
     /// Ends draining: the disks take new members again; pending drain moves off them are dropped.
     pub fn undrain(&self, disks: &[String]) -> Result<(), MetaError> {
-        self.mutate_cell(true, |cell, b| {
+        self.core.mutate(true, |cell, b| {
             for d in disks {
                 if let Some(row) = cell.disks.get_mut(d) {
                     row.draining = false;
@@ -426,8 +423,11 @@ impl MetaState {
                 }
             }
             for (id, m) in cell.moves.iter_mut() {
-                if m.state == "pending" && m.reason == "drain" && disks.contains(&m.from_disk) {
-                    m.state = "dropped".into();
+                if m.state == MoveState::Pending
+                    && m.reason == MoveReason::Drain
+                    && disks.contains(&m.from_disk)
+                {
+                    m.state = MoveState::Dropped;
                     m.error = "undrained".into();
                     put_move(b, *id, m);
                 }
@@ -437,7 +437,7 @@ impl MetaState {
 
     /// The disks of a node.
     pub fn disks_of_node(&self, node: &str) -> Vec<String> {
-        let cell = self.cell_lock();
+        let cell = self.core.lock();
         cell.disks
             .iter()
             .filter(|(_, d)| d.node_id == node)
@@ -447,12 +447,12 @@ impl MetaState {
 
     /// Moves for the daemon: pending and running ones, oldest first.
     pub fn move_queue(&self) -> v1::MoveQueueResponse {
-        let cell = self.cell_lock();
+        let cell = self.core.lock();
         v1::MoveQueueResponse {
             moves: cell
                 .moves
                 .iter()
-                .filter(|(_, m)| m.state == "pending" || m.state == "running")
+                .filter(|(_, m)| m.state.is_active())
                 .map(|(id, m)| task(*id, m))
                 .collect(),
             paused: cell.rebalance.paused,
@@ -461,9 +461,13 @@ impl MetaState {
 
     /// Every move, for status.
     pub fn moves(&self) -> (RebalanceRow, Vec<v1::MoveTask>, Vec<(String, bool, u32)>) {
-        let cell = self.cell_lock();
+        let cell = self.core.lock();
         let mut members: HashMap<&str, u32> = HashMap::new();
-        for v in cell.volumes.values().filter(|v| v.state != STATE_RETIRED) {
+        for v in cell
+            .volumes
+            .values()
+            .filter(|v| v.state != VolumeState::Retired)
+        {
             for m in &v.members {
                 *members.entry(m.disk_id.as_str()).or_default() += 1;
             }
@@ -488,18 +492,18 @@ impl MetaState {
     /// generation, and answers the plan the daemon drives.
     pub fn start_move(&self, id: u64) -> Result<v1::RepairPlan, MetaError> {
         let now = now_ms();
-        self.mutate_cell(true, |cell, b| {
+        self.core.mutate(true, |cell, b| {
             let m = cell
                 .moves
                 .get(&id)
                 .cloned()
-                .ok_or_else(|| MetaError::Invalid(format!("no move {id}")))?;
-            if m.state != "pending" && m.state != "running" {
+                .ok_or_else(|| MetaError::NotFound(format!("no move {id}")))?;
+            if !m.state.is_active() {
                 return Err(MetaError::Invalid(format!("move {id} is {}", m.state)));
             }
-            let drop_it = |cell: &mut Cell, b: &mut WriteBatch, why: &str| {
+            let drop_it = |cell: &mut Tables, b: &mut WriteBatch, why: &str| {
                 let row = cell.moves.get_mut(&id).expect("present");
-                row.state = "dropped".into();
+                row.state = MoveState::Dropped;
                 row.error = why.into();
                 put_move(b, id, row);
                 MetaError::Invalid(format!("move {id} dropped: {why}"))
@@ -510,15 +514,14 @@ impl MetaState {
             let Some(member) = v.members.get(m.member as usize) else {
                 return Err(drop_it(cell, b, "member gone"));
             };
-            if member.disk_id != m.from_disk || member.state != MEMBER_OK {
+            if member.disk_id != m.from_disk || member.state != MemberState::Ok {
                 return Err(drop_it(
                     cell,
                     b,
                     "member no longer on its disk (repaired or moved)",
                 ));
             }
-            if v.state == STATE_DEGRADED
-                || v.state == STATE_LOST
+            if matches!(v.state, VolumeState::Degraded | VolumeState::Lost)
                 || cell.repairs.contains_key(&m.volume)
             {
                 return Err(MetaError::Invalid(format!(
@@ -526,15 +529,14 @@ impl MetaState {
                     m.volume
                 )));
             }
-            if v.state == STATE_OPEN {
+            if v.state == VolumeState::Open {
                 return Err(MetaError::Invalid(format!(
                     "volume {} is still open",
                     m.volume
                 )));
             }
             // Keep the planned target if it still takes members; choose again otherwise.
-            let cands: HashSet<String> = self
-                .candidates(cell, now)
+            let cands: HashSet<String> = room::candidates(cell, &self.core.cfg, now)
                 .into_iter()
                 .map(|c| c.disk_id)
                 .collect();
@@ -576,11 +578,17 @@ impl MetaState {
             let row = cell.moves.get_mut(&id).expect("present");
             row.to_disk = target.clone();
             row.generation = generation;
-            row.state = "running".into();
+            row.state = MoveState::Running;
             row.attempts += 1;
             put_move(b, id, row);
             let session = row.session.clone();
-            let info = self.volume_info(cell, m.volume, &cell.volumes[&m.volume], now);
+            let info = volume_info(
+                cell,
+                &self.core.cfg,
+                m.volume,
+                &cell.volumes[&m.volume],
+                now,
+            );
             let address = |disk: &str| {
                 cell.disks
                     .get(disk)
@@ -591,7 +599,7 @@ impl MetaState {
             let mut sources: Vec<v1::RebuildSource> = info
                 .members
                 .iter()
-                .filter(|x| x.state == "ok")
+                .filter(|x| x.state == MemberHealth::Ok.as_str())
                 .map(|x| v1::RebuildSource {
                     member: x.index,
                     generation: x.generation,
@@ -621,11 +629,11 @@ impl MetaState {
     }
 
     pub fn move_progress(&self, id: u64, session: &str, done: u64) -> Result<bool, MetaError> {
-        self.mutate_cell(false, |cell, b| {
+        self.core.mutate(false, |cell, b| {
             let Some(m) = cell.moves.get_mut(&id) else {
                 return false;
             };
-            if m.state != "running" {
+            if m.state != MoveState::Running {
                 return false;
             }
             m.session = session.into();
@@ -637,13 +645,13 @@ impl MetaState {
 
     /// Puts the moved member in service on its new disk under its new generation, in one write.
     pub fn commit_move(&self, id: u64) -> Result<(), MetaError> {
-        let (vid, member) = self.mutate_cell(true, |cell, b| {
+        let (vid, member) = self.core.mutate(true, |cell, b| {
             let m = cell
                 .moves
                 .get(&id)
                 .cloned()
-                .ok_or_else(|| MetaError::Invalid(format!("no move {id}")))?;
-            if m.state != "running" {
+                .ok_or_else(|| MetaError::NotFound(format!("no move {id}")))?;
+            if m.state != MoveState::Running {
                 return Err(MetaError::Invalid(format!("move {id} is {}", m.state)));
             }
             let v = cell
@@ -662,20 +670,20 @@ impl MetaState {
             }
             mem.disk_id = m.to_disk.clone();
             mem.generation = m.generation;
-            mem.state = MEMBER_OK.into();
+            mem.state = MemberState::Ok;
             put_volume(b, m.volume, v);
             let row = cell.moves.get_mut(&id).expect("present");
-            row.state = "done".into();
+            row.state = MoveState::Done;
             row.done_bytes = row.done_bytes.max(row.bytes);
             put_move(b, id, row);
             // A rebalance whose moves are all done is done.
             let open = cell
                 .moves
                 .values()
-                .any(|x| x.reason == "rebalance" && (x.state == "pending" || x.state == "running"));
-            if !open && cell.rebalance.state == "running" {
-                cell.rebalance.state = "done".into();
-                b.put(Cf::Config, KEY_REBALANCE, encode(&cell.rebalance));
+                .any(|x| x.reason == MoveReason::Rebalance && x.state.is_active());
+            if !open && cell.rebalance.state == RebalanceState::Running {
+                cell.rebalance.state = RebalanceState::Done;
+                schema::put_config(b, ConfigKey::Rebalance, &cell.rebalance);
             }
             Ok((m.volume, m.member))
         })??;
@@ -686,14 +694,14 @@ impl MetaState {
 
     /// A move failed: retried later (up to three attempts), then left failed.
     pub fn fail_move(&self, id: u64, error: &str) -> Result<(), MetaError> {
-        self.mutate_cell(true, |cell, b| {
+        self.core.mutate(true, |cell, b| {
             if let Some(m) = cell.moves.get_mut(&id) {
                 m.error = error.into();
                 m.session.clear();
                 if m.attempts >= 3 {
-                    m.state = "failed".into();
+                    m.state = MoveState::Failed;
                 } else {
-                    m.state = "pending".into();
+                    m.state = MoveState::Pending;
                     // Choose a target again next time, with a new generation.
                     m.generation = 0;
                     m.to_disk.clear();
@@ -714,8 +722,8 @@ fn task(id: u64, m: &MoveRow) -> v1::MoveTask {
         from_disk: m.from_disk.clone(),
         to_disk: m.to_disk.clone(),
         bytes: m.bytes,
-        state: m.state.clone(),
-        reason: m.reason.clone(),
+        state: m.state.to_string(),
+        reason: m.reason.to_string(),
         done_bytes: m.done_bytes,
         error: m.error.clone(),
     }

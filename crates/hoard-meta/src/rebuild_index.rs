@@ -8,28 +8,39 @@
 //! against their crc32c decode to bytes whose BLAKE3 is the block's key. Blocks of puts that were never
 //! acknowledged may come back or not; none comes back wrong.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use hoard_erasure::Codec;
 use hoard_proto::v1;
-use hoard_types::{BlockHash, BlockLocation, Geometry, VolumeId, now_ms};
+use hoard_runtime::{
+    CancellationToken, Progress, Registry, Worker, WorkerError, WorkerHandle, WorkerState,
+    WorkerStatus,
+};
+use hoard_types::state::{MemberState, VolumeState};
+use hoard_types::{BlockHash, BlockLocation, ExtentId, Geometry, VolumeId, now_ms};
 use parking_lot::Mutex;
 
 use crate::MetaError;
+use crate::blocks::{BlockIndex, CommitOutcome};
+use crate::core::Core;
 use crate::engine::Cf;
-use crate::records::{MemberRow, VolumeRow, encode};
-use crate::state::{CommitOutcome, MEMBER_LOST, MEMBER_OK, MetaState, STATE_SEALED};
+use crate::nodes::ReportedExtent;
+use crate::rows::{MemberRow, VolumeRow};
+use crate::schema::{self, ConfigKey};
 
 /// The highest member generation rebuild-index believes a disk about: far more rebuilds than a volume
 /// ever sees, far below the top of the range.
 const MAX_RESTORED_GENERATION: u64 = 1 << 48;
 
+/// The worker's name.
+pub const WORKER: &str = "rebuild-index";
+
 /// Progress and result of a rebuild.
 #[derive(Clone, Debug, Default)]
-pub struct IndexRebuild {
+pub struct IndexRebuildReport {
     pub running: bool,
     pub started_unix_ms: u64,
     pub finished_unix_ms: u64,
@@ -44,71 +55,139 @@ pub struct IndexRebuild {
     pub errors: Vec<String>,
 }
 
-/// The job's shared state, owned by the metadata tier.
-#[derive(Default)]
-pub struct IndexRebuildJob {
-    status: Mutex<IndexRebuild>,
+struct Found {
+    address: String,
+    info: ReportedExtent,
 }
 
-impl IndexRebuildJob {
-    pub fn status(&self) -> IndexRebuild {
-        self.status.lock().clone()
+/// Rebuilding the index from the disks: starting it, and its report.
+pub struct IndexRebuild {
+    core: Arc<Core>,
+    blocks: Arc<BlockIndex>,
+    report: Arc<Mutex<IndexRebuildReport>>,
+}
+
+impl IndexRebuild {
+    pub(crate) fn new(core: Arc<Core>, blocks: Arc<BlockIndex>) -> IndexRebuild {
+        IndexRebuild {
+            core,
+            blocks,
+            report: Default::default(),
+        }
+    }
+
+    pub fn report(&self) -> IndexRebuildReport {
+        self.report.lock().clone()
+    }
+
+    /// Starts rebuilding the index from the disks as a worker; refused while one runs.
+    pub fn start(&self) -> Result<WorkerHandle, MetaError> {
+        if Registry::global()
+            .get(WORKER)
+            .is_ok_and(|h| !h.info().phase.is_final())
+        {
+            return Err(MetaError::Conflict(
+                "an index rebuild is running already".into(),
+            ));
+        }
+        *self.report.lock() = IndexRebuildReport {
+            running: true,
+            started_unix_ms: now_ms(),
+            ..Default::default()
+        };
+        let job = Job {
+            core: Arc::clone(&self.core),
+            blocks: Arc::clone(&self.blocks),
+            report: Arc::clone(&self.report),
+            todo: None,
+        };
+        Registry::global()
+            .spawn(job)
+            .map_err(|e| MetaError::Conflict(e.to_string()))
     }
 }
 
-struct Found {
-    address: String,
-    info: v1::ExtentInfo,
+/// One rebuild, as a worker: the first unit takes stock of what the volume servers hold (and the
+/// disks' cluster id), each next unit restores one volume.
+struct Job {
+    core: Arc<Core>,
+    blocks: Arc<BlockIndex>,
+    report: Arc<Mutex<IndexRebuildReport>>,
+    todo: Option<VecDeque<(VolumeId, Vec<Found>)>>,
 }
 
-impl MetaState {
-    /// Starts rebuilding the index from the disks; fails when a rebuild is running already.
-    pub fn start_rebuild_index(self: &Arc<Self>) -> Result<(), MetaError> {
-        {
-            let mut st = self.index_rebuild.status.lock();
-            if st.running {
-                return Err(MetaError::Invalid(
-                    "an index rebuild is running already".into(),
-                ));
-            }
-            *st = IndexRebuild {
-                running: true,
-                started_unix_ms: now_ms(),
-                ..Default::default()
-            };
-        }
-        let me = Arc::clone(self);
-        tokio::spawn(async move {
-            let res = me.rebuild_index().await;
-            let mut st = me.index_rebuild.status.lock();
-            if let Err(e) = res {
-                tracing::error!("index rebuild failed: {e}");
-                st.errors.push(e.to_string());
-            }
+impl Drop for Job {
+    fn drop(&mut self) {
+        let mut st = self.report.lock();
+        if st.running {
             st.running = false;
             st.finished_unix_ms = now_ms();
+            if self.todo.as_ref().is_some_and(|t| !t.is_empty()) {
+                st.errors
+                    .push("cancelled before every volume was restored".into());
+            }
             tracing::info!(
                 volumes = st.volumes_restored,
                 accepted = st.blocks_accepted,
                 rejected = st.blocks_rejected,
                 "index rebuild finished"
             );
-        });
-        Ok(())
+        }
+    }
+}
+
+impl Worker for Job {
+    fn name(&self) -> String {
+        WORKER.to_string()
     }
 
-    pub fn index_rebuild_status(&self) -> IndexRebuild {
-        self.index_rebuild.status()
+    fn status(&self) -> WorkerStatus {
+        let st = self.report.lock();
+        WorkerStatus {
+            progress: Some(Progress::new(st.volumes_done, st.volumes_total, "volumes")),
+            detail: format!(
+                "{} blocks accepted, {} rejected",
+                st.blocks_accepted, st.blocks_rejected
+            ),
+        }
     }
 
-    fn progress(&self, f: impl FnOnce(&mut IndexRebuild)) {
-        f(&mut self.index_rebuild.status.lock());
+    async fn work(&mut self, _: &CancellationToken) -> Result<WorkerState, WorkerError> {
+        if self.todo.is_none() {
+            let found = self.take_stock().map_err(|e| {
+                self.progress(|s| s.errors.push(e.to_string()));
+                WorkerError::permanent(e)
+            })?;
+            self.progress(|s| s.volumes_total = found.len() as u64);
+            self.todo = Some(found.into_iter().collect());
+            return Ok(WorkerState::Busy);
+        }
+        let next = self.todo.as_mut().and_then(VecDeque::pop_front);
+        let Some((volume, extents)) = next else {
+            return Ok(WorkerState::Done);
+        };
+        match self.restore_volume(volume, &extents).await {
+            Ok(()) => self.progress(|s| s.volumes_restored += 1),
+            Err(e) => {
+                tracing::warn!(volume, "volume not restored: {e}");
+                self.progress(|s| s.errors.push(format!("volume {volume}: {e}")));
+            }
+        }
+        self.progress(|s| s.volumes_done += 1);
+        Ok(WorkerState::Busy)
+    }
+}
+
+impl Job {
+    fn progress(&self, f: impl FnOnce(&mut IndexRebuildReport)) {
+        f(&mut self.report.lock());
     }
 
-    async fn rebuild_index(self: &Arc<Self>) -> Result<(), MetaError> {
-        // What the volume servers hold, from their last heartbeats.
+    /// What the volume servers hold that this tier does not know, from their last heartbeats; takes
+    /// the disks' cluster id when this tier starts from nothing.
+    fn take_stock(&self) -> Result<BTreeMap<VolumeId, Vec<Found>>, MetaError> {
         let (found, labels, has_volumes) = {
-            let cell = self.cell_lock();
+            let cell = self.core.lock();
             let mut found: BTreeMap<VolumeId, Vec<Found>> = BTreeMap::new();
             for (node, extents) in &cell.in_service {
                 let address = cell
@@ -117,10 +196,8 @@ impl MetaState {
                     .map(|n| n.address.clone())
                     .unwrap_or_default();
                 for e in extents {
-                    if let Some(r) = &e.extent
-                        && !cell.volumes.contains_key(&r.volume)
-                    {
-                        found.entry(r.volume).or_default().push(Found {
+                    if !cell.volumes.contains_key(&e.id.volume) {
+                        found.entry(e.id.volume).or_default().push(Found {
                             address: address.clone(),
                             info: e.clone(),
                         });
@@ -137,10 +214,9 @@ impl MetaState {
             }
             (found, labels, !cell.volumes.is_empty())
         };
-        // Take the disks' cluster id when this tier starts from nothing.
         if let Some((id, _)) = labels.iter().max_by_key(|(_, n)| **n) {
             let id = id.clone();
-            let changed = self.mutate_cell(true, |cell, b| {
+            let changed = self.core.mutate(true, |cell, b| {
                 if cell.cluster_id == id {
                     return Ok(false);
                 }
@@ -151,7 +227,7 @@ impl MetaState {
                     )));
                 }
                 cell.cluster_id = id.clone();
-                b.put(Cf::Config, b"cluster_id".to_vec(), id.as_bytes().to_vec());
+                b.put(Cf::Config, ConfigKey::ClusterId.bytes(), id.as_bytes().to_vec());
                 Ok(true)
             })??;
             if changed {
@@ -159,27 +235,10 @@ impl MetaState {
                 self.progress(|s| s.cluster_id_adopted = id.clone());
             }
         }
-        self.progress(|s| s.volumes_total = found.len() as u64);
-        let clients = hoard_proto::VolumeClients::default();
-        for (volume, extents) in found {
-            match self.restore_volume(volume, &extents, &clients).await {
-                Ok(()) => self.progress(|s| s.volumes_restored += 1),
-                Err(e) => {
-                    tracing::warn!(volume, "volume not restored: {e}");
-                    self.progress(|s| s.errors.push(format!("volume {volume}: {e}")));
-                }
-            }
-            self.progress(|s| s.volumes_done += 1);
-        }
-        Ok(())
+        Ok(found)
     }
 
-    async fn restore_volume(
-        self: &Arc<Self>,
-        volume: VolumeId,
-        extents: &[Found],
-        clients: &hoard_proto::VolumeClients,
-    ) -> Result<(), MetaError> {
+    async fn restore_volume(&self, volume: VolumeId, extents: &[Found]) -> Result<(), MetaError> {
         let first = &extents[0].info;
         let g = Geometry::new(first.k, first.m).map_err(|e| MetaError::Invalid(e.to_string()))?;
         let width = g.width() as usize;
@@ -196,26 +255,22 @@ impl MetaState {
             f.info.k != first.k
                 || f.info.m != first.m
                 || f.info.capacity != first.capacity
-                || f.info
-                    .extent
-                    .as_ref()
-                    .is_none_or(|x| x.generation == 0 || x.generation > MAX_RESTORED_GENERATION)
+                || f.info.id.generation == 0
+                || f.info.id.generation > MAX_RESTORED_GENERATION
         }) {
             return Err(MetaError::Invalid(format!(
                 "the extent on disk {} disagrees with the others (geometry {}+{}, capacity {}, {:?})",
-                f.info.disk_id, f.info.k, f.info.m, f.info.capacity, f.info.extent
+                f.info.disk_id, f.info.k, f.info.m, f.info.capacity, f.info.id
             )));
         }
         // The newest generation of each member.
         let mut members: Vec<Option<&Found>> = vec![None; width];
         for f in extents {
-            let r = f.info.extent.as_ref().expect("filtered above");
+            let r = f.info.id;
             let Some(slot) = members.get_mut(r.member as usize) else {
                 continue;
             };
-            let newer = slot.is_none_or(|cur| {
-                cur.info.extent.as_ref().map(|x| x.generation).unwrap_or(0) < r.generation
-            });
+            let newer = slot.is_none_or(|cur| cur.info.id.generation < r.generation);
             if newer {
                 *slot = Some(f);
             }
@@ -223,19 +278,19 @@ impl MetaState {
         let row = VolumeRow {
             k: g.k,
             m: g.m,
-            state: STATE_SEALED.into(),
+            state: VolumeState::Sealed,
             members: members
                 .iter()
                 .map(|m| match m {
                     Some(f) => MemberRow {
                         disk_id: f.info.disk_id.clone(),
-                        generation: f.info.extent.as_ref().map(|x| x.generation).unwrap_or(0),
-                        state: MEMBER_OK.into(),
+                        generation: f.info.id.generation,
+                        state: MemberState::Ok,
                     },
                     None => MemberRow {
                         disk_id: String::new(),
                         generation: 0,
-                        state: MEMBER_LOST.into(),
+                        state: MemberState::Lost,
                     },
                 })
                 .collect(),
@@ -244,62 +299,42 @@ impl MetaState {
             created_unix_ms: now_ms(),
             generation_seq: extents
                 .iter()
-                .filter_map(|f| f.info.extent.as_ref().map(|x| x.generation))
+                .map(|f| f.info.id.generation)
                 .max()
                 .unwrap_or(1),
             ..Default::default()
         };
-        self.mutate_cell(true, |cell, b| {
+        self.core.mutate(true, |cell, b| {
             if cell.volumes.contains_key(&volume) {
                 return;
             }
-            b.put(Cf::Volumes, volume.to_be_bytes().to_vec(), encode(&row));
+            schema::put_volume(b, volume, &row);
             cell.volumes.insert(volume, row.clone());
             if volume >= cell.next_volume {
                 // An id restored from the disks is this tier's own from now on.
                 cell.next_volume = volume.saturating_add(1);
-                b.put(
-                    Cf::Config,
-                    b"next_volume".to_vec(),
-                    cell.next_volume.to_be_bytes().to_vec(),
-                );
+                schema::put_counter(b, ConfigKey::NextVolume, cell.next_volume);
             }
         })?;
         let sources: Vec<(u32, u64, String)> = members
             .iter()
             .enumerate()
-            .filter_map(|(i, m)| {
-                m.map(|f| {
-                    (
-                        i as u32,
-                        f.info.extent.as_ref().map(|x| x.generation).unwrap_or(0),
-                        f.address.clone(),
-                    )
-                })
-            })
+            .filter_map(|(i, m)| m.map(|f| (i as u32, f.info.id.generation, f.address.clone())))
             .collect();
         // The records, from up to two members (a damaged slot in one is filled from the other).
         let mut records: BTreeMap<u64, v1::BlockRecord> = BTreeMap::new();
         let mut read = 0;
         for (member, generation, address) in &sources {
-            let Ok(mut c) = clients.get(address) else {
+            let extent = ExtentId {
+                volume,
+                member: *member,
+                generation: *generation,
+            };
+            let Ok(got) = self.core.ops.read_index(address.clone(), extent).await else {
                 continue;
             };
-            let stream = c
-                .read_index(v1::ReadIndexRequest {
-                    extent: Some(v1::ExtentRef {
-                        volume,
-                        member: *member,
-                        generation: *generation,
-                    }),
-                })
-                .await;
-            let Ok(stream) = stream else { continue };
-            let mut stream = stream.into_inner();
-            while let Some(Ok(msg)) = stream.next().await {
-                for r in msg.records {
-                    records.entry(r.offset).or_insert(r);
-                }
+            for r in got {
+                records.entry(r.offset).or_insert(r);
             }
             read += 1;
             if read >= 2 {
@@ -311,12 +346,8 @@ impl MetaState {
         let sources = Arc::new(sources);
         let checks = futures::stream::iter(records.into_values())
             .map(|r| {
-                let (me, codec, sources) =
-                    (Arc::clone(self), Arc::clone(&codec), Arc::clone(&sources));
-                async move {
-                    me.restore_block(volume, g, r, &codec, &sources, clients)
-                        .await
-                }
+                let (codec, sources) = (Arc::clone(&codec), Arc::clone(&sources));
+                async move { self.restore_block(volume, g, r, &codec, &sources).await }
             })
             .buffer_unordered(8);
         tokio::pin!(checks);
@@ -339,7 +370,6 @@ impl MetaState {
         r: v1::BlockRecord,
         codec: &Codec,
         sources: &[(u32, u64, String)],
-        clients: &hoard_proto::VolumeClients,
     ) -> Result<CommitOutcome, MetaError> {
         let width = g.width() as usize;
         let k = g.k as usize;
@@ -357,24 +387,22 @@ impl MetaState {
             if have >= k {
                 break;
             }
-            let Ok(mut c) = clients.get(address) else {
-                continue;
-            };
-            let got = c
-                .read_fragment(v1::ReadFragmentRequest {
-                    extent: Some(v1::ExtentRef {
+            let req = v1::ReadFragmentRequest {
+                extent: Some(
+                    ExtentId {
                         volume,
                         member: *member,
                         generation: *generation,
-                    }),
-                    offset: r.offset,
-                    frag_len: r.frag_len,
-                    expected_crc: r.crcs[*member as usize],
-                    hash: r.hash.clone(),
-                })
-                .await;
-            if let Ok(f) = got {
-                frags[*member as usize] = Some(f.into_inner().fragment);
+                    }
+                    .into(),
+                ),
+                offset: r.offset,
+                frag_len: r.frag_len,
+                expected_crc: r.crcs[*member as usize],
+                hash: r.hash.clone(),
+            };
+            if let Ok(f) = self.core.ops.read_fragment(address.clone(), req).await {
+                frags[*member as usize] = Some(f);
                 have += 1;
             }
         }
@@ -392,16 +420,17 @@ impl MetaState {
         if BlockHash::from_bytes(*h.finalize().as_bytes()) != hash {
             return Err(bad("decoded bytes do not hash to the key"));
         }
-        self.commit(
-            hash,
-            BlockLocation {
-                volume,
-                offset: r.offset,
-                frag_len: r.frag_len as u64,
-                block_len: r.block_len as u64,
-                crcs: r.crcs.clone(),
-            },
-        )
-        .await
+        self.blocks
+            .commit(
+                hash,
+                BlockLocation {
+                    volume,
+                    offset: r.offset,
+                    frag_len: r.frag_len as u64,
+                    block_len: r.block_len as u64,
+                    crcs: r.crcs.clone(),
+                },
+            )
+            .await
     }
 }

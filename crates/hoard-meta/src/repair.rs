@@ -1,211 +1,41 @@
-//! Failure detection and the repair queue.
+//! Failure repair: the repair queue, rebuild plans and their commits, range repairs, and the live
+//! repair knobs.
 //!
-//! The volume table is the queue: a member whose node has been silent past the grace period, or whose
-//! disk reports failure, is marked lost (durably), its volume is sealed and counted as degraded, and it
+//! The volume table is the queue: the health check ([`crate::health`]) marks members lost, and a volume
 //! stays in the queue until a rebuilt member is committed in its place. A planned rebuild is recorded in
 //! the `repair` table with the new members' disks and generations, so that a restarted repair daemon
 //! finds it and a generation is never handed out twice.
 
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::sync::Arc;
 
 use hoard_proto::v1;
+use hoard_types::state::{MemberState, RangeOutcome, VolumeState};
 use hoard_types::{VolumeId, now_ms};
 
 use crate::MetaError;
-use crate::engine::{Cf, WriteBatch};
+use crate::core::{Core, Tables};
+use crate::engine::Cf;
+use crate::health;
 use crate::placement::Candidate;
-use crate::records::{KnobsRow, RepairOutputRow, RepairRow, VolumeRow, encode};
-use crate::state::{
-    Cell, MEMBER_LOST, MEMBER_OK, MetaState, STATE_CREATING, STATE_DEGRADED, STATE_LOST,
-    STATE_OPEN, STATE_RETIRED, STATE_SEALED,
-};
+use crate::room;
+use crate::rows::{KnobsRow, RepairOutputRow, RepairRow, VolumeRow};
+use crate::schema::{self, ConfigKey, RepairKey, encode};
+use crate::views::volume_info;
 
-pub const KEY_KNOBS: &[u8] = b"repair_knobs";
-pub const KEY_COUNTERS: &[u8] = b"repair_counters";
-
-/// Keys of the `repair` table: a member rebuild per volume, and range repairs per fragment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RepairKey {
-    Rebuild(VolumeId),
-    Range(VolumeId, u32, u64),
-    Move(u64),
+pub struct Repair {
+    core: Arc<Core>,
 }
 
-impl RepairKey {
-    pub fn encode(&self) -> Vec<u8> {
-        match self {
-            RepairKey::Rebuild(v) => [b"v".as_slice(), &v.to_be_bytes()].concat(),
-            RepairKey::Range(v, m, o) => [
-                b"r".as_slice(),
-                &v.to_be_bytes(),
-                &m.to_be_bytes(),
-                &o.to_be_bytes(),
-            ]
-            .concat(),
-            RepairKey::Move(id) => crate::moves::move_key(*id),
-        }
-    }
-
-    pub fn parse(k: &[u8]) -> Option<RepairKey> {
-        match (k.first()?, k.len()) {
-            (b'v', 9) => Some(RepairKey::Rebuild(u64::from_be_bytes(
-                k[1..9].try_into().ok()?,
-            ))),
-            (b'r', 21) => Some(RepairKey::Range(
-                u64::from_be_bytes(k[1..9].try_into().ok()?),
-                u32::from_be_bytes(k[9..13].try_into().ok()?),
-                u64::from_be_bytes(k[13..21].try_into().ok()?),
-            )),
-            (b'm', 9) => Some(RepairKey::Move(u64::from_be_bytes(
-                k[1..9].try_into().ok()?,
-            ))),
-            _ => None,
-        }
-    }
-}
-
-pub fn default_knobs() -> KnobsRow {
-    KnobsRow {
-        paused: false,
-        bytes_per_sec: 0,
-        concurrency: 2,
-    }
-}
-
-fn put_volume(b: &mut WriteBatch, id: VolumeId, v: &VolumeRow) {
-    b.put(Cf::Volumes, id.to_be_bytes().to_vec(), encode(v));
-}
-
-fn lost_members(v: &VolumeRow) -> Vec<u32> {
-    v.members
-        .iter()
-        .enumerate()
-        .filter(|(_, m)| m.state == MEMBER_LOST)
-        .map(|(i, _)| i as u32)
-        .collect()
-}
-
-/// The state a volume should be in, given its lost members.
-fn settle_state(v: &mut VolumeRow, now: u64) -> Option<Duration> {
-    let lost = lost_members(v).len() as u32;
-    let mut healed = None;
-    if lost > 0 {
-        if v.degraded_since_unix_ms == 0 {
-            v.degraded_since_unix_ms = now;
-        }
-        v.lease_holder.clear();
-        v.state = if lost > v.m {
-            STATE_LOST
-        } else {
-            STATE_DEGRADED
-        }
-        .into();
-        if v.seal_reason.is_empty() {
-            v.seal_reason = format!("{lost} member(s) lost");
-        }
-    } else {
-        if v.degraded_since_unix_ms != 0 {
-            healed = Some(Duration::from_millis(
-                now.saturating_sub(v.degraded_since_unix_ms),
-            ));
-            v.degraded_since_unix_ms = 0;
-        }
-        if v.state == STATE_DEGRADED || v.state == STATE_LOST {
-            v.state = STATE_SEALED.into();
-        }
-    }
-    healed
-}
-
-impl MetaState {
-    /// Marks members lost whose node has been silent past the grace period or whose disk failed, and
-    /// settles every volume's state. Runs every second.
-    pub fn check_health(&self) -> Result<(), MetaError> {
-        let grace = self.config().heartbeat_grace.as_millis() as u64;
-        let changed = self.mutate_cell(true, |cell, b| {
-            let now = now_ms();
-            let mut changed = 0;
-            let Cell {
-                volumes,
-                disks,
-                nodes,
-                repairs,
-                ..
-            } = cell;
-            for (id, v) in volumes.iter_mut() {
-                if v.state == STATE_RETIRED || v.state == STATE_CREATING {
-                    continue;
-                }
-                let before = v.clone();
-                for m in v.members.iter_mut() {
-                    if m.state != MEMBER_OK {
-                        continue;
-                    }
-                    let why = match disks.get(&m.disk_id) {
-                        None => Some("disk unknown".to_string()),
-                        Some(d) if d.state != "ok" => {
-                            Some(format!("disk {}: {}", m.disk_id, d.state))
-                        }
-                        Some(d) => match nodes.get(&d.node_id) {
-                            None => Some(format!("node {} unknown", d.node_id)),
-                            Some(n) if now.saturating_sub(n.last_heartbeat_unix_ms) > grace => {
-                                Some(format!(
-                                    "node {} silent for {} s",
-                                    d.node_id,
-                                    (now - n.last_heartbeat_unix_ms) / 1000
-                                ))
-                            }
-                            Some(_) => None,
-                        },
-                    };
-                    if let Some(why) = why {
-                        tracing::warn!(volume = id, disk = %m.disk_id, "member lost: {why}");
-                        m.state = MEMBER_LOST.into();
-                    }
-                }
-                // A lost volume whose members come back before anything was rebuilt is whole again:
-                // the members were sealed when they went away and hold everything acknowledged.
-                if v.state == STATE_LOST && !repairs.contains_key(id) {
-                    for m in v.members.iter_mut().filter(|m| m.state == MEMBER_LOST) {
-                        let back = disks.get(&m.disk_id).is_some_and(|d| {
-                            d.state == "ok"
-                                && nodes.get(&d.node_id).is_some_and(|n| {
-                                    now.saturating_sub(n.last_heartbeat_unix_ms) <= grace
-                                })
-                        });
-                        if back {
-                            tracing::info!(volume = id, disk = %m.disk_id, "lost member is back");
-                            m.state = MEMBER_OK.into();
-                        }
-                    }
-                }
-                if v.state == STATE_OPEN && !lost_members(v).is_empty() {
-                    v.seal_reason = "member lost".into();
-                }
-                if let Some(window) = settle_state(v, now) {
-                    metrics::histogram!("hoard_repair_window_of_vulnerability_seconds")
-                        .record(window.as_secs_f64());
-                }
-                if *v != before {
-                    put_volume(b, *id, v);
-                    changed += 1;
-                }
-            }
-            changed
-        })?;
-        if changed > 0 {
-            tracing::debug!(changed, "volume health changed");
-        }
-        self.publish_metrics();
-        Ok(())
+impl Repair {
+    pub(crate) fn new(core: Arc<Core>) -> Repair {
+        Repair { core }
     }
 
     /// Gauges derived from the cell tables.
     pub fn publish_metrics(&self) {
         let cell = self.cell_snapshot_counts();
         for (state, n) in &cell.by_state {
-            metrics::gauge!("hoard_meta_volumes", "state" => state.clone()).set(*n as f64);
+            metrics::gauge!("hoard_meta_volumes", "state" => state.as_str()).set(*n as f64);
         }
         metrics::gauge!("hoard_repair_volumes_degraded").set(cell.degraded as f64);
         metrics::gauge!("hoard_repair_volumes_lost").set(cell.lost as f64);
@@ -223,11 +53,11 @@ impl MetaState {
 
     /// Gauges of nodes, disks and totals, for dashboards and alerts.
     fn publish_cell_metrics(&self) {
-        let cell = self.cell_lock();
+        let cell = self.core.lock();
         let now = now_ms();
         let (mut up, mut down) = (0u64, 0u64);
         for n in cell.nodes.values() {
-            if self.node_up(n, now) {
+            if health::node_up(&self.core.cfg, n, now) {
                 up += 1;
             } else {
                 down += 1;
@@ -246,7 +76,7 @@ impl MetaState {
                 d.used_bytes as f64 / d.capacity_bytes as f64
             };
             metrics::gauge!("hoard_disk_fill_ratio", &labels).set(fill);
-            metrics::gauge!("hoard_disk_failed", &labels).set(if d.state == "ok" {
+            metrics::gauge!("hoard_disk_failed", &labels).set(if d.health.is_ok() {
                 0.0
             } else {
                 1.0
@@ -260,14 +90,14 @@ impl MetaState {
 
     /// Volumes with lost members, most at risk first, and the knobs.
     pub fn repair_queue(&self) -> v1::RepairQueueResponse {
-        let cell = self.cell_lock();
+        let cell = self.core.lock();
         let now = now_ms();
         let mut tasks: Vec<v1::RepairTask> = cell
             .volumes
             .iter()
-            .filter(|(_, v)| v.state != STATE_RETIRED)
+            .filter(|(_, v)| v.state != VolumeState::Retired)
             .filter_map(|(id, v)| {
-                let lost = lost_members(v);
+                let lost = v.lost_members();
                 if lost.is_empty() {
                     return None;
                 }
@@ -314,35 +144,35 @@ impl MetaState {
         id: VolumeId,
         member: u32,
         offset: u64,
-        outcome: &str,
+        outcome: &RangeOutcome,
     ) -> Result<(), MetaError> {
-        self.mutate_cell(true, |cell, b| {
+        self.core.mutate(true, |cell, b| {
             if cell.ranges.remove(&(id, member, offset)).is_some() {
                 b.delete(Cf::Repair, RepairKey::Range(id, member, offset).encode());
-                if outcome == "repaired" {
+                if *outcome == RangeOutcome::Repaired {
                     cell.counters.ranges_repaired += 1;
-                    b.put(Cf::Config, KEY_COUNTERS, encode(&cell.counters));
+                    schema::put_config(b, ConfigKey::RepairCounters, &cell.counters);
                 }
             }
         })?;
-        if outcome == "repaired" {
+        if *outcome == RangeOutcome::Repaired {
             metrics::counter!("hoard_repair_ranges_repaired_total").increment(1);
             tracing::info!(volume = id, member, offset, "range repaired");
         } else {
-            tracing::info!(volume = id, member, offset, outcome, "range task closed");
+            tracing::info!(volume = id, member, offset, %outcome, "range task closed");
         }
         Ok(())
     }
 
     fn plan_message(
         &self,
-        cell: &Cell,
+        cell: &Tables,
         id: VolumeId,
         v: &VolumeRow,
         r: &RepairRow,
         now: u64,
     ) -> v1::RepairPlan {
-        let info = self.volume_info(cell, id, v, now);
+        let info = volume_info(cell, &self.core.cfg, id, v, now);
         let address_of = |disk: &str| {
             cell.disks
                 .get(disk)
@@ -388,13 +218,13 @@ impl MetaState {
 
     /// Plans (or returns the recorded plan for) rebuilding a volume's lost members.
     pub fn plan_repair(&self, id: VolumeId, avoid: &[String]) -> Result<v1::RepairPlan, MetaError> {
-        self.mutate_cell(true, |cell, b| {
+        self.core.mutate(true, |cell, b| {
             let now = now_ms();
             let v = cell.volumes.get(&id).ok_or(MetaError::NoVolume(id))?;
             if let Some(r) = cell.repairs.get(&id) {
                 return Ok(self.plan_message(cell, id, v, r, now));
             }
-            let lost = lost_members(v);
+            let lost = v.lost_members();
             if lost.is_empty() {
                 return Err(MetaError::Invalid(format!("volume {id} has no lost member")));
             }
@@ -405,21 +235,17 @@ impl MetaState {
                     v.m
                 )));
             }
-            let grace = self.config().heartbeat_grace.as_millis() as u64;
+            let cfg = &self.core.cfg;
             let live = |disk: &str| {
-                cell.disks.get(disk).is_some_and(|d| {
-                    d.state == "ok"
-                        && cell
-                            .nodes
-                            .get(&d.node_id)
-                            .is_some_and(|n| now.saturating_sub(n.last_heartbeat_unix_ms) <= grace)
-                })
+                cell.disks
+                    .get(disk)
+                    .is_some_and(|d| d.health.is_ok() && health::disk_node_up(cell, cfg, d, now))
             };
             let sources: Vec<u32> = v
                 .members
                 .iter()
                 .enumerate()
-                .filter(|(_, m)| m.state == MEMBER_OK && live(&m.disk_id) && !cell.suspect.contains(&m.disk_id))
+                .filter(|(_, m)| m.state == MemberState::Ok && live(&m.disk_id) && !cell.suspect.contains(&m.disk_id))
                 .map(|(i, _)| i as u32)
                 .collect();
             if sources.len() < v.k as usize {
@@ -433,14 +259,13 @@ impl MetaState {
             let existing: Vec<Candidate> = v
                 .members
                 .iter()
-                .filter(|m| m.state == MEMBER_OK)
-                .filter_map(|m| crate::state::candidate_of(cell, &m.disk_id))
+                .filter(|m| m.state == MemberState::Ok)
+                .filter_map(|m| room::candidate_of(cell, &m.disk_id))
                 .collect();
-            let per_node = self
-                .config()
+            let per_node = self.core.cfg
                 .node_failure_domain
                 .then_some(v.m.max(1) as usize);
-            let (cands, chosen) = self.place_on(cell, now, &existing, lost.len(), per_node, |c| {
+            let (cands, chosen) = room::place_on(cell, &self.core.cfg, now, &existing, lost.len(), per_node, |c| {
                 !used.contains(&c.disk_id.as_str()) && !avoid.contains(&c.disk_id)
             })?;
             let v = cell.volumes.get_mut(&id).expect("looked up above");
@@ -469,7 +294,7 @@ impl MetaState {
                 started_unix_ms: now,
                 ..Default::default()
             };
-            put_volume(b, id, v);
+            schema::put_volume(b, id, v);
             b.put(Cf::Repair, RepairKey::Rebuild(id).encode(), encode(&row));
             let v = v.clone();
             let plan = self.plan_message(cell, id, &v, &row, now);
@@ -491,7 +316,7 @@ impl MetaState {
         done: u64,
         total: u64,
     ) -> Result<bool, MetaError> {
-        self.mutate_cell(false, |cell, b| {
+        self.core.mutate(false, |cell, b| {
             let Some(r) = cell.repairs.get_mut(&id) else {
                 return false;
             };
@@ -510,7 +335,7 @@ impl MetaState {
         outputs: &[v1::RebuildOutput],
         bytes: u64,
     ) -> Result<(), MetaError> {
-        let window = self.mutate_cell(true, |cell, b| {
+        let window = self.core.mutate(true, |cell, b| {
             let now = now_ms();
             let r = cell.repairs.get(&id).ok_or_else(|| {
                 MetaError::Invalid(format!("no repair of volume {id} is planned"))
@@ -532,18 +357,18 @@ impl MetaState {
                     .ok_or_else(|| MetaError::Invalid(format!("no member {}", o.member)))?;
                 m.disk_id = o.disk_id.clone();
                 m.generation = o.generation;
-                m.state = MEMBER_OK.into();
+                m.state = MemberState::Ok;
             }
-            let window = settle_state(v, now);
+            let window = health::settle_state(v, now);
             if window.is_some() {
                 v.seal_reason.clear();
             }
-            put_volume(b, id, v);
+            schema::put_volume(b, id, v);
             b.delete(Cf::Repair, RepairKey::Rebuild(id).encode());
             cell.repairs.remove(&id);
             cell.counters.bytes_rebuilt = cell.counters.bytes_rebuilt.saturating_add(bytes);
             cell.counters.volumes_repaired += 1;
-            b.put(Cf::Config, KEY_COUNTERS, encode(&cell.counters));
+            schema::put_config(b, ConfigKey::RepairCounters, &cell.counters);
             cell.recent.push_back((now, bytes));
             while cell.recent.front().is_some_and(|(t, _)| now - t > 60_000) {
                 cell.recent.pop_front();
@@ -563,7 +388,7 @@ impl MetaState {
 
     /// Drops a planned repair.
     pub fn abort_repair(&self, id: VolumeId, reason: &str) -> Result<(), MetaError> {
-        self.mutate_cell(true, |cell, b| {
+        self.core.mutate(true, |cell, b| {
             if cell.repairs.remove(&id).is_some() {
                 b.delete(Cf::Repair, RepairKey::Rebuild(id).encode());
             }
@@ -576,7 +401,7 @@ impl MetaState {
         if req.concurrency == Some(0) {
             return Err(MetaError::Invalid("concurrency must be at least 1".into()));
         }
-        self.mutate_cell(true, |cell, b| {
+        self.core.mutate(true, |cell, b| {
             if let Some(p) = req.paused {
                 cell.knobs.paused = p;
             }
@@ -586,7 +411,7 @@ impl MetaState {
             if let Some(c) = req.concurrency {
                 cell.knobs.concurrency = c;
             }
-            b.put(Cf::Config, KEY_KNOBS, encode(&cell.knobs));
+            schema::put_config(b, ConfigKey::RepairKnobs, &cell.knobs);
             tracing::info!(knobs = ?cell.knobs, "repair knobs changed");
             knobs_message(&cell.knobs)
         })
@@ -609,7 +434,7 @@ impl MetaState {
     }
 
     fn cell_snapshot_counts(&self) -> Counts {
-        let mut cell = self.cell_lock();
+        let mut cell = self.core.lock();
         let now = now_ms();
         while cell.recent.front().is_some_and(|(t, _)| now - t > 60_000) {
             cell.recent.pop_front();
@@ -617,9 +442,9 @@ impl MetaState {
         let mut c = Counts::default();
         let mut by_state = std::collections::BTreeMap::new();
         for v in cell.volumes.values() {
-            *by_state.entry(v.state.clone()).or_insert(0u64) += 1;
-            let lost = lost_members(v).len();
-            if lost > 0 && v.state != STATE_RETIRED {
+            *by_state.entry(v.state).or_insert(0u64) += 1;
+            let lost = v.lost_members().len();
+            if lost > 0 && v.state != VolumeState::Retired {
                 if lost as u32 > v.m {
                     c.lost += 1;
                 } else {
@@ -642,13 +467,13 @@ impl MetaState {
             c.queue_by_priority.resize(max_m + 1, 0);
         }
         for s in [
-            STATE_OPEN,
-            STATE_SEALED,
-            STATE_DEGRADED,
-            STATE_LOST,
-            STATE_RETIRED,
+            VolumeState::Open,
+            VolumeState::Sealed,
+            VolumeState::Degraded,
+            VolumeState::Lost,
+            VolumeState::Retired,
         ] {
-            by_state.entry(s.to_string()).or_insert(0);
+            by_state.entry(s).or_insert(0);
         }
         c.by_state = by_state.into_iter().collect();
         let bytes: u64 = cell
@@ -664,33 +489,16 @@ impl MetaState {
         c.oldest_degraded_secs = cell
             .volumes
             .values()
-            .filter(|v| v.degraded_since_unix_ms > 0 && v.state != STATE_RETIRED)
+            .filter(|v| v.degraded_since_unix_ms > 0 && v.state != VolumeState::Retired)
             .map(|v| now.saturating_sub(v.degraded_since_unix_ms) as f64 / 1000.0)
             .fold(0.0, f64::max);
         c
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn repair_keys_round_trip() {
-        for k in [
-            RepairKey::Rebuild(7),
-            RepairKey::Range(7, 3, 1 << 40),
-            RepairKey::Move(9),
-        ] {
-            assert_eq!(RepairKey::parse(&k.encode()), Some(k));
-        }
-        assert_eq!(RepairKey::parse(b"x"), None);
-    }
-}
-
 #[derive(Default)]
 struct Counts {
-    by_state: Vec<(String, u64)>,
+    by_state: Vec<(VolumeState, u64)>,
     degraded: u32,
     lost: u32,
     queue_by_priority: Vec<u64>,
@@ -709,21 +517,4 @@ fn knobs_message(k: &KnobsRow) -> v1::RepairKnobs {
         bytes_per_sec: k.bytes_per_sec,
         concurrency: k.concurrency,
     }
-}
-
-/// Runs [`MetaState::check_health`] every `period` until the state is dropped.
-pub fn spawn_monitor(state: Weak<MetaState>, period: Duration) {
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(period).await;
-            let Some(s) = state.upgrade() else { return };
-            let s: Arc<MetaState> = s;
-            let res = tokio::task::spawn_blocking(move || s.check_health()).await;
-            match res {
-                Ok(Err(e)) => tracing::error!("health check failed: {e}"),
-                Err(e) => tracing::error!("health check panicked: {e}"),
-                Ok(Ok(())) => {}
-            }
-        }
-    });
 }

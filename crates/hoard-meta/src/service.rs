@@ -6,7 +6,12 @@ use hoard_proto::v1::{self, meta_server::Meta};
 use hoard_types::{BlockHash, VolumeId};
 use tonic::{Request, Response, Status};
 
-use crate::state::{CommitOutcome, MetaState};
+use hoard_types::state::StateError;
+
+use crate::blocks::CommitOutcome;
+use crate::nodes::Heartbeat;
+use crate::state::MetaState;
+use crate::volumes::Problem;
 
 #[derive(Clone)]
 pub struct MetaService {
@@ -25,10 +30,11 @@ impl Meta for MetaService {
         &self,
         req: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
-        let a = self.state.heartbeat_checked(req.get_ref()).await?;
+        let hb = Heartbeat::try_from(req.get_ref())?;
+        let a = self.state.nodes().heartbeat_checked(&hb).await?;
         // A failed disk is acted on now rather than at the next periodic health check: its members
         // are marked lost and queued for repair within this beat.
-        if req.get_ref().disks.iter().any(|d| d.state != "ok") {
+        if hb.disks.iter().any(|d| !d.health.is_ok()) {
             let state = Arc::clone(&self.state);
             tokio::task::spawn_blocking(move || {
                 if let Err(e) = state.check_health() {
@@ -38,8 +44,8 @@ impl Meta for MetaService {
         }
         Ok(Response::new(v1::HeartbeatResponse {
             cluster_id: a.cluster_id,
-            retire: a.retire,
-            scrub: Some(self.state.scrub_knobs()),
+            retire: a.retire.into_iter().map(Into::into).collect(),
+            scrub: Some(self.state.scrub().knobs()),
             adopt_disks: a.adopt_disks,
         }))
     }
@@ -56,7 +62,7 @@ impl Meta for MetaService {
             .collect::<Result<Vec<_>, _>>()?;
         let state = Arc::clone(&self.state);
         let hs = hashes.clone();
-        let found = tokio::task::spawn_blocking(move || state.lookup(&hs))
+        let found = tokio::task::spawn_blocking(move || state.blocks().lookup(&hs))
             .await
             .map_err(|e| Status::internal(e.to_string()))??;
         let mut out = Vec::new();
@@ -70,7 +76,7 @@ impl Meta for MetaService {
             }
         }
         let volumes = if req.with_volumes {
-            self.state.volumes(&vols)
+            self.state.volumes().volumes(&vols)
         } else {
             Vec::new()
         };
@@ -91,7 +97,7 @@ impl Meta for MetaService {
         let (hash, loc) = loc
             .to_domain()
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        match self.state.commit(hash, loc).await? {
+        match self.state.blocks().commit(hash, loc).await? {
             CommitOutcome::Inserted => Ok(Response::new(v1::CommitResponse {
                 inserted: true,
                 existing: None,
@@ -108,7 +114,11 @@ impl Meta for MetaService {
         req: Request<v1::AcquireVolumeRequest>,
     ) -> Result<Response<v1::AcquireVolumeResponse>, Status> {
         let req = req.into_inner();
-        let (volume, epoch) = self.state.acquire_volume(&req.holder, &req.exclude).await?;
+        let (volume, epoch) = self
+            .state
+            .volumes()
+            .acquire(&req.holder, &req.exclude)
+            .await?;
         Ok(Response::new(v1::AcquireVolumeResponse {
             volume: Some(volume),
             epoch,
@@ -121,9 +131,10 @@ impl Meta for MetaService {
         req: Request<v1::RenewLeaseRequest>,
     ) -> Result<Response<v1::RenewLeaseResponse>, Status> {
         let req = req.into_inner();
-        let valid = self
-            .state
-            .renew_lease(&req.holder, req.volume, req.epoch, req.release)?;
+        let valid =
+            self.state
+                .volumes()
+                .renew_lease(&req.holder, req.volume, req.epoch, req.release)?;
         Ok(Response::new(v1::RenewLeaseResponse {
             valid,
             lease_ms: self.state.config().lease.as_millis() as u64,
@@ -135,14 +146,18 @@ impl Meta for MetaService {
         req: Request<v1::ReportVolumeRequest>,
     ) -> Result<Response<v1::ReportVolumeResponse>, Status> {
         let req = req.into_inner();
-        self.state.report_problem(
-            req.volume,
-            req.member,
-            &req.kind,
-            &req.detail,
-            req.offset,
-            &req.hash,
-        )?;
+        let kind = req
+            .kind
+            .parse()
+            .map_err(|e: StateError| Status::invalid_argument(e.to_string()))?;
+        self.state.volumes().report(&Problem {
+            volume: req.volume,
+            member: req.member,
+            kind,
+            detail: req.detail,
+            offset: req.offset,
+            hash: req.hash.to_vec(),
+        })?;
         Ok(Response::new(v1::ReportVolumeResponse {}))
     }
 
@@ -150,7 +165,9 @@ impl Meta for MetaService {
         &self,
         req: Request<v1::GetVolumeRequest>,
     ) -> Result<Response<v1::VolumeInfo>, Status> {
-        Ok(Response::new(self.state.volume(req.get_ref().id)?))
+        Ok(Response::new(
+            self.state.volumes().volume(req.get_ref().id)?,
+        ))
     }
 
     async fn cluster_status(
@@ -164,7 +181,7 @@ impl Meta for MetaService {
         &self,
         _req: Request<v1::RepairQueueRequest>,
     ) -> Result<Response<v1::RepairQueueResponse>, Status> {
-        Ok(Response::new(self.state.repair_queue()))
+        Ok(Response::new(self.state.repair().repair_queue()))
     }
 
     async fn plan_repair(
@@ -173,10 +190,11 @@ impl Meta for MetaService {
     ) -> Result<Response<v1::RepairPlan>, Status> {
         let req = req.into_inner();
         let state = Arc::clone(&self.state);
-        let plan =
-            tokio::task::spawn_blocking(move || state.plan_repair(req.volume, &req.avoid_disks))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))??;
+        let plan = tokio::task::spawn_blocking(move || {
+            state.repair().plan_repair(req.volume, &req.avoid_disks)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
         Ok(Response::new(plan))
     }
 
@@ -185,9 +203,12 @@ impl Meta for MetaService {
         req: Request<v1::RepairProgressRequest>,
     ) -> Result<Response<v1::RepairProgressResponse>, Status> {
         let r = req.into_inner();
-        let current =
-            self.state
-                .repair_progress(r.volume, &r.session, r.done_bytes, r.total_bytes)?;
+        let current = self.state.repair().repair_progress(
+            r.volume,
+            &r.session,
+            r.done_bytes,
+            r.total_bytes,
+        )?;
         Ok(Response::new(v1::RepairProgressResponse { current }))
     }
 
@@ -197,9 +218,11 @@ impl Meta for MetaService {
     ) -> Result<Response<v1::CommitRepairResponse>, Status> {
         let r = req.into_inner();
         let state = Arc::clone(&self.state);
-        tokio::task::spawn_blocking(move || state.commit_repair(r.volume, &r.outputs, r.bytes))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
+        tokio::task::spawn_blocking(move || {
+            state.repair().commit_repair(r.volume, &r.outputs, r.bytes)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
         Ok(Response::new(v1::CommitRepairResponse {}))
     }
 
@@ -208,7 +231,7 @@ impl Meta for MetaService {
         req: Request<v1::AbortRepairRequest>,
     ) -> Result<Response<v1::AbortRepairResponse>, Status> {
         let r = req.into_inner();
-        self.state.abort_repair(r.volume, &r.reason)?;
+        self.state.repair().abort_repair(r.volume, &r.reason)?;
         Ok(Response::new(v1::AbortRepairResponse {}))
     }
 
@@ -216,7 +239,7 @@ impl Meta for MetaService {
         &self,
         req: Request<v1::SetRepairKnobsRequest>,
     ) -> Result<Response<v1::RepairKnobs>, Status> {
-        Ok(Response::new(self.state.set_knobs(req.get_ref())?))
+        Ok(Response::new(self.state.repair().set_knobs(req.get_ref())?))
     }
 
     async fn range_done(
@@ -224,8 +247,13 @@ impl Meta for MetaService {
         req: Request<v1::RangeDoneRequest>,
     ) -> Result<Response<v1::RangeDoneResponse>, Status> {
         let r = req.into_inner();
+        let outcome = r
+            .outcome
+            .parse()
+            .map_err(|e: StateError| Status::invalid_argument(e.to_string()))?;
         self.state
-            .range_done(r.volume, r.member, r.offset, &r.outcome)?;
+            .repair()
+            .range_done(r.volume, r.member, r.offset, &outcome)?;
         Ok(Response::new(v1::RangeDoneResponse {}))
     }
 
@@ -233,7 +261,7 @@ impl Meta for MetaService {
         &self,
         _req: Request<v1::MoveQueueRequest>,
     ) -> Result<Response<v1::MoveQueueResponse>, Status> {
-        Ok(Response::new(self.state.move_queue()))
+        Ok(Response::new(self.state.moves().move_queue()))
     }
 
     async fn start_move(
@@ -242,7 +270,7 @@ impl Meta for MetaService {
     ) -> Result<Response<v1::RepairPlan>, Status> {
         let id = req.get_ref().id;
         let state = Arc::clone(&self.state);
-        let plan = tokio::task::spawn_blocking(move || state.start_move(id))
+        let plan = tokio::task::spawn_blocking(move || state.moves().start_move(id))
             .await
             .map_err(|e| Status::internal(e.to_string()))??;
         Ok(Response::new(plan))
@@ -253,7 +281,10 @@ impl Meta for MetaService {
         req: Request<v1::MoveProgressRequest>,
     ) -> Result<Response<v1::RepairProgressResponse>, Status> {
         let r = req.into_inner();
-        let current = self.state.move_progress(r.id, &r.session, r.done_bytes)?;
+        let current = self
+            .state
+            .moves()
+            .move_progress(r.id, &r.session, r.done_bytes)?;
         Ok(Response::new(v1::RepairProgressResponse { current }))
     }
 
@@ -261,7 +292,7 @@ impl Meta for MetaService {
         &self,
         req: Request<v1::CommitMoveRequest>,
     ) -> Result<Response<v1::CommitRepairResponse>, Status> {
-        self.state.commit_move(req.get_ref().id)?;
+        self.state.moves().commit_move(req.get_ref().id)?;
         Ok(Response::new(v1::CommitRepairResponse {}))
     }
 
@@ -270,7 +301,7 @@ impl Meta for MetaService {
         req: Request<v1::FailMoveRequest>,
     ) -> Result<Response<v1::CommitRepairResponse>, Status> {
         let r = req.into_inner();
-        self.state.fail_move(r.id, &r.error)?;
+        self.state.moves().fail_move(r.id, &r.error)?;
         Ok(Response::new(v1::CommitRepairResponse {}))
     }
 
@@ -278,6 +309,6 @@ impl Meta for MetaService {
         &self,
         _req: Request<v1::RepairStatusRequest>,
     ) -> Result<Response<v1::RepairStatusResponse>, Status> {
-        Ok(Response::new(self.state.repair_status()))
+        Ok(Response::new(self.state.repair().repair_status()))
     }
 }

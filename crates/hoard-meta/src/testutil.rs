@@ -43,7 +43,7 @@ pub fn cell(nodes: usize, disks: usize) -> (Arc<MetaState>, Arc<FakeOps>) {
     let state = MetaState::open(Arc::new(MemEngine::new()), cfg, ops.clone()).unwrap();
     for n in 0..nodes {
         state
-            .heartbeat(&v1::HeartbeatRequest {
+            .heartbeat_wire(&v1::HeartbeatRequest {
                 node_id: format!("n{n}"),
                 address: format!("127.0.0.1:{}", 9000 + n),
                 labels: Default::default(),

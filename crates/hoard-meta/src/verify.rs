@@ -1,22 +1,37 @@
 //! Verification of the block index: a walk over every row that checks it is well formed and that its
 //! volume has every member in service at the generation meta lists — against what the volume servers
 //! themselves reported in their last heartbeats. Volume-level findings are computed once per volume, so
-//! the walk costs a decode and a few lookups per row.
+//! the walk costs a decode and a few lookups per row. The walk is a worker
+//! ([`hoard_runtime::Worker`]): a slice of the index per unit, so that it can be paused, resumed and
+//! cancelled, with its progress in entries.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
+use hoard_runtime::{
+    CancellationToken, ControlError, Progress, Registry, Worker, WorkerError, WorkerHandle,
+    WorkerState, WorkerStatus,
+};
+use hoard_types::state::{BlockState, MemberState, VolumeState};
 use hoard_types::{Geometry, VolumeId, now_ms};
 use parking_lot::Mutex;
 
 use crate::MetaError;
+use crate::core::Core;
 use crate::engine::Cf;
-use crate::records::{BLOCK_LIVE, BlockRow, decode};
-use crate::state::{MEMBER_OK, MetaState, STATE_LOST, STATE_RETIRED};
+use crate::health;
+use crate::rows::BlockRow;
+use crate::schema::decode;
 
 /// Problems listed in full; beyond this only counted.
 const MAX_LISTED: usize = 1000;
+
+/// Index rows walked per unit of work.
+const ROWS_PER_UNIT: usize = 65_536;
+
+/// The worker's name.
+pub const WORKER: &str = "verify";
 
 #[derive(Clone, Debug, Default)]
 pub struct VerifyReport {
@@ -31,11 +46,18 @@ pub struct VerifyReport {
     /// The first problems found, one line each.
     pub problems: Vec<String>,
     pub entries_per_sec: f64,
+    /// The walk was cancelled before its end.
+    pub cancelled: bool,
 }
 
-#[derive(Default)]
-pub struct VerifyJob {
-    report: Mutex<VerifyReport>,
+impl VerifyReport {
+    fn note(&mut self, kind: &str, line: String) {
+        self.problems_total += 1;
+        *self.by_kind.entry(kind.to_string()).or_default() += 1;
+        if self.problems.len() < MAX_LISTED {
+            self.problems.push(line);
+        }
+    }
 }
 
 /// A volume's standing, computed once per walk.
@@ -47,218 +69,55 @@ struct VolumeVerdict {
     problem: Option<(&'static str, String)>,
 }
 
-impl MetaState {
-    pub fn verify_report(&self) -> VerifyReport {
-        self.verify_job.report.lock().clone()
+/// Verification: starting walks, their reports, and block samples for deep checks.
+pub struct Verify {
+    core: Arc<Core>,
+    report: Arc<Mutex<VerifyReport>>,
+}
+
+impl Verify {
+    pub(crate) fn new(core: Arc<Core>) -> Verify {
+        Verify {
+            core,
+            report: Default::default(),
+        }
     }
 
-    /// Starts a walk in the background; fails when one is running.
-    pub fn start_verify(self: &Arc<Self>) -> Result<(), MetaError> {
+    pub fn report(&self) -> VerifyReport {
+        self.report.lock().clone()
+    }
+
+    /// Starts a walk as a worker of the process; refused while one runs.
+    pub fn start(&self) -> Result<WorkerHandle, MetaError> {
+        if Registry::global()
+            .get(WORKER)
+            .is_ok_and(|h| !h.info().phase.is_final())
         {
-            let mut r = self.verify_job.report.lock();
-            if r.running {
-                return Err(MetaError::Invalid(
-                    "a verification is running already".into(),
-                ));
-            }
-            *r = VerifyReport {
-                running: true,
-                started_unix_ms: now_ms(),
-                ..Default::default()
-            };
+            return Err(MetaError::Conflict(
+                "a verification is running already".into(),
+            ));
         }
-        let me = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
-            let res = me.verify_index();
-            let mut r = me.verify_job.report.lock();
-            if let Err(e) = res {
-                r.problems.push(format!("verification stopped: {e}"));
-                r.problems_total += 1;
-            }
-            r.running = false;
-            r.finished_unix_ms = now_ms();
-        });
-        Ok(())
-    }
-
-    fn verdicts(&self) -> HashMap<VolumeId, VolumeVerdict> {
-        let cell = self.cell_lock();
-        let now = now_ms();
-        // (volume, member) -> generation, as the volume servers reported.
-        let mut in_service: HashMap<(VolumeId, u32), (u64, &str)> = HashMap::new();
-        for extents in cell.in_service.values() {
-            for e in extents {
-                if let Some(r) = &e.extent {
-                    in_service.insert((r.volume, r.member), (r.generation, e.disk_id.as_str()));
-                }
-            }
-        }
-        cell.volumes
-            .iter()
-            .map(|(id, v)| {
-                let geometry = Geometry { k: v.k, m: v.m };
-                let mut problem = None;
-                if v.state == STATE_RETIRED {
-                    problem = Some(("volume_retired", format!("volume {id} is retired")));
-                } else if v.state == STATE_LOST {
-                    problem = Some((
-                        "volume_lost",
-                        format!("volume {id} lost more than {} members", v.m),
-                    ));
-                } else {
-                    for (i, m) in v.members.iter().enumerate() {
-                        if m.state != MEMBER_OK {
-                            problem = Some((
-                                "member_lost",
-                                format!("volume {id} member {i} lost, awaiting repair"),
-                            ));
-                            break;
-                        }
-                        let node = cell.disks.get(&m.disk_id).and_then(|d| cell.nodes.get(&d.node_id));
-                        let node_up = node.is_some_and(|n| self.node_up(n, now));
-                        // A report is current while its server has missed fewer than three beats.
-                        let silent = node.map(|n| {
-                            let stale = n.interval_ms.clamp(500, 3_600_000) * 3 + 1000;
-                            now.saturating_sub(n.last_heartbeat_unix_ms) > stale
-                        });
-                        if silent != Some(false) {
-                            problem = Some((
-                                "member_unreachable",
-                                format!("volume {id} member {i}: its server is not reporting"),
-                            ));
-                            break;
-                        }
-                        match in_service.get(&(*id, i as u32)) {
-                            Some((g, disk)) if *g == m.generation && *disk == m.disk_id => {}
-                            Some((g, disk)) => {
-                                problem = Some((
-                                    "member_mismatch",
-                                    format!(
-                                        "volume {id} member {i}: meta lists generation {} on {}, its server holds generation {g} on {disk}",
-                                        m.generation, m.disk_id
-                                    ),
-                                ));
-                                break;
-                            }
-                            None if node_up => {
-                                problem = Some((
-                                    "member_missing",
-                                    format!(
-                                        "volume {id} member {i}: not in service on disk {}",
-                                        m.disk_id
-                                    ),
-                                ));
-                                break;
-                            }
-                            None => {
-                                problem = Some((
-                                    "member_unreachable",
-                                    format!("volume {id} member {i}: its server is not reporting"),
-                                ));
-                                break;
-                            }
-                        }
-                    }
-                }
-                (
-                    *id,
-                    VolumeVerdict {
-                        geometry,
-                        capacity: v.capacity,
-                        problem,
-                    },
-                )
-            })
-            .collect()
-    }
-
-    /// Walks the whole block index. Blocking; call from a blocking thread.
-    pub fn verify_index(&self) -> Result<(), MetaError> {
-        let verdicts = self.verdicts();
-        let started = Instant::now();
-        let mut per_volume: HashMap<VolumeId, u64> = HashMap::new();
-        let mut local = VerifyReport::default();
-        let note = |r: &mut VerifyReport, kind: &str, line: String| {
-            r.problems_total += 1;
-            *r.by_kind.entry(kind.to_string()).or_default() += 1;
-            if r.problems.len() < MAX_LISTED {
-                r.problems.push(line);
-            }
+        *self.report.lock() = VerifyReport {
+            running: true,
+            started_unix_ms: now_ms(),
+            ..Default::default()
         };
-        let mut last_publish = Instant::now();
-        self.engine().scan(Cf::Blocks, b"", &mut |k, v| {
-            local.entries += 1;
-            let row: BlockRow = match decode("blocks", v) {
-                Ok(r) => r,
-                Err(e) => {
-                    note(&mut local, "corrupt_row", format!("{}: {e}", hex(k)));
-                    return true;
-                }
-            };
-            if row.state != BLOCK_LIVE {
-                return true;
-            }
-            local.live += 1;
-            match verdicts.get(&row.volume) {
-                None => note(
-                    &mut local,
-                    "unknown_volume",
-                    format!("{}: volume {} is unknown", hex(k), row.volume),
-                ),
-                Some(vv) => {
-                    let fits = row.crcs.len() == vv.geometry.width() as usize
-                        && row.frag_len as u64 == vv.geometry.frag_len(row.block_len as u64)
-                        && hoard_types::range_end(row.offset, row.frag_len as u64)
-                            .is_some_and(|end| end <= vv.capacity)
-                        && k.len() == 32;
-                    if !fits {
-                        note(
-                            &mut local,
-                            "bad_location",
-                            format!("{}: location does not fit volume {}", hex(k), row.volume),
-                        );
-                    }
-                    if vv.problem.is_some() {
-                        *per_volume.entry(row.volume).or_default() += 1;
-                    }
-                }
-            }
-            if local.entries % 65_536 == 0 && last_publish.elapsed().as_millis() >= 200 {
-                last_publish = Instant::now();
-                let mut r = self.verify_job.report.lock();
-                r.entries = local.entries;
-                r.live = local.live;
-            }
-            true
-        })?;
-        let secs = started.elapsed().as_secs_f64();
-        // Volume-level problems once each, with the number of blocks they affect.
-        let mut affected: Vec<(&VolumeId, &u64)> = per_volume.iter().collect();
-        affected.sort();
-        for (id, n) in affected {
-            if let Some((kind, detail)) = &verdicts[id].problem {
-                local.problems_total += n;
-                *local.by_kind.entry(kind.to_string()).or_default() += n;
-                if local.problems.len() < MAX_LISTED {
-                    local.problems.push(format!("{detail} ({n} blocks)"));
-                }
-            }
-        }
-        local.entries_per_sec = local.entries as f64 / secs.max(1e-9);
-        tracing::info!(
-            entries = local.entries,
-            problems = local.problems_total,
-            rate = format!("{:.0}/s", local.entries_per_sec),
-            "block index verified"
-        );
-        let mut r = self.verify_job.report.lock();
-        let (running, started_unix_ms) = (r.running, r.started_unix_ms);
-        *r = VerifyReport {
-            running,
-            started_unix_ms,
-            ..local
+        let walk = Walk {
+            core: Arc::clone(&self.core),
+            shared: Arc::clone(&self.report),
+            verdicts: None,
+            cursor: Vec::new(),
+            local: VerifyReport::default(),
+            per_volume: HashMap::new(),
+            started: Instant::now(),
+            finished: false,
         };
-        Ok(())
+        Registry::global().spawn(walk).map_err(|e| match e {
+            ControlError::Running(_) => {
+                MetaError::Conflict("a verification is running already".into())
+            }
+            other => MetaError::Invalid(other.to_string()),
+        })
     }
 
     /// Live hashes whose first two bytes fall in the sample, after `after`, at most `limit`.
@@ -275,14 +134,14 @@ impl MetaState {
         if !start.is_empty() {
             start.push(0);
         }
-        self.engine().scan(Cf::Blocks, &start, &mut |k, v| {
+        self.core.engine.scan(Cf::Blocks, &start, &mut |k, v| {
             if k.len() != 32 {
                 return true;
             }
             if (u16::from_be_bytes([k[0], k[1]]) as u32) >= cut {
                 return true;
             }
-            if decode::<BlockRow>("blocks", v).is_ok_and(|r| r.state == BLOCK_LIVE) {
+            if decode::<BlockRow>(v).is_ok_and(|r| r.state == BlockState::Live) {
                 if out.len() >= limit {
                     more = true;
                     return false;
@@ -295,6 +154,272 @@ impl MetaState {
     }
 }
 
+/// One walk over the index, as a worker.
+struct Walk {
+    core: Arc<Core>,
+    shared: Arc<Mutex<VerifyReport>>,
+    verdicts: Option<Arc<HashMap<VolumeId, VolumeVerdict>>>,
+    /// The first key not walked yet.
+    cursor: Vec<u8>,
+    local: VerifyReport,
+    per_volume: HashMap<VolumeId, u64>,
+    started: Instant,
+    finished: bool,
+}
+
+impl Walk {
+    /// Volume-level problems once each, with the number of blocks they affect, and the final report.
+    fn finish(&mut self, cancelled: bool) {
+        let verdicts = self.verdicts.clone().unwrap_or_default();
+        let mut affected: Vec<(&VolumeId, &u64)> = self.per_volume.iter().collect();
+        affected.sort();
+        for (id, n) in affected {
+            if let Some((kind, detail)) = &verdicts[id].problem {
+                self.local.problems_total += n;
+                *self.local.by_kind.entry(kind.to_string()).or_default() += n;
+                if self.local.problems.len() < MAX_LISTED {
+                    self.local.problems.push(format!("{detail} ({n} blocks)"));
+                }
+            }
+        }
+        let secs = self.started.elapsed().as_secs_f64();
+        self.local.entries_per_sec = self.local.entries as f64 / secs.max(1e-9);
+        self.local.cancelled = cancelled;
+        tracing::info!(
+            entries = self.local.entries,
+            problems = self.local.problems_total,
+            rate = format!("{:.0}/s", self.local.entries_per_sec),
+            cancelled,
+            "block index verified"
+        );
+        let mut r = self.shared.lock();
+        *r = VerifyReport {
+            running: false,
+            started_unix_ms: r.started_unix_ms,
+            finished_unix_ms: now_ms(),
+            ..self.local.clone()
+        };
+        self.finished = true;
+    }
+}
+
+impl Drop for Walk {
+    fn drop(&mut self) {
+        // A cancelled walk still leaves a report of what it saw.
+        if !self.finished {
+            self.finish(true);
+        }
+    }
+}
+
+/// Walks up to [`ROWS_PER_UNIT`] rows from `cursor`; answers the next cursor, or `None` at the end.
+fn walk_rows(
+    core: &Core,
+    verdicts: &HashMap<VolumeId, VolumeVerdict>,
+    cursor: &[u8],
+    local: &mut VerifyReport,
+    per_volume: &mut HashMap<VolumeId, u64>,
+) -> Result<Option<Vec<u8>>, MetaError> {
+    let mut seen = 0;
+    let mut next = None;
+    core.engine.scan(Cf::Blocks, cursor, &mut |k, v| {
+        if seen == ROWS_PER_UNIT {
+            next = Some(k.to_vec());
+            return false;
+        }
+        seen += 1;
+        local.entries += 1;
+        let row: BlockRow = match decode(v) {
+            Ok(r) => r,
+            Err(e) => {
+                local.note("corrupt_row", format!("{}: {e}", hex(k)));
+                return true;
+            }
+        };
+        if row.state != BlockState::Live {
+            return true;
+        }
+        local.live += 1;
+        match verdicts.get(&row.volume) {
+            None => local.note(
+                "unknown_volume",
+                format!("{}: volume {} is unknown", hex(k), row.volume),
+            ),
+            Some(vv) => {
+                let fits = row.crcs.len() == vv.geometry.width() as usize
+                    && row.frag_len as u64 == vv.geometry.frag_len(row.block_len as u64)
+                    && hoard_types::range_end(row.offset, row.frag_len as u64)
+                        .is_some_and(|end| end <= vv.capacity)
+                    && k.len() == 32;
+                if !fits {
+                    local.note(
+                        "bad_location",
+                        format!("{}: location does not fit volume {}", hex(k), row.volume),
+                    );
+                }
+                if vv.problem.is_some() {
+                    *per_volume.entry(row.volume).or_default() += 1;
+                }
+            }
+        }
+        true
+    })?;
+    Ok(next)
+}
+
+impl Worker for Walk {
+    fn name(&self) -> String {
+        WORKER.to_string()
+    }
+
+    fn status(&self) -> WorkerStatus {
+        WorkerStatus {
+            progress: Some(Progress::new(self.local.entries, 0, "entries")),
+            detail: format!(
+                "{} entries, {} problems",
+                self.local.entries, self.local.problems_total
+            ),
+        }
+    }
+
+    async fn work(&mut self, _: &CancellationToken) -> Result<WorkerState, WorkerError> {
+        let verdicts = match &self.verdicts {
+            Some(v) => Arc::clone(v),
+            None => {
+                let v = Arc::new(verdicts(&self.core));
+                self.verdicts = Some(Arc::clone(&v));
+                v
+            }
+        };
+        // The walk blocks on the engine: off the async workers, with the walk's state moved along.
+        let core = Arc::clone(&self.core);
+        let cursor = std::mem::take(&mut self.cursor);
+        let mut local = std::mem::take(&mut self.local);
+        let mut per_volume = std::mem::take(&mut self.per_volume);
+        let (res, local, per_volume) = tokio::task::spawn_blocking(move || {
+            let r = walk_rows(&core, &verdicts, &cursor, &mut local, &mut per_volume);
+            (r, local, per_volume)
+        })
+        .await
+        .map_err(WorkerError::permanent)?;
+        self.local = local;
+        self.per_volume = per_volume;
+        {
+            let mut r = self.shared.lock();
+            r.entries = self.local.entries;
+            r.live = self.local.live;
+        }
+        match res {
+            Ok(Some(next)) => {
+                self.cursor = next;
+                Ok(WorkerState::Busy)
+            }
+            Ok(None) => {
+                self.finish(false);
+                Ok(WorkerState::Done)
+            }
+            Err(e) => {
+                self.local
+                    .note("engine", format!("verification stopped: {e}"));
+                self.finish(false);
+                Err(WorkerError::permanent(e))
+            }
+        }
+    }
+}
+
+fn verdicts(core: &Core) -> HashMap<VolumeId, VolumeVerdict> {
+    let cell = core.lock();
+    let now = now_ms();
+    // (volume, member) -> generation, as the volume servers reported.
+    let mut in_service: HashMap<(VolumeId, u32), (u64, &str)> = HashMap::new();
+    for extents in cell.in_service.values() {
+        for e in extents {
+            in_service.insert(
+                (e.id.volume, e.id.member),
+                (e.id.generation, e.disk_id.as_str()),
+            );
+        }
+    }
+    cell.volumes
+        .iter()
+        .map(|(id, v)| {
+            let geometry = Geometry { k: v.k, m: v.m };
+            let mut problem = None;
+            if v.state == VolumeState::Retired {
+                problem = Some(("volume_retired", format!("volume {id} is retired")));
+            } else if v.state == VolumeState::Lost {
+                problem = Some((
+                    "volume_lost",
+                    format!("volume {id} lost more than {} members", v.m),
+                ));
+            } else {
+                for (i, m) in v.members.iter().enumerate() {
+                    if m.state != MemberState::Ok {
+                        problem = Some((
+                            "member_lost",
+                            format!("volume {id} member {i} lost, awaiting repair"),
+                        ));
+                        break;
+                    }
+                    let node = cell.disks.get(&m.disk_id).and_then(|d| cell.nodes.get(&d.node_id));
+                    let node_up = node.is_some_and(|n| health::node_up(&core.cfg, n, now));
+                    // A report is current while its server has missed fewer than three beats.
+                    let silent = node.map(|n| {
+                        let stale = n.interval_ms.clamp(500, 3_600_000) * 3 + 1000;
+                        now.saturating_sub(n.last_heartbeat_unix_ms) > stale
+                    });
+                    if silent != Some(false) {
+                        problem = Some((
+                            "member_unreachable",
+                            format!("volume {id} member {i}: its server is not reporting"),
+                        ));
+                        break;
+                    }
+                    match in_service.get(&(*id, i as u32)) {
+                        Some((g, disk)) if *g == m.generation && *disk == m.disk_id => {}
+                        Some((g, disk)) => {
+                            problem = Some((
+                                "member_mismatch",
+                                format!(
+                                    "volume {id} member {i}: meta lists generation {} on {}, its server holds generation {g} on {disk}",
+                                    m.generation, m.disk_id
+                                ),
+                            ));
+                            break;
+                        }
+                        None if node_up => {
+                            problem = Some((
+                                "member_missing",
+                                format!(
+                                    "volume {id} member {i}: not in service on disk {}",
+                                    m.disk_id
+                                ),
+                            ));
+                            break;
+                        }
+                        None => {
+                            problem = Some((
+                                "member_unreachable",
+                                format!("volume {id} member {i}: its server is not reporting"),
+                            ));
+                            break;
+                        }
+                    }
+                }
+            }
+            (
+                *id,
+                VolumeVerdict {
+                    geometry,
+                    capacity: v.capacity,
+                    problem,
+                },
+            )
+        })
+        .collect()
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -303,7 +428,7 @@ fn hex(b: &[u8]) -> String {
 mod tests {
     use super::*;
     use crate::engine::WriteBatch;
-    use crate::records::encode;
+    use crate::schema::encode;
     use crate::testutil::cell;
     use hoard_types::{BlockHash, BlockLocation};
 
@@ -321,9 +446,10 @@ mod tests {
     #[tokio::test]
     async fn verify_finds_rows_without_volumes_and_volumes_not_in_service() {
         let (state, _) = cell(4, 3);
-        let (info, _) = state.acquire_volume("fe", &[]).await.unwrap();
+        let (info, _) = state.volumes().acquire("fe", &[]).await.unwrap();
         for i in 0..10u64 {
             state
+                .blocks()
                 .commit(BlockHash::of(&i.to_le_bytes()), loc(info.id, i * 256))
                 .await
                 .unwrap();
@@ -337,7 +463,7 @@ mod tests {
             block_len: 1000,
             crcs: vec![0; 9],
             created_unix_ms: 0,
-            state: BLOCK_LIVE,
+            state: BlockState::Live,
         };
         b.put(
             Cf::Blocks,
@@ -345,8 +471,8 @@ mod tests {
             encode(&orphan),
         );
         state.engine().write(b, true).unwrap();
-        state.verify_index().unwrap();
-        let r = state.verify_report();
+        state.verify().start().unwrap().finished().await;
+        let r = state.verify().report();
         assert_eq!(r.entries, 11);
         assert_eq!(r.by_kind.get("unknown_volume"), Some(&1));
         // No volume server reported the volume's extents (the test cell has none running).
@@ -356,12 +482,19 @@ mod tests {
             "{r:?}"
         );
         // Sampling: all of it at 100%, none at 0%, paged.
-        let (all, more) = state.sample_blocks(100.0, &[], 1000).unwrap();
+        let (all, more) = state.verify().sample_blocks(100.0, &[], 1000).unwrap();
         assert_eq!((all.len(), more), (11, false));
-        let (page, more) = state.sample_blocks(100.0, &[], 4).unwrap();
+        let (page, more) = state.verify().sample_blocks(100.0, &[], 4).unwrap();
         assert!(more && page.len() == 4);
-        let (rest, _) = state.sample_blocks(100.0, &page[3], 1000).unwrap();
+        let (rest, _) = state.verify().sample_blocks(100.0, &page[3], 1000).unwrap();
         assert_eq!(rest.len(), 7);
-        assert!(state.sample_blocks(0.0, &[], 1000).unwrap().0.is_empty());
+        assert!(
+            state
+                .verify()
+                .sample_blocks(0.0, &[], 1000)
+                .unwrap()
+                .0
+                .is_empty()
+        );
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! Wire values are validated once, here, on receive: the rest of the code works with `hoard_types`.
 
+pub mod convert;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod listen;
@@ -20,7 +21,7 @@ pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 use std::time::Duration;
 
-use hoard_types::{BlockHash, BlockLocation, TypeError};
+use hoard_types::{BlockHash, TypeError};
 use tonic::transport::{Endpoint, Server};
 
 /// HTTP/2 frames of up to 1 MiB: a fragment crosses in a few frames rather than dozens of 16 KiB ones,
@@ -97,34 +98,6 @@ pub fn server() -> Server {
         .http2_max_local_error_reset_streams(Some(256))
         .http2_max_header_list_size(Some(64 << 10))
         .timeout(REQUEST_DEADLINE)
-}
-
-impl v1::BlockLocation {
-    pub fn from_domain(hash: &BlockHash, loc: &BlockLocation, created_unix_ms: u64) -> Self {
-        v1::BlockLocation {
-            hash: bytes::Bytes::copy_from_slice(hash.as_bytes()),
-            volume: loc.volume,
-            offset: loc.offset,
-            frag_len: loc.frag_len as u32,
-            block_len: loc.block_len as u32,
-            crcs: loc.crcs.clone(),
-            created_unix_ms,
-        }
-    }
-
-    pub fn to_domain(&self) -> Result<(BlockHash, BlockLocation), TypeError> {
-        let hash = BlockHash::from_slice(&self.hash)?;
-        Ok((
-            hash,
-            BlockLocation {
-                volume: self.volume,
-                offset: self.offset,
-                frag_len: self.frag_len as u64,
-                block_len: self.block_len as u64,
-                crcs: self.crcs.clone(),
-            },
-        ))
-    }
 }
 
 /// Parses a hex hash from a request into a [`BlockHash`], or a gRPC `INVALID_ARGUMENT` naming it.

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use hoard_proto::v1::{self, meta_client::MetaClient};
+use hoard_types::state::{MemberHealth, RangeOutcome};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use tonic::transport::Channel;
@@ -483,20 +484,20 @@ impl RepairDaemon {
             .find(|l| l.volume == t.volume && l.offset == t.offset);
         let volume = found.volumes.iter().find(|v| v.id == t.volume);
         let (Some(loc), Some(vol)) = (located, volume) else {
-            return self.range_done(t, "not_needed: no live block there").await;
+            return self.range_done(t, not_needed("no live block there")).await;
         };
         let Some(member) = vol.members.get(t.member as usize) else {
-            return self.range_done(t, "not_needed: no such member").await;
+            return self.range_done(t, not_needed("no such member")).await;
         };
-        if member.state != "ok" {
+        if !healthy(member) {
             return self
-                .range_done(t, "not_needed: the member is being rebuilt")
+                .range_done(t, not_needed("the member is being rebuilt"))
                 .await;
         }
         let sources = vol
             .members
             .iter()
-            .filter(|m| m.index != t.member && m.state == "ok")
+            .filter(|m| m.index != t.member && healthy(m))
             .map(|m| v1::RebuildSource {
                 member: m.index,
                 generation: m.generation,
@@ -529,14 +530,18 @@ impl RepairDaemon {
             .await
             .map_err(|s| runner_err(s.message().to_string()))?;
         let outcome = if r.get_ref().rewritten {
-            "repaired"
+            RangeOutcome::Repaired
         } else {
-            "not_needed: the fragment checks out"
+            not_needed("the fragment checks out")
         };
         self.range_done(t, outcome).await
     }
 
-    async fn range_done(&self, t: &v1::RangeTask, outcome: &str) -> Result<(), RepairError> {
+    async fn range_done(
+        &self,
+        t: &v1::RangeTask,
+        outcome: RangeOutcome,
+    ) -> Result<(), RepairError> {
         self.meta()
             .range_done(v1::RangeDoneRequest {
                 volume: t.volume,
@@ -591,6 +596,15 @@ impl RepairDaemon {
         }
         Ok(())
     }
+}
+
+/// Whether meta lists a member as readable now.
+fn healthy(m: &v1::MemberInfo) -> bool {
+    hoard_proto::convert::member_health(&m.state).is_ok_and(MemberHealth::is_ok)
+}
+
+fn not_needed(why: &str) -> RangeOutcome {
+    RangeOutcome::NotNeeded(why.to_string())
 }
 
 #[cfg(test)]

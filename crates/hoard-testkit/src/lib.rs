@@ -156,6 +156,29 @@ fn parse_listening(line: &str) -> Option<(String, SocketAddr)> {
     Some((role.to_string(), addr.trim().parse().ok()?))
 }
 
+/// Starts `hoard dev` on loopback ports with its data in `data` and its log in `log`, extents of
+/// `extent_size`; waits until it serves.
+pub fn start_dev(bin: &Path, data: &Path, log: &Path, extent_size: &str) -> anyhow::Result<Proc> {
+    Proc::start(
+        bin,
+        "dev",
+        &[
+            "dev",
+            "--data",
+            data.to_str().expect("utf-8 path"),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--extent-size",
+            extent_size,
+        ],
+        log,
+        &["admin", "endpoint"],
+        &[],
+    )
+}
+
 /// Shape and settings of a test cell.
 #[derive(Clone, Debug)]
 pub struct ClusterOpts {

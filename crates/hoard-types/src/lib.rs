@@ -3,6 +3,8 @@
 //! No I/O lives here. Values that arrive from the network or from disk are parsed into these types once,
 //! at the edge, so that the rest of the code works with values that are already known to be valid.
 
+pub mod state;
+
 use std::fmt;
 use std::str::FromStr;
 
@@ -188,6 +190,41 @@ pub struct BlockLocation {
     pub crcs: Vec<u32>,
 }
 
+/// One member of one volume at one generation: what an extent is, wherever it is named.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExtentId {
+    pub volume: VolumeId,
+    pub member: MemberIndex,
+    pub generation: u64,
+}
+
+impl fmt::Display for ExtentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{} gen {}", self.volume, self.member, self.generation)
+    }
+}
+
+/// A byte count as people read it: `1.5 GiB`, `512 B`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+        let mut v = self.0 as f64;
+        let mut u = 0;
+        while v >= 1024.0 && u < UNITS.len() - 1 {
+            v /= 1024.0;
+            u += 1;
+        }
+        if u == 0 {
+            write!(f, "{} B", self.0)
+        } else {
+            write!(f, "{v:.1} {}", UNITS[u])
+        }
+    }
+}
+
 /// A generated identifier: a prefix and 16 random hex characters, e.g. `disk-1f0c...`.
 pub fn random_id(prefix: &str) -> String {
     format!("{prefix}-{:016x}", rand::random::<u64>())
@@ -251,6 +288,14 @@ mod tests {
             g.frag_len(6 * (DIRECT_MIN_FRAGMENT - 64)),
             DIRECT_MIN_FRAGMENT - 64
         );
+    }
+
+    #[test]
+    fn byte_sizes_read_as_people_write_them() {
+        assert_eq!(ByteSize(512).to_string(), "512 B");
+        assert_eq!(ByteSize(1536).to_string(), "1.5 KiB");
+        assert_eq!(ByteSize(300_000).to_string(), "293.0 KiB");
+        assert_eq!(ByteSize(3 << 30).to_string(), "3.0 GiB");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use hoard_proto::v1::{self, meta_client::MetaClient};
 use hoard_types::now_ms;
+use hoard_types::state::{ProblemKind, ScrubPhase};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -128,7 +129,7 @@ impl Scrubber {
         }
     }
 
-    fn publish(&self, disk: &Disk, cp: &Checkpoint, state: &str, total: u64) {
+    fn publish(&self, disk: &Disk, cp: &Checkpoint, state: ScrubPhase, total: u64) {
         let s = v1::ScrubStatus {
             state: state.to_string(),
             pass_started_unix_ms: cp.pass_started_unix_ms,
@@ -190,9 +191,9 @@ impl Scrubber {
         loop {
             let knobs = knobs_rx.borrow_and_update().clone();
             let state = match &knobs {
-                Some(k) if k.paused => "paused",
-                _ if cp.pass_started_unix_ms != 0 => "running",
-                _ => "idle",
+                Some(k) if k.paused => ScrubPhase::Paused,
+                _ if cp.pass_started_unix_ms != 0 => ScrubPhase::Running,
+                _ => ScrubPhase::Idle,
             };
             self.publish(&disk, &cp, state, 0);
             let due = match &knobs {
@@ -310,7 +311,7 @@ impl Scrubber {
                         bucket.rate = k.bytes_per_sec;
                         break;
                     }
-                    self.publish(disk, cp, "paused", total);
+                    self.publish(disk, cp, ScrubPhase::Paused, total);
                     Scrubber::save(disk, cp);
                     tokio::select! {
                         _ = knobs_rx.changed() => {}
@@ -362,7 +363,7 @@ impl Scrubber {
                     saved_at = std::time::Instant::now();
                     Scrubber::save(disk, cp);
                 }
-                self.publish(disk, cp, "running", total);
+                self.publish(disk, cp, ScrubPhase::Running, total);
                 bucket.spend(n).await;
             }
             cp.record = records.len() as u64;
@@ -381,7 +382,7 @@ impl Scrubber {
         cp.volume = 0;
         cp.record = 0;
         Scrubber::save(disk, cp);
-        self.publish(disk, cp, "idle", total);
+        self.publish(disk, cp, ScrubPhase::Idle, total);
         Ok(true)
     }
 
@@ -389,7 +390,7 @@ impl Scrubber {
         let req = v1::ReportVolumeRequest {
             volume,
             member: Some(member),
-            kind: "corrupt".into(),
+            kind: ProblemKind::Corrupt.to_string(),
             detail: "scrub: crc32c mismatch".into(),
             offset: r.offset,
             hash: bytes::Bytes::copy_from_slice(r.hash.as_bytes()),

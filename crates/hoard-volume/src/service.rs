@@ -10,9 +10,8 @@ use tracing::Instrument;
 use crate::VolumeError;
 use crate::extent::MemberFile;
 use crate::store::VolumeStore;
-use crate::wire::{
-    ExtentId, disk_info, extent_info, extent_shape, record_from_wire, record_to_wire,
-};
+use crate::wire::{disk_info, extent_info, extent_shape, record_from_wire, record_to_wire};
+use hoard_types::ExtentId;
 
 /// Records per `ReadIndex` message.
 const INDEX_CHUNK: usize = 4096;
@@ -29,7 +28,7 @@ impl VolumeService {
 }
 
 fn extent_ref(r: Option<v1::ExtentRef>) -> Result<ExtentId, Status> {
-    Ok(ExtentId::from_wire(r.as_ref())?)
+    Ok(crate::wire::extent_id(r.as_ref())?)
 }
 
 type IndexStream =

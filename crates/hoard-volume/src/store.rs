@@ -5,6 +5,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use hoard_types::state::DiskHealth;
 use hoard_types::{MemberIndex, VolumeId};
 use parking_lot::RwLock;
 
@@ -31,7 +32,7 @@ pub struct DiskReport {
     pub capacity_bytes: u64,
     pub used_bytes: u64,
     pub free_bytes: u64,
-    pub state: String,
+    pub health: DiskHealth,
     pub extents: u32,
     /// Bytes of retired extents waiting in the trash.
     pub trash_bytes: u64,
@@ -450,9 +451,9 @@ impl VolumeStore {
                     capacity_bytes: capacity,
                     used_bytes: used,
                     free_bytes: capacity.saturating_sub(used).min(fs_free),
-                    state: match failed {
-                        Some(w) => format!("failed: {w}"),
-                        None => "ok".into(),
+                    health: match failed {
+                        Some(w) => DiskHealth::Failed(w),
+                        None => DiskHealth::Ok,
                     },
                     extents: mine.len() as u32,
                     trash_bytes: dir_bytes(&d.path.join(crate::disk::TRASH_DIR)),

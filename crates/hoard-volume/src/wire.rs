@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use hoard_proto::v1;
-use hoard_types::{BlockHash, Geometry, MemberIndex, VolumeId};
+use hoard_types::{BlockHash, ExtentId, Geometry, MemberIndex};
 
 use crate::VolumeError;
 use crate::disk::Disk;
@@ -11,32 +11,9 @@ use crate::extent::Extent;
 use crate::format::BlockRecord;
 use crate::store::DiskReport;
 
-/// One member of one volume at one generation, as a request names it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ExtentId {
-    pub volume: VolumeId,
-    pub member: MemberIndex,
-    pub generation: u64,
-}
-
-impl ExtentId {
-    /// The extent a request names; `INVALID_ARGUMENT` when it names none.
-    pub fn from_wire(r: Option<&v1::ExtentRef>) -> Result<ExtentId, VolumeError> {
-        let r = r.ok_or_else(|| VolumeError::BadRequest("missing extent".into()))?;
-        Ok(ExtentId {
-            volume: r.volume,
-            member: r.member,
-            generation: r.generation,
-        })
-    }
-
-    pub fn to_wire(self) -> v1::ExtentRef {
-        v1::ExtentRef {
-            volume: self.volume,
-            member: self.member,
-            generation: self.generation,
-        }
-    }
+/// The extent a request names; `INVALID_ARGUMENT` when it names none.
+pub fn extent_id(r: Option<&v1::ExtentRef>) -> Result<ExtentId, VolumeError> {
+    hoard_proto::convert::extent_id(r).map_err(|e| VolumeError::BadRequest(e.to_string()))
 }
 
 /// A block record from the wire, checked as a record read from disk is.
@@ -76,7 +53,7 @@ pub fn extent_info(e: &Extent, d: &Disk) -> v1::ExtentInfo {
                 member: e.member,
                 generation: mf.generation,
             }
-            .to_wire(),
+            .into(),
         ),
         disk_id: d.id.clone(),
         data_len: e.data_len(),
@@ -95,7 +72,7 @@ pub fn disk_info(d: &DiskReport) -> v1::DiskInfo {
         capacity_bytes: d.capacity_bytes,
         used_bytes: d.used_bytes,
         free_bytes: d.free_bytes,
-        state: d.state.clone(),
+        state: d.health.to_string(),
         extents: d.extents,
         cluster_id: d.cluster_id.clone(),
         scrub: None,

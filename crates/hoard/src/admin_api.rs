@@ -10,6 +10,7 @@ use hoard_admin::axum::{Json, Router};
 use hoard_meta::MetaState;
 use hoard_meta::scrub::ScrubChange;
 use hoard_proto::v1;
+use hoard_types::state::MoveState;
 use serde_json::{Value, json};
 
 use crate::admin_json;
@@ -73,10 +74,10 @@ async fn events() -> ApiResult {
 
 async fn status(State(m): State<Arc<MetaState>>) -> ApiResult {
     let s = m.cluster_status();
-    let r = m.repair_status();
+    let r = m.repair().repair_status();
     let mut v = admin_json::cluster(&s);
     v["repair"] = admin_json::repair(&r);
-    v["scrub"] = admin_json::scrub(&m.scrub_knobs(), &m.scrub_status());
+    v["scrub"] = admin_json::scrub(&m.scrub().knobs(), &m.scrub().status());
     Ok(Json(v))
 }
 
@@ -102,12 +103,12 @@ async fn volumes(State(m): State<Arc<MetaState>>) -> ApiResult {
 }
 
 async fn repair_status(State(m): State<Arc<MetaState>>) -> ApiResult {
-    Ok(Json(admin_json::repair(&m.repair_status())))
+    Ok(Json(admin_json::repair(&m.repair().repair_status())))
 }
 
 fn set(m: &MetaState, req: v1::SetRepairKnobsRequest) -> ApiResult {
-    m.set_knobs(&req).map_err(bad)?;
-    Ok(Json(admin_json::repair(&m.repair_status())))
+    m.repair().set_knobs(&req).map_err(bad)?;
+    Ok(Json(admin_json::repair(&m.repair().repair_status())))
 }
 
 async fn repair_pause(State(m): State<Arc<MetaState>>) -> ApiResult {
@@ -147,7 +148,7 @@ async fn repair_throttle(State(m): State<Arc<MetaState>>, Json(body): Json<Value
 }
 
 fn scrub_json(m: &MetaState) -> Json<Value> {
-    Json(admin_json::scrub(&m.scrub_knobs(), &m.scrub_status()))
+    Json(admin_json::scrub(&m.scrub().knobs(), &m.scrub().status()))
 }
 
 async fn scrub_status(State(m): State<Arc<MetaState>>) -> ApiResult {
@@ -155,7 +156,7 @@ async fn scrub_status(State(m): State<Arc<MetaState>>) -> ApiResult {
 }
 
 fn scrub_set(m: &MetaState, c: ScrubChange) -> ApiResult {
-    m.set_scrub(c).map_err(bad)?;
+    m.scrub().set(c).map_err(bad)?;
     Ok(scrub_json(m))
 }
 
@@ -202,7 +203,7 @@ async fn scrub_throttle(State(m): State<Arc<MetaState>>, Json(body): Json<Value>
 }
 
 fn index_json(m: &MetaState) -> Json<Value> {
-    let s = m.index_rebuild_status();
+    let s = m.index_rebuild().report();
     Json(json!({
         "running": s.running,
         "started_unix_ms": s.started_unix_ms,
@@ -224,17 +225,17 @@ async fn index_status(State(m): State<Arc<MetaState>>) -> ApiResult {
 }
 
 async fn index_start(State(m): State<Arc<MetaState>>) -> ApiResult {
-    m.start_rebuild_index().map_err(bad)?;
+    m.index_rebuild().start().map(|_| ()).map_err(bad)?;
     Ok(index_json(&m))
 }
 
 async fn declare_empty(State(m): State<Arc<MetaState>>, Path(id): Path<String>) -> ApiResult {
-    m.declare_disk_empty(&id).map_err(bad)?;
+    m.nodes().declare_disk_empty(&id).map_err(bad)?;
     Ok(Json(json!({ "disk": id, "declared_empty": true })))
 }
 
 fn verify_json(m: &MetaState) -> Json<Value> {
-    let r = m.verify_report();
+    let r = m.verify().report();
     Json(json!({
         "running": r.running,
         "started_unix_ms": r.started_unix_ms,
@@ -253,7 +254,7 @@ async fn verify_status(State(m): State<Arc<MetaState>>) -> ApiResult {
 }
 
 async fn verify_start(State(m): State<Arc<MetaState>>) -> ApiResult {
-    m.start_verify().map_err(bad)?;
+    m.verify().start().map(|_| ()).map_err(bad)?;
     Ok(verify_json(&m))
 }
 
@@ -285,11 +286,13 @@ async fn sample_blocks(State(m): State<Arc<MetaState>>, Query(q): Query<SampleQu
             .as_bytes()
             .to_vec()
     };
-    let (hashes, more) =
-        tokio::task::spawn_blocking(move || m.sample_blocks(q.pct, &after, q.limit.min(100_000)))
-            .await
-            .map_err(bad)?
-            .map_err(bad)?;
+    let (hashes, more) = tokio::task::spawn_blocking(move || {
+        m.verify()
+            .sample_blocks(q.pct, &after, q.limit.min(100_000))
+    })
+    .await
+    .map_err(bad)?
+    .map_err(bad)?;
     let hex: Vec<String> = hashes
         .iter()
         .map(|h| hoard_types::BlockHash::from_bytes(*h).to_hex())
@@ -325,28 +328,36 @@ async fn backup(State(m): State<Arc<MetaState>>, Json(body): Json<Value>) -> Api
 }
 
 fn rebalance_json(m: &MetaState) -> Json<Value> {
-    let (job, moves, drains) = m.moves();
+    let (job, moves, drains) = m.moves().moves();
     let mut by_state = std::collections::BTreeMap::<String, u64>::new();
     let (mut done, mut total) = (0u64, 0u64);
+    let state_of = |t: &hoard_proto::v1::MoveTask| t.state.parse::<MoveState>().ok();
     for t in &moves {
         *by_state.entry(t.state.clone()).or_default() += 1;
-        if t.state != "dropped" {
-            total += t.bytes;
-            done += if t.state == "done" {
-                t.bytes
-            } else {
-                t.done_bytes
-            };
+        match state_of(t) {
+            Some(MoveState::Dropped) => {}
+            Some(MoveState::Done) => {
+                total += t.bytes;
+                done += t.bytes;
+            }
+            _ => {
+                total += t.bytes;
+                done += t.done_bytes;
+            }
         }
     }
     Json(json!({
-        "state": if job.state.is_empty() { "idle".to_string() } else { job.state.clone() },
+        "state": job.state,
         "paused": job.paused,
         "tolerance_pct": job.tolerance_pct,
         "moves_by_state": by_state,
         "bytes_done": done,
         "bytes_total": total,
-        "moves": moves.iter().filter(|t| t.state != "done" && t.state != "dropped").map(admin_json::move_task).collect::<Vec<_>>(),
+        "moves": moves
+            .iter()
+            .filter(|t| !matches!(state_of(t), Some(MoveState::Done | MoveState::Dropped)))
+            .map(admin_json::move_task)
+            .collect::<Vec<_>>(),
         "drains": drains.iter().map(|(d, drained, left)| json!({"disk": d, "drained": drained, "members_left": left})).collect::<Vec<_>>(),
     }))
 }
@@ -369,7 +380,7 @@ async fn rebalance_plan(State(m): State<Arc<MetaState>>, Query(q): Query<Toleran
     if !(0.0..=100.0).contains(&q.tolerance) {
         return Err(bad("tolerance must be 0 to 100 (percentage points)"));
     }
-    let plan = m.plan_rebalance(q.tolerance);
+    let plan = m.moves().plan_rebalance(q.tolerance);
     Ok(Json(json!({
         "tolerance_pct": q.tolerance,
         "bytes": plan.iter().map(|p| p.bytes).sum::<u64>(),
@@ -387,7 +398,7 @@ async fn rebalance_apply(State(m): State<Arc<MetaState>>, body: Option<Json<Valu
     if !(0.0..=100.0).contains(&tol) {
         return Err(bad("tolerance must be 0 to 100 (percentage points)"));
     }
-    m.apply_rebalance(tol).map_err(bad)?;
+    m.moves().apply_rebalance(tol).map_err(bad)?;
     Ok(rebalance_json(&m))
 }
 
@@ -395,7 +406,8 @@ async fn rebalance_action(
     State(m): State<Arc<MetaState>>,
     Path(action): Path<String>,
 ) -> ApiResult {
-    m.rebalance_control(&action).map_err(bad)?;
+    let action: hoard_types::state::RebalanceAction = action.parse().map_err(bad)?;
+    m.moves().rebalance_control(action).map_err(bad)?;
     Ok(rebalance_json(&m))
 }
 
@@ -404,7 +416,7 @@ fn drain_targets(m: &MetaState, body: &Value) -> Result<Vec<String>, (StatusCode
         return Ok(vec![d.to_string()]);
     }
     if let Some(n) = body["node"].as_str() {
-        let disks = m.disks_of_node(n);
+        let disks = m.moves().disks_of_node(n);
         if disks.is_empty() {
             return Err(bad(format!("no node {n} with disks")));
         }
@@ -415,12 +427,12 @@ fn drain_targets(m: &MetaState, body: &Value) -> Result<Vec<String>, (StatusCode
 
 async fn drain(State(m): State<Arc<MetaState>>, Json(body): Json<Value>) -> ApiResult {
     let disks = drain_targets(&m, &body)?;
-    let n = m.drain(&disks).map_err(bad)?;
+    let n = m.moves().drain(&disks).map_err(bad)?;
     Ok(Json(json!({ "disks": disks, "moves": n })))
 }
 
 async fn undrain(State(m): State<Arc<MetaState>>, Json(body): Json<Value>) -> ApiResult {
     let disks = drain_targets(&m, &body)?;
-    m.undrain(&disks).map_err(bad)?;
+    m.moves().undrain(&disks).map_err(bad)?;
     Ok(Json(json!({ "disks": disks, "undrained": true })))
 }

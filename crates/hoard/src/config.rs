@@ -53,18 +53,7 @@ impl fmt::Display for Size {
 
 /// `1.5 GiB`-style rendering of a byte count.
 pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+    hoard_types::ByteSize(n).to_string()
 }
 
 impl<'de> Deserialize<'de> for Size {

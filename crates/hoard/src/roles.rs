@@ -150,7 +150,7 @@ pub async fn start_meta(
     let engine = RocksEngine::open(data_dir).map_err(|e| anyhow!("meta: {e}"))?;
     let ops = Arc::new(hoard_meta::volume_ops::GrpcVolumeOps::default());
     let state = MetaState::open(Arc::new(engine), cfg, ops).map_err(|e| anyhow!("meta: {e}"))?;
-    hoard_meta::repair::spawn_monitor(Arc::downgrade(&state), Duration::from_secs(1));
+    hoard_meta::state::spawn_monitor(&state, Duration::from_secs(1));
     let listener = bind("meta", listen).await?;
     let addr = listener.local_addr()?;
     let (reporter, common) = health_and_reflection().await?;
@@ -392,7 +392,7 @@ impl AdminSource for ProcessAdmin {
                         serde_json::json!({
                             "node": s.node_id,
                             "disks": s.disk_reports().iter().map(|d| serde_json::json!({
-                                "id": d.disk_id, "path": d.path, "state": d.state,
+                                "id": d.disk_id, "path": d.path, "state": d.health.to_string(),
                                 "used_bytes": d.used_bytes, "capacity_bytes": d.capacity_bytes,
                                 "free_bytes": d.free_bytes, "extents": d.extents,
                             })).collect::<Vec<_>>(),

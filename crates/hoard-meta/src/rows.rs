@@ -1,0 +1,230 @@
+//! The rows of the metadata tier's tables, as the logic sees them: states are enums
+//! ([`hoard_types::state`]), parsed when a row is read. How each row is stored (a version byte and a
+//! protobuf message, with states as the strings they always were) is [`crate::schema`]'s business.
+
+use std::collections::HashMap;
+
+use hoard_types::state::{
+    BlockState, DiskHealth, MemberState, MoveReason, MoveState, RebalanceState, VolumeState,
+};
+use prost::Message;
+
+/// One block of the index (table `blocks`, key: the hash).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockRow {
+    pub volume: u64,
+    pub offset: u64,
+    pub frag_len: u32,
+    pub block_len: u32,
+    pub crcs: Vec<u32>,
+    pub created_unix_ms: u64,
+    pub state: BlockState,
+}
+
+/// One member of a volume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberRow {
+    pub disk_id: String,
+    pub generation: u64,
+    pub state: MemberState,
+}
+
+/// A volume (table `volumes`, key: the id).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeRow {
+    pub k: u32,
+    pub m: u32,
+    pub state: VolumeState,
+    pub members: Vec<MemberRow>,
+    pub capacity: u64,
+    pub blocks: u64,
+    pub bytes: u64,
+    pub lease_holder: String,
+    pub lease_epoch: u64,
+    pub lease_expires_unix_ms: u64,
+    pub seal_reason: String,
+    pub created_unix_ms: u64,
+    /// When the volume first fell below full redundancy; 0 while it is whole.
+    pub degraded_since_unix_ms: u64,
+    /// The last generation handed out for any member of this volume; every rebuild takes a new one.
+    pub generation_seq: u64,
+}
+
+impl Default for VolumeRow {
+    fn default() -> Self {
+        VolumeRow {
+            k: 0,
+            m: 0,
+            state: VolumeState::Creating,
+            members: Vec::new(),
+            capacity: 0,
+            blocks: 0,
+            bytes: 0,
+            lease_holder: String::new(),
+            lease_epoch: 0,
+            lease_expires_unix_ms: 0,
+            seal_reason: String::new(),
+            created_unix_ms: 0,
+            degraded_since_unix_ms: 0,
+            generation_seq: 0,
+        }
+    }
+}
+
+impl VolumeRow {
+    /// The indexes of its lost members.
+    pub fn lost_members(&self) -> Vec<u32> {
+        self.members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.state == MemberState::Lost)
+            .map(|(i, _)| i as u32)
+            .collect()
+    }
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct RepairOutputRow {
+    #[prost(uint32, tag = "1")]
+    pub member: u32,
+    #[prost(uint64, tag = "2")]
+    pub generation: u64,
+    #[prost(string, tag = "3")]
+    pub disk_id: String,
+}
+
+/// A planned or running rebuild of a volume's lost members (table `repair`, key: volume id).
+#[derive(Clone, PartialEq, Message)]
+pub struct RepairRow {
+    #[prost(message, repeated, tag = "1")]
+    pub outputs: Vec<RepairOutputRow>,
+    #[prost(uint32, repeated, tag = "2")]
+    pub sources: Vec<u32>,
+    #[prost(uint64, tag = "3")]
+    pub started_unix_ms: u64,
+    #[prost(string, tag = "4")]
+    pub session: String,
+    #[prost(uint64, tag = "5")]
+    pub done_bytes: u64,
+    #[prost(uint64, tag = "6")]
+    pub total_bytes: u64,
+}
+
+/// A corrupt fragment queued for range repair (table `repair`, key `r` + volume + member + offset).
+#[derive(Clone, PartialEq, Message)]
+pub struct RangeRow {
+    #[prost(bytes = "vec", tag = "1")]
+    pub hash: Vec<u8>,
+    #[prost(uint64, tag = "2")]
+    pub reported_unix_ms: u64,
+}
+
+/// A member move (table `repair`, key `m` + id).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MoveRow {
+    pub volume: u64,
+    pub member: u32,
+    pub from_disk: String,
+    pub to_disk: String,
+    pub bytes: u64,
+    pub state: MoveState,
+    pub reason: MoveReason,
+    /// The moved member's new generation, once started.
+    pub generation: u64,
+    pub session: String,
+    pub done_bytes: u64,
+    pub error: String,
+    pub created_unix_ms: u64,
+    pub attempts: u32,
+}
+
+/// The rebalance job (table `config`, key `rebalance`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RebalanceRow {
+    pub paused: bool,
+    pub state: RebalanceState,
+    pub tolerance_pct: f64,
+    pub started_unix_ms: u64,
+}
+
+impl Default for RebalanceRow {
+    fn default() -> Self {
+        RebalanceRow {
+            paused: false,
+            state: RebalanceState::Idle,
+            tolerance_pct: 0.0,
+            started_unix_ms: 0,
+        }
+    }
+}
+
+/// The live repair knobs (table `config`, key `repair_knobs`).
+#[derive(Clone, PartialEq, Message)]
+pub struct KnobsRow {
+    #[prost(bool, tag = "1")]
+    pub paused: bool,
+    #[prost(uint64, tag = "2")]
+    pub bytes_per_sec: u64,
+    #[prost(uint32, tag = "3")]
+    pub concurrency: u32,
+}
+
+/// The scrub knobs (table `config`, key `scrub_knobs`).
+#[derive(Clone, PartialEq, Message)]
+pub struct ScrubKnobsRow {
+    #[prost(bool, tag = "1")]
+    pub paused: bool,
+    #[prost(uint64, tag = "2")]
+    pub bytes_per_sec: u64,
+    #[prost(uint64, tag = "3")]
+    pub interval_secs: u64,
+    #[prost(uint64, tag = "4")]
+    pub start_requested_unix_ms: u64,
+}
+
+/// Lifetime repair counters (table `config`, key `repair_counters`).
+#[derive(Clone, PartialEq, Message)]
+pub struct RepairCountersRow {
+    #[prost(uint64, tag = "1")]
+    pub bytes_rebuilt: u64,
+    #[prost(uint64, tag = "2")]
+    pub volumes_repaired: u64,
+    #[prost(uint64, tag = "3")]
+    pub ranges_repaired: u64,
+}
+
+/// A disk (table `disks`, key: the disk id).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskRow {
+    pub node_id: String,
+    pub path: String,
+    /// As the volume server reported it.
+    pub health: DiskHealth,
+    pub capacity_bytes: u64,
+    pub used_bytes: u64,
+    pub free_bytes: u64,
+    pub extents: u32,
+    /// Why new members must not land here although the disk is healthy (labelled for another
+    /// cluster, or holding extents of volumes this metadata tier does not know); empty when usable.
+    pub hold: String,
+    /// An operator declared the disk's unknown contents abandoned: it may take new members.
+    pub declared_empty: bool,
+    /// The cluster id in the disk's label.
+    pub cluster_id: String,
+    /// An operator is draining the disk: no new members, and its members move away.
+    pub draining: bool,
+    /// Bytes of retired extents in the disk's trash.
+    pub trash_bytes: u64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct NodeRow {
+    #[prost(string, tag = "1")]
+    pub address: String,
+    #[prost(map = "string, string", tag = "2")]
+    pub labels: HashMap<String, String>,
+    #[prost(uint64, tag = "3")]
+    pub last_heartbeat_unix_ms: u64,
+    #[prost(uint64, tag = "4")]
+    pub interval_ms: u64,
+}
