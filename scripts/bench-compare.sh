@@ -5,7 +5,8 @@
 #   usage: scripts/bench-compare.sh            env: N (blocks, default 256), C (concurrency, default 8),
 #                                                   WORK (default /var/tmp/hoard-bench-compare, removed unless KEEP=1),
 #                                                   PEERS (default ../shared/peers), SWFS=0 to skip it,
-#                                                   WARM (untimed warm-up puts, default N/4; 0 for none)
+#                                                   WARM (untimed warm-up puts, default N/4; 0 for none),
+#                                                   HOARD_BIN (another hoard binary, e.g. an earlier build)
 # MB = 10^6 bytes. SeaweedFS is measured with its own harness (bench.py: Python client, HTTP). Each system's
 # fresh cluster first takes WARM untimed puts (its first seconds fault in fresh buffers), then is measured.
 set -euo pipefail
@@ -18,7 +19,7 @@ PEERS=${PEERS:-$(cd .. && pwd)/shared/peers}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/hoard-target}"
 ./scripts/setup.sh
 cargo test --release --workspace --locked --no-run >/dev/null 2>&1
-hoard="$CARGO_TARGET_DIR/release/hoard"
+hoard="${HOARD_BIN:-$CARGO_TARGET_DIR/release/hoard}"
 rm -rf "$WORK" && mkdir -p "$WORK"
 [ -x "$PEERS/idle-wait.sh" ] && "$PEERS/idle-wait.sh" >/dev/null 2>&1 || true
 
