@@ -3,7 +3,7 @@
 //! The cell tables (volumes, disks, nodes, repair plans, moves, knobs) are small (thousands of rows) and
 //! live in memory, written through to the engine in the order in which they were changed
 //! ([`Core::mutate`]). The block index is the one table that grows with the data; it is read from the
-//! engine ([`crate::blocks`]).
+//! engine by the block index.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -15,10 +15,9 @@ use parking_lot::{Mutex, MutexGuard};
 
 use crate::MetaError;
 use crate::engine::{Cf, KvEngine, WriteBatch};
-use crate::nodes::ReportedExtent;
 use crate::rows::{
     DiskRow, KnobsRow, MoveRow, NodeRow, RangeRow, RebalanceRow, RepairCountersRow, RepairRow,
-    ScrubKnobsRow, VolumeRow,
+    ReportedExtent, ScrubKnobsRow, VolumeRow,
 };
 use crate::schema::{self, ConfigKey, RepairKey, decode};
 use crate::volume_ops::VolumeOps;

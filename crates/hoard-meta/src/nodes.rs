@@ -11,24 +11,12 @@ use hoard_types::{ExtentId, MAX_EXTENT_CAPACITY, now_ms};
 use crate::MetaError;
 use crate::core::{Core, Tables};
 use crate::engine::Cf;
+pub use crate::rows::ReportedExtent;
 use crate::rows::{DiskRow, NodeRow};
 use crate::schema::encode;
 
 /// The most bytes meta believes one disk reports (1 PiB): sums over many disks cannot overflow.
 const MAX_DISK_BYTES: u64 = 1 << 50;
-
-/// An extent a volume server says it holds in service.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReportedExtent {
-    pub id: ExtentId,
-    pub disk_id: String,
-    pub data_len: u64,
-    pub k: u32,
-    pub m: u32,
-    pub epoch: u64,
-    pub capacity: u64,
-    pub records: u64,
-}
 
 /// A disk as its volume server reports it.
 #[derive(Clone, Debug, PartialEq)]

@@ -27,7 +27,7 @@ use crate::MetaError;
 use crate::blocks::{BlockIndex, CommitOutcome};
 use crate::core::Core;
 use crate::engine::Cf;
-use crate::nodes::ReportedExtent;
+use crate::rows::ReportedExtent;
 use crate::rows::{MemberRow, VolumeRow};
 use crate::schema::{self, ConfigKey};
 

@@ -1,6 +1,6 @@
 //! The rows of the metadata tier's tables, as the logic sees them: states are enums
 //! ([`hoard_types::state`]), parsed when a row is read. How each row is stored (a version byte and a
-//! protobuf message, with states as the strings they always were) is [`crate::schema`]'s business.
+//! protobuf message, with states as the strings they always were) is the schema module's business.
 
 use std::collections::HashMap;
 
@@ -191,6 +191,19 @@ pub struct RepairCountersRow {
     pub volumes_repaired: u64,
     #[prost(uint64, tag = "3")]
     pub ranges_repaired: u64,
+}
+
+/// An extent a volume server says it holds in service (memory only: the last heartbeat's word).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReportedExtent {
+    pub id: hoard_types::ExtentId,
+    pub disk_id: String,
+    pub data_len: u64,
+    pub k: u32,
+    pub m: u32,
+    pub epoch: u64,
+    pub capacity: u64,
+    pub records: u64,
 }
 
 /// A disk (table `disks`, key: the disk id).

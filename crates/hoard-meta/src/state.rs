@@ -13,7 +13,7 @@
 //! | [`Verify`], [`IndexRebuild`] | `verify`, `rebuild_index` | operator jobs, run as workers |
 //!
 //! Storage keys and row layouts are [`crate::schema`]'s; what meta shows of its tables is
-//! [`crate::views`]'. The service ([`crate::service`]) is the only code that sees wire requests.
+//! [`crate::views`]'. The gRPC service is the only code that sees wire requests.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;

@@ -9,6 +9,7 @@ use tracing::Instrument;
 
 use crate::VolumeError;
 use crate::extent::MemberFile;
+use crate::rebuild::Rebuilder;
 use crate::store::VolumeStore;
 use crate::wire::{disk_info, extent_info, extent_shape, record_from_wire, record_to_wire};
 use hoard_types::ExtentId;
@@ -19,11 +20,15 @@ const INDEX_CHUNK: usize = 4096;
 #[derive(Clone)]
 pub struct VolumeService {
     store: Arc<VolumeStore>,
+    rebuilder: Arc<Rebuilder>,
 }
 
 impl VolumeService {
     pub fn new(store: Arc<VolumeStore>) -> Self {
-        VolumeService { store }
+        VolumeService {
+            rebuilder: Arc::new(Rebuilder::new(Arc::clone(&store))),
+            store,
+        }
     }
 }
 
@@ -121,7 +126,7 @@ impl Volume for VolumeService {
         req: Request<v1::BeginRebuildRequest>,
     ) -> Result<Response<v1::BeginRebuildResponse>, Status> {
         Ok(Response::new(
-            self.store.begin_rebuild(req.into_inner()).await?,
+            self.rebuilder.begin_rebuild(req.into_inner()).await?,
         ))
     }
 
@@ -131,7 +136,7 @@ impl Volume for VolumeService {
     ) -> Result<Response<v1::RebuildStepResponse>, Status> {
         let r = req.into_inner();
         Ok(Response::new(
-            self.store.rebuild_step(&r.session, r.max_bytes).await?,
+            self.rebuilder.rebuild_step(&r.session, r.max_bytes).await?,
         ))
     }
 
@@ -140,7 +145,9 @@ impl Volume for VolumeService {
         req: Request<v1::FinishRebuildRequest>,
     ) -> Result<Response<v1::FinishRebuildResponse>, Status> {
         Ok(Response::new(
-            self.store.finish_rebuild(&req.get_ref().session).await?,
+            self.rebuilder
+                .finish_rebuild(&req.get_ref().session)
+                .await?,
         ))
     }
 
@@ -148,7 +155,7 @@ impl Volume for VolumeService {
         &self,
         req: Request<v1::AbortRebuildRequest>,
     ) -> Result<Response<v1::AbortRebuildResponse>, Status> {
-        self.store.abort_rebuild(&req.get_ref().session).await;
+        self.rebuilder.abort_rebuild(&req.get_ref().session).await;
         Ok(Response::new(v1::AbortRebuildResponse {}))
     }
 
@@ -208,7 +215,7 @@ impl Volume for VolumeService {
         &self,
         req: Request<v1::RepairFragmentRequest>,
     ) -> Result<Response<v1::RepairFragmentResponse>, Status> {
-        let rewritten = self.store.repair_fragment(req.into_inner()).await?;
+        let rewritten = self.rebuilder.repair_fragment(req.into_inner()).await?;
         Ok(Response::new(v1::RepairFragmentResponse { rewritten }))
     }
 

@@ -47,10 +47,6 @@ pub struct VolumeStore {
     extents: RwLock<ExtentMap>,
     /// Extents being rebuilt here, by (volume, member, generation).
     staged: parking_lot::Mutex<HashMap<(VolumeId, MemberIndex, u64), Arc<StagedExtent>>>,
-    /// Rebuilds this server runs.
-    pub(crate) sessions: crate::rebuild::Sessions,
-    /// Clients of peer volume servers, for rebuilds.
-    pub(crate) peers: hoard_proto::VolumeClients,
     /// When meta last answered a heartbeat (ms since the epoch; 0: never).
     pub meta_contact_unix_ms: std::sync::atomic::AtomicU64,
     /// The heartbeat interval, for judging how long meta may stay silent.
@@ -114,8 +110,6 @@ impl VolumeStore {
             disks,
             extents: RwLock::new(extents),
             staged: Default::default(),
-            sessions: Default::default(),
-            peers: Default::default(),
             meta_contact_unix_ms: Default::default(),
             heartbeat_ms: std::sync::atomic::AtomicU64::new(5000),
         })
