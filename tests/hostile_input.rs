@@ -242,7 +242,7 @@ async fn volume_requests_out_of_range_fail_no_disk_and_overwrite_nothing() {
         .await
         .unwrap_err();
     assert_eq!(s.code(), Code::OutOfRange, "{s:?}");
-    let pool = raw::Pool::default();
+    let pool = hoard_net::Pool::default();
     let mut buf = bytes::BytesMut::with_capacity(4096);
     let m = match pool.read(&addr, read_of(&r, 1 << 63, 4096), &mut buf).await {
         Err(RawError::Refused(m)) => m,
@@ -505,7 +505,7 @@ async fn idle_and_slow_connections_delay_nothing_and_are_closed() {
     stored.push((h, 1000, 3 << 20));
     let started = Instant::now();
     // A fresh connection, as a new reader would open.
-    let fresh = raw::Pool::default();
+    let fresh = hoard_net::Pool::default();
     let mut buf = bytes::BytesMut::with_capacity(4096);
     fresh
         .read(&addr, read_of(&r, 0, 64), &mut buf)

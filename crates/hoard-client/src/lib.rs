@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use hoard_erasure::Codec;
 use hoard_proto::v1::{self, block_store_client::BlockStoreClient, put_request::Msg};
+use hoard_types::ExtentId;
 use hoard_types::{BlockHash, Geometry};
 use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
@@ -51,11 +52,11 @@ type Codecs = HashMap<(u32, u32), Arc<Codec>>;
 pub struct Client {
     inner: BlockStoreClient<Channel>,
     /// Volume servers, for direct reads.
-    volumes: Arc<hoard_proto::VolumeClients>,
+    volumes: Arc<hoard_net::VolumeClients>,
     /// Codecs by geometry, for direct reads that need parity.
     codecs: Arc<Mutex<Codecs>>,
     /// Idle raw connections by server address (volume servers for reads, the frontend for puts).
-    raw: Arc<hoard_proto::raw::Pool>,
+    raw: Arc<hoard_net::Pool>,
     /// The frontend's `host:port` for raw puts; `None` when puts go by gRPC only.
     raw_puts: Option<String>,
     /// Until when puts go by gRPC because a raw put went unanswered (a frontend that does not speak
@@ -97,7 +98,7 @@ impl Client {
     }
 
     fn endpoint(url: &str) -> Result<Endpoint, ClientError> {
-        hoard_proto::endpoint(url)
+        hoard_net::endpoint(url)
             .map(|e| e.connect_timeout(Duration::from_secs(5)))
             .map_err(|e| ClientError::Endpoint(url.to_string(), e.to_string()))
     }
@@ -170,10 +171,10 @@ impl Client {
         }
         // The geometry is checked (by building its codec) before anything is sized by it.
         let codec = self.codec(loc.k, loc.m)?;
-        let mut healthy: Vec<Option<hoard_proto::raw::Source>> = vec![None; k + m];
+        let mut healthy: Vec<Option<hoard_net::Source>> = vec![None; k + m];
         for s in &loc.members {
             if readable(s) && (s.member as usize) < k + m && !s.address.is_empty() {
-                healthy[s.member as usize] = Some(hoard_proto::raw::Source {
+                healthy[s.member as usize] = Some(hoard_net::Source {
                     address: &s.address,
                     member: s.member,
                     generation: s.generation,
@@ -243,11 +244,11 @@ impl Client {
         let reads = chosen.iter().map(|s| {
             let client = self.volumes.get(&s.address);
             let req = v1::ReadFragmentRequest {
-                extent: Some(v1::ExtentRef {
+                extent: Some(hoard_proto::convert::extent_ref(ExtentId {
                     volume: loc.volume,
                     member: s.member,
                     generation: s.generation,
-                }),
+                })),
                 offset: loc.offset,
                 frag_len: loc.frag_len as u32,
                 expected_crc: loc.crcs[s.member as usize],

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use hoard_proto::v1;
+use hoard_types::ExtentId;
 use hoard_types::state::{MemberHealth, ProblemKind};
 use hoard_types::{BlockHash, BlockLocation, Geometry};
 use tonic::Code;
@@ -150,13 +151,13 @@ impl Frontend {
         if vol.members.len() != k + vol.m as usize || loc.frag_len > u64::from(u32::MAX) {
             return None;
         }
-        let sources: Vec<Option<hoard_proto::raw::Source>> = vol
+        let sources: Vec<Option<hoard_net::Source>> = vol
             .members
             .iter()
             .enumerate()
             .map(|(i, m)| {
                 (healthy(m) && m.index as usize == i && !m.address.is_empty()).then_some(
-                    hoard_proto::raw::Source {
+                    hoard_net::Source {
                         address: &m.address,
                         member: m.index,
                         generation: m.generation,
@@ -200,11 +201,11 @@ impl Frontend {
             .get(&m.address)
             .map_err(|e| (Code::Unavailable, e.to_string()))?;
         let req = v1::ReadFragmentRequest {
-            extent: Some(v1::ExtentRef {
+            extent: Some(hoard_proto::convert::extent_ref(ExtentId {
                 volume: vol.id,
                 member: m.index,
                 generation: m.generation,
-            }),
+            })),
             offset: loc.offset,
             frag_len: loc.frag_len as u32,
             expected_crc: loc.crcs[index],

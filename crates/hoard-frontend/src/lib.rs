@@ -121,11 +121,11 @@ impl From<FrontendError> for tonic::Status {
     }
 }
 
-pub use hoard_proto::endpoint;
+pub use hoard_net::endpoint;
 
 /// Volume-server clients, mapping a missing address to `UNAVAILABLE`.
 #[derive(Default)]
-pub struct VolumeClients(hoard_proto::VolumeClients);
+pub struct VolumeClients(hoard_net::VolumeClients);
 
 impl VolumeClients {
     pub fn get(&self, address: &str) -> Result<VolumeClient<Channel>, FrontendError> {
@@ -139,12 +139,12 @@ pub struct Frontend {
     meta: MetaClient<Channel>,
     volumes: VolumeClients,
     /// Connections for raw reads of whole blocks' data fragments and for raw appends.
-    raw: hoard_proto::raw::Pool,
+    raw: hoard_net::Pool,
     codecs: Mutex<HashMap<Geometry, Arc<Codec>>>,
     writer: writer::Writer,
     watcher: watcher::Watcher,
     /// Room for blocks of puts on their way in, raw and gRPC alike.
-    put_memory: hoard_proto::listen::Budget,
+    put_memory: hoard_net::listen::Budget,
 }
 
 impl Frontend {
@@ -164,14 +164,14 @@ impl Frontend {
             raw: Default::default(),
             codecs: Mutex::new(HashMap::new()),
             watcher: Default::default(),
-            put_memory: hoard_proto::listen::Budget::new(
+            put_memory: hoard_net::listen::Budget::new(
                 put_memory,
                 "hoard_frontend_raw_waits_total",
                 "put_memory",
             ),
         });
         writer::spawn_lease_keeper(Arc::downgrade(&fe));
-        watcher::spawn(Arc::downgrade(&fe));
+        watcher::spawn(Arc::downgrade(&fe), &fe.cfg.holder);
         Ok(fe)
     }
 

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use hoard_erasure::Stripe;
 use hoard_proto::raw::RawError;
 use hoard_proto::v1;
+use hoard_types::ExtentId;
 use hoard_types::state::ProblemKind;
 use hoard_types::{BlockHash, BlockLocation, MAX_BLOCK_LEN};
 use tracing::Instrument;
@@ -184,11 +185,11 @@ impl Frontend {
         let appends = vol.info.members.iter().map(|m| {
             let fragment = &stripe.fragments[m.index as usize];
             let (index, timeout) = (m.index, self.cfg.append_timeout);
-            let extent = v1::ExtentRef {
+            let extent = hoard_proto::convert::extent_ref(ExtentId {
                 volume: vol.id(),
                 member: m.index,
                 generation: m.generation,
-            };
+            });
             let record = &record;
             async move {
                 if self.cfg.raw_appends {

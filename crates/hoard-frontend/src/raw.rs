@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use hoard_proto::listen;
+use hoard_net::listen;
 use hoard_proto::raw::{self, PutAnswer, RawPut, Request};
 use hoard_types::BlockHash;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -39,7 +39,7 @@ struct Arrived<'a> {
 
 /// Reads a put stream: the header, then chunks adding up to exactly the header's size. The block waits
 /// for room in the frontend's put memory before its chunks are read, and must arrive as fast as a raw
-/// put's ([`hoard_proto::listen::body_deadline`]).
+/// put's ([`hoard_net::listen::body_deadline`]).
 async fn read_put_stream(
     fe: &Frontend,
     mut stream: Streaming<v1::PutRequest>,
@@ -77,7 +77,7 @@ async fn read_put_stream(
         .put_room(size)
         .await
         .ok_or_else(|| Status::unavailable("the frontend is stopping"))?;
-    let deadline = hoard_proto::listen::body_deadline(size);
+    let deadline = hoard_net::listen::body_deadline(size);
     let data = tokio::time::timeout(deadline, read_put_body(&mut stream, size))
         .await
         .map_err(|_| {

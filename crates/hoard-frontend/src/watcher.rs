@@ -8,6 +8,7 @@ use std::collections::BinaryHeap;
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 
+use hoard_runtime::{CancellationToken, Worker, WorkerError, WorkerState, WorkerStatus};
 use hoard_types::BlockHash;
 use parking_lot::Mutex;
 
@@ -73,26 +74,59 @@ impl Watcher {
     }
 }
 
-/// Reads back what is due, every half second, until the frontend is dropped.
-pub(crate) fn spawn(fe: Weak<Frontend>) {
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let Some(f) = fe.upgrade() else { return };
-            for (hash, stage) in f.watcher.due() {
-                match f.get(hash, 0, 0).await {
-                    Ok(_) => {
-                        metrics::counter!("hoard_watcher_checks_total", "result" => "ok")
-                            .increment(1);
-                        f.watcher.again(&f, hash, stage + 1);
-                    }
-                    Err(e) => {
-                        metrics::counter!("hoard_watcher_checks_total", "result" => "failed")
-                            .increment(1);
-                        tracing::error!(block = %hash, stage, "read-back check failed: {e}");
-                    }
+/// The read-back watcher as a worker (`watcher/<holder>`): what is due is read back every half
+/// second, until the frontend is dropped.
+struct ReadBack {
+    fe: Weak<Frontend>,
+    name: String,
+    checked: u64,
+    failed: u64,
+}
+
+impl Worker for ReadBack {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn status(&self) -> WorkerStatus {
+        WorkerStatus {
+            progress: None,
+            detail: format!("{} blocks read back, {} failed", self.checked, self.failed),
+        }
+    }
+
+    async fn work(&mut self, _: &CancellationToken) -> Result<WorkerState, WorkerError> {
+        let Some(f) = self.fe.upgrade() else {
+            return Ok(WorkerState::Done);
+        };
+        for (hash, stage) in f.watcher.due() {
+            self.checked += 1;
+            match f.get(hash, 0, 0).await {
+                Ok(_) => {
+                    metrics::counter!("hoard_watcher_checks_total", "result" => "ok").increment(1);
+                    f.watcher.again(&f, hash, stage + 1);
+                }
+                Err(e) => {
+                    self.failed += 1;
+                    metrics::counter!("hoard_watcher_checks_total", "result" => "failed")
+                        .increment(1);
+                    tracing::error!(block = %hash, stage, "read-back check failed: {e}");
                 }
             }
         }
-    });
+        Ok(WorkerState::Throttled(Duration::from_millis(500)))
+    }
+}
+
+/// Starts the read-back watcher of `fe`.
+pub(crate) fn spawn(fe: Weak<Frontend>, holder: &str) {
+    let w = ReadBack {
+        fe,
+        name: format!("watcher/{holder}"),
+        checked: 0,
+        failed: 0,
+    };
+    if let Err(e) = hoard_runtime::Registry::global().spawn(w) {
+        tracing::error!("read-back watcher not started: {e}");
+    }
 }

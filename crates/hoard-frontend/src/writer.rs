@@ -10,6 +10,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use hoard_proto::v1;
+use hoard_types::ExtentId;
 use hoard_types::state::ProblemKind;
 use hoard_types::{BlockHash, Geometry};
 use parking_lot::Mutex;
@@ -197,11 +198,11 @@ impl Writer {
             Geometry::new(info.k, info.m).map_err(|e| FrontendError::Internal(e.to_string()))?;
         let fences = info.members.iter().map(|m| {
             let req = v1::FenceRequest {
-                extent: Some(v1::ExtentRef {
+                extent: Some(hoard_proto::convert::extent_ref(ExtentId {
                     volume: info.id,
                     member: m.index,
                     generation: m.generation,
-                }),
+                })),
                 epoch: resp.epoch,
             };
             let client = fe.volumes.get(&m.address);

@@ -196,7 +196,7 @@ mod tests {
     use crate::testutil::{FakeOps, cell};
     use crate::volumes::Problem;
     use hoard_types::state::ProblemKind;
-    use hoard_types::{BlockHash, BlockLocation, Geometry, VolumeId};
+    use hoard_types::{BlockHash, BlockLocation, ExtentId, Geometry, VolumeId};
 
     fn loc(volume: VolumeId, offset: u64, len: u64) -> BlockLocation {
         let g = Geometry::DEFAULT;
@@ -369,11 +369,11 @@ mod tests {
             interval_ms: 1000,
             disks: Vec::new(),
             extents: vec![v1::ExtentInfo {
-                extent: Some(v1::ExtentRef {
+                extent: Some(hoard_proto::convert::extent_ref(ExtentId {
                     volume: vid,
                     member: 0,
                     generation,
-                }),
+                })),
                 ..Default::default()
             }],
         };

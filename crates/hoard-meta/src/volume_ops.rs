@@ -50,7 +50,7 @@ pub trait VolumeOps: Send + Sync + 'static {
 /// [`VolumeOps`] over gRPC.
 #[derive(Default)]
 pub struct GrpcVolumeOps {
-    clients: hoard_proto::VolumeClients,
+    clients: hoard_net::VolumeClients,
 }
 
 impl VolumeOps for GrpcVolumeOps {

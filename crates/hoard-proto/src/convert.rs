@@ -53,6 +53,11 @@ impl From<v1::ExtentRef> for ExtentId {
     }
 }
 
+/// The wire reference to an extent.
+pub fn extent_ref(e: ExtentId) -> v1::ExtentRef {
+    e.into()
+}
+
 /// The extent a request names.
 pub fn extent_id(r: Option<&v1::ExtentRef>) -> Result<ExtentId, WireError> {
     r.copied()

@@ -11,9 +11,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hoard_runtime::Throttle;
 use tokio::time::Instant;
 
 use hoard_proto::v1::{self, meta_client::MetaClient};
+use hoard_types::ExtentId;
 use hoard_types::state::{MemberHealth, RangeOutcome};
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -57,47 +59,58 @@ enum Job {
     Move(u64),
 }
 
-/// A token bucket over rebuilt bytes, shared by all running rebuilds; its rate follows the knob.
-struct Throttle {
-    state: Mutex<(f64, Instant)>,
-    rate: Mutex<u64>,
+/// The daemon's queue loop as a worker of the process (`repair`).
+struct QueueWorker {
+    daemon: Arc<RepairDaemon>,
+    running: HashMap<Job, tokio::task::JoinHandle<()>>,
+    meta_down: bool,
+    /// Turned true when the worker ends (cancelled): the running jobs stop at their next step.
+    stop: watch::Sender<bool>,
+    polls: u64,
 }
 
-impl Throttle {
-    fn new() -> Self {
-        Throttle {
-            state: Mutex::new((0.0, Instant::now())),
-            rate: Mutex::new(0),
+impl hoard_runtime::Worker for QueueWorker {
+    fn name(&self) -> String {
+        "repair".into()
+    }
+
+    fn status(&self) -> hoard_runtime::WorkerStatus {
+        hoard_runtime::WorkerStatus {
+            progress: None,
+            detail: format!(
+                "{} jobs running{}",
+                self.running.values().filter(|h| !h.is_finished()).count(),
+                if self.meta_down {
+                    ", meta unreachable"
+                } else {
+                    ""
+                }
+            ),
         }
     }
 
-    fn set_rate(&self, bytes_per_sec: u64) {
-        *self.rate.lock() = bytes_per_sec;
+    async fn work(
+        &mut self,
+        _: &hoard_runtime::CancellationToken,
+    ) -> Result<hoard_runtime::WorkerState, hoard_runtime::WorkerError> {
+        let stop = self.stop.subscribe();
+        self.daemon
+            .poll_queue(&mut self.running, &mut self.meta_down, &stop)
+            .await;
+        self.polls += 1;
+        Ok(hoard_runtime::WorkerState::Throttled(self.daemon.cfg.poll))
     }
 
-    /// Waits until `bytes` may be spent.
-    async fn spend(&self, bytes: u64) {
-        let rate = *self.rate.lock();
-        if rate == 0 {
-            return;
-        }
-        let wait = {
-            let mut st = self.state.lock();
-            let now = Instant::now();
-            // Refill, allowing a burst of one second.
-            let refill = now.duration_since(st.1).as_secs_f64() * rate as f64;
-            st.0 = (st.0 + refill).min(rate as f64);
-            st.1 = now;
-            // Debt is bounded to a minute of the rate: one huge step never stalls the others.
-            st.0 = (st.0 - bytes as f64).max(-60.0 * rate as f64);
-            if st.0 >= 0.0 {
-                Duration::ZERO
-            } else {
-                Duration::try_from_secs_f64(-st.0 / rate as f64).unwrap_or(Duration::from_secs(60))
-            }
-        };
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
+    fn throttle(&self) -> Option<Throttle> {
+        Some(self.daemon.throttle.clone())
+    }
+}
+
+impl Drop for QueueWorker {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        for (_, h) in self.running.drain() {
+            h.abort();
         }
     }
 }
@@ -105,7 +118,7 @@ impl Throttle {
 pub struct RepairDaemon {
     cfg: RepairConfig,
     meta: MetaClient<Channel>,
-    peers: hoard_proto::VolumeClients,
+    peers: hoard_net::VolumeClients,
     throttle: Throttle,
     knobs: Mutex<v1::RepairKnobs>,
     /// Disks that failed as targets, per volume: the next plan avoids them.
@@ -114,7 +127,7 @@ pub struct RepairDaemon {
 
 impl RepairDaemon {
     pub fn new(cfg: RepairConfig, meta_url: &str) -> Result<Arc<RepairDaemon>, String> {
-        let ep = hoard_proto::endpoint(meta_url)
+        let ep = hoard_net::endpoint(meta_url)
             .map_err(|e| format!("bad meta URL {meta_url:?}: {e}"))?
             .timeout(Duration::from_secs(60));
         Ok(Arc::new(RepairDaemon {
@@ -122,7 +135,7 @@ impl RepairDaemon {
             meta: MetaClient::new(ep.connect_lazy())
                 .max_decoding_message_size(hoard_proto::MAX_MESSAGE_BYTES),
             peers: Default::default(),
-            throttle: Throttle::new(),
+            throttle: Throttle::new(0),
             knobs: Mutex::new(v1::RepairKnobs {
                 paused: false,
                 bytes_per_sec: 0,
@@ -136,75 +149,95 @@ impl RepairDaemon {
         self.meta.clone()
     }
 
-    /// Works the queue until `stop` turns true.
+    /// Works the queue until `stop` turns true, as the process's `repair` worker: one read of meta's
+    /// queue per unit, jobs started within the live concurrency, a unit every `poll`. Pausing the
+    /// worker stops starting jobs (running ones finish); cancelling it stops them too.
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let mut running: HashMap<Job, tokio::task::JoinHandle<()>> = HashMap::new();
-        let mut meta_down = false;
-        loop {
-            running.retain(|_, h| !h.is_finished());
-            match self.meta().repair_queue(v1::RepairQueueRequest {}).await {
-                Ok(q) => {
-                    meta_down = false;
-                    let q = q.into_inner();
-                    let knobs = q.knobs.unwrap_or_default();
-                    self.throttle.set_rate(knobs.bytes_per_sec);
-                    *self.knobs.lock() = knobs;
-                    metrics::gauge!("hoard_repair_running").set(running.len() as f64);
-                    if !knobs.paused {
-                        // Corrupt fragments first: each is one small decode, and a second fault on
-                        // the same block would cost it.
-                        for r in q.ranges.iter().take(64) {
-                            if let Err(e) = self.repair_range(r).await {
-                                tracing::warn!(
-                                    volume = r.volume,
-                                    member = r.member,
-                                    offset = r.offset,
-                                    "range repair failed: {e}"
-                                );
-                            }
-                        }
-                        for task in q.tasks.iter().filter(|t| !t.unrecoverable) {
-                            if running.len() >= knobs.concurrency.max(1) as usize {
-                                break;
-                            }
-                            if running.contains_key(&Job::Repair(task.volume)) {
-                                continue;
-                            }
-                            let (me, volume, stop) = (Arc::clone(&self), task.volume, stop.clone());
-                            let span = tracing::info_span!("repair", volume);
-                            running.insert(
-                                Job::Repair(volume),
-                                tokio::spawn(tracing::Instrument::instrument(
-                                    async move {
-                                        match me.repair_volume(volume, stop).await {
-                                            Ok(()) => {}
-                                            Err(RepairError::Stopping) => {}
-                                            Err(e) => tracing::warn!("repair failed: {e}"),
-                                        }
-                                    },
-                                    span,
-                                )),
-                            );
-                        }
-                        // Moves (rebalance, drain) after repairs, in what room is left.
-                        self.start_moves(&mut running, knobs.concurrency.max(1) as usize, &stop)
-                            .await;
-                    }
-                }
-                Err(e) => {
-                    if !meta_down {
-                        tracing::warn!("repair: meta unreachable: {}", e.message());
-                    }
-                    meta_down = true;
-                }
+        let worker = QueueWorker {
+            daemon: Arc::clone(&self),
+            running: HashMap::new(),
+            meta_down: false,
+            stop: watch::channel(false).0,
+            polls: 0,
+        };
+        let handle = match hoard_runtime::Registry::global().spawn(worker) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!("repair daemon not started: {e}");
+                return;
             }
-            tokio::select! {
-                _ = tokio::time::sleep(self.cfg.poll) => {}
-                _ = stop.changed() => break,
-            }
+        };
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => handle.cancel(),
+            _ = handle.finished() => {}
         }
-        for (_, h) in running {
-            h.abort();
+        handle.finished().await;
+    }
+
+    /// One read of the queue: range repairs, then rebuilds and moves within the concurrency knob.
+    async fn poll_queue(
+        self: &Arc<Self>,
+        running: &mut HashMap<Job, tokio::task::JoinHandle<()>>,
+        meta_down: &mut bool,
+        stop: &watch::Receiver<bool>,
+    ) {
+        running.retain(|_, h| !h.is_finished());
+        match self.meta().repair_queue(v1::RepairQueueRequest {}).await {
+            Ok(q) => {
+                *meta_down = false;
+                let q = q.into_inner();
+                let knobs = q.knobs.unwrap_or_default();
+                self.throttle.set_rate(knobs.bytes_per_sec);
+                *self.knobs.lock() = knobs;
+                metrics::gauge!("hoard_repair_running").set(running.len() as f64);
+                if knobs.paused {
+                    return;
+                }
+                // Corrupt fragments first: each is one small decode, and a second fault on the same
+                // block would cost it.
+                for r in q.ranges.iter().take(64) {
+                    if let Err(e) = self.repair_range(r).await {
+                        tracing::warn!(
+                            volume = r.volume,
+                            member = r.member,
+                            offset = r.offset,
+                            "range repair failed: {e}"
+                        );
+                    }
+                }
+                for task in q.tasks.iter().filter(|t| !t.unrecoverable) {
+                    if running.len() >= knobs.concurrency.max(1) as usize {
+                        break;
+                    }
+                    if running.contains_key(&Job::Repair(task.volume)) {
+                        continue;
+                    }
+                    let (me, volume, stop) = (Arc::clone(self), task.volume, stop.clone());
+                    let span = tracing::info_span!("repair", volume);
+                    running.insert(
+                        Job::Repair(volume),
+                        tokio::spawn(tracing::Instrument::instrument(
+                            async move {
+                                match me.repair_volume(volume, stop).await {
+                                    Ok(()) => {}
+                                    Err(RepairError::Stopping) => {}
+                                    Err(e) => tracing::warn!("repair failed: {e}"),
+                                }
+                            },
+                            span,
+                        )),
+                    );
+                }
+                // Moves (rebalance, drain) after repairs, in what room is left.
+                self.start_moves(running, knobs.concurrency.max(1) as usize, stop)
+                    .await;
+            }
+            Err(e) => {
+                if !*meta_down {
+                    tracing::warn!("repair: meta unreachable: {}", e.message());
+                }
+                *meta_down = true;
+            }
         }
     }
 
@@ -511,11 +544,11 @@ impl RepairDaemon {
         let mut c = self.peers.get(&member.address).map_err(runner_err)?;
         let r = c
             .repair_fragment(v1::RepairFragmentRequest {
-                extent: Some(v1::ExtentRef {
+                extent: Some(hoard_proto::convert::extent_ref(ExtentId {
                     volume: t.volume,
                     member: t.member,
                     generation: member.generation,
-                }),
+                })),
                 record: Some(v1::BlockRecord {
                     hash: loc.hash.clone(),
                     offset: loc.offset,
@@ -605,23 +638,4 @@ fn healthy(m: &v1::MemberInfo) -> bool {
 
 fn not_needed(why: &str) -> RangeOutcome {
     RangeOutcome::NotNeeded(why.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn throttle_paces_to_the_rate() {
-        let t = Throttle::new();
-        t.set_rate(10 << 20);
-        let start = tokio::time::Instant::now();
-        // The bucket starts empty: 30 MiB at 10 MiB/s take about 3 s.
-        for _ in 0..30 {
-            t.spend(1 << 20).await;
-        }
-        let waited = start.elapsed();
-        assert!(waited >= Duration::from_millis(2900), "{waited:?}");
-        assert!(waited <= Duration::from_millis(3100), "{waited:?}");
-    }
 }

@@ -1,6 +1,7 @@
 //! One token bucket for every background job that moves bytes (rebuilds, moves, scrub): a live rate in
-//! bytes per second (0: unthrottled), a burst of one second's worth, and a debt bounded to a minute of
-//! the rate, so that one large unit of work never stalls the ones after it for longer than that.
+//! bytes per second (0: unthrottled), starting empty, refilling up to a burst of one second's worth, and
+//! a debt bounded to a minute of the rate, so that one large unit of work never stalls the ones after it
+//! for longer than that.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,7 +59,7 @@ impl Throttle {
         let now = Instant::now();
         let mut b = self.inner.bucket.lock();
         let refill =
-            b.1.map_or(rate, |t| now.duration_since(t).as_secs_f64() * rate);
+            b.1.map_or(0.0, |t| now.duration_since(t).as_secs_f64() * rate);
         b.0 = ((b.0 + refill).min(rate) - bytes as f64).max(-60.0 * rate);
         b.1 = Some(now);
         if b.0 >= 0.0 {
@@ -82,20 +83,32 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn a_throttle_paces_to_its_rate_with_a_bounded_burst() {
+    async fn throttle_paces_to_the_rate() {
+        let t = Throttle::new(0);
+        t.set_rate(10 << 20);
+        let start = tokio::time::Instant::now();
+        // The bucket starts empty: 30 MiB at 10 MiB/s take about 3 s.
+        for _ in 0..30 {
+            t.spend(1 << 20).await;
+        }
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_millis(2900), "{waited:?}");
+        assert!(waited <= Duration::from_millis(3100), "{waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttle_refills_to_a_bounded_burst_and_bounds_its_debt() {
         let t = Throttle::new(1000);
-        // A second's worth goes at once.
-        assert_eq!(t.take(1000), Duration::ZERO);
-        // Then each byte waits for its share of the rate.
+        // Each byte waits for its share of the rate.
         assert_eq!(t.take(500), Duration::from_millis(500));
-        tokio::time::advance(Duration::from_millis(500)).await;
+        tokio::time::advance(Duration::from_secs(10)).await;
+        // Idle time refills at most one second's worth.
+        assert_eq!(t.take(1000), Duration::ZERO);
         assert_eq!(t.take(1000), Duration::from_secs(1));
         // One huge spend owes at most a minute.
         assert_eq!(t.take(u64::MAX), Duration::from_secs(60));
         // A rate change starts afresh; 0 is no throttle.
         t.set_rate(0);
         assert_eq!(t.take(u64::MAX), Duration::ZERO);
-        t.set_rate(10);
-        assert_eq!(t.take(10), Duration::ZERO);
     }
 }

@@ -7,6 +7,7 @@ pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod heartbeat;
+pub mod idx;
 pub mod raw;
 pub mod rebuild;
 pub mod scrub;

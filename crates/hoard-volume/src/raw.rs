@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hoard_proto::listen::{self, Budget};
+use hoard_net::listen::{self, Budget};
 use hoard_proto::raw::{self, RawAppend, RawRead, Request};
 use hoard_types::BlockHash;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use hoard_erasure::Codec;
 use hoard_proto::v1;
+use hoard_types::ExtentId;
 use hoard_types::{BlockHash, Geometry, VolumeId};
 use parking_lot::Mutex;
 use tokio_stream::StreamExt;
@@ -61,7 +62,7 @@ fn remote(e: impl std::fmt::Display) -> VolumeError {
 /// The rebuild engine of one volume server: the sessions it runs, and its connections to peers.
 pub struct Rebuilder {
     store: Arc<VolumeStore>,
-    peers: hoard_proto::VolumeClients,
+    peers: hoard_net::VolumeClients,
     sessions: Sessions,
 }
 
@@ -207,11 +208,11 @@ impl Rebuilder {
             .map_err(VolumeError::Internal)?;
         let mut stream = c
             .read_index(v1::ReadIndexRequest {
-                extent: Some(v1::ExtentRef {
+                extent: Some(hoard_proto::convert::extent_ref(ExtentId {
                     volume,
                     member: src.member,
                     generation: src.generation,
-                }),
+                })),
             })
             .await
             .map_err(|s| remote(s.message()))?
@@ -289,11 +290,11 @@ impl Rebuilder {
             .map_err(VolumeError::Internal)?;
         let resp = c
             .read_range(v1::ReadRangeRequest {
-                extent: Some(v1::ExtentRef {
+                extent: Some(hoard_proto::convert::extent_ref(ExtentId {
                     volume,
                     member: src.member,
                     generation: src.generation,
-                }),
+                })),
                 offset: lo,
                 len: (hi - lo) as u32,
             })
@@ -466,11 +467,11 @@ impl Rebuilder {
                     let mut c = self.peers.get(&o.address).map_err(VolumeError::Internal)?;
                     for (off, bytes) in frags {
                         c.stage_write(v1::StageWriteRequest {
-                            extent: Some(v1::ExtentRef {
+                            extent: Some(hoard_proto::convert::extent_ref(ExtentId {
                                 volume: s.volume,
                                 member: o.member,
                                 generation: o.generation,
-                            }),
+                            })),
                             disk_id: o.disk_id.clone(),
                             k: s.geometry.k,
                             m: s.geometry.m,
@@ -551,11 +552,11 @@ impl Rebuilder {
                     if s.good.is_empty() {
                         // Nothing was written there yet: make sure the staging extent exists.
                         c.stage_write(v1::StageWriteRequest {
-                            extent: Some(v1::ExtentRef {
+                            extent: Some(hoard_proto::convert::extent_ref(ExtentId {
                                 volume: s.volume,
                                 member: o.member,
                                 generation: o.generation,
-                            }),
+                            })),
                             disk_id: o.disk_id.clone(),
                             k: s.geometry.k,
                             m: s.geometry.m,
@@ -567,11 +568,11 @@ impl Rebuilder {
                         .map_err(|st| remote(st.message()))?;
                     }
                     c.stage_commit(v1::StageCommitRequest {
-                        extent: Some(v1::ExtentRef {
+                        extent: Some(hoard_proto::convert::extent_ref(ExtentId {
                             volume: s.volume,
                             member: o.member,
                             generation: o.generation,
-                        }),
+                        })),
                         records: records.iter().map(crate::wire::record_to_wire).collect(),
                     })
                     .await
@@ -648,11 +649,11 @@ impl Rebuilder {
             };
             let r = c
                 .read_fragment(v1::ReadFragmentRequest {
-                    extent: Some(v1::ExtentRef {
+                    extent: Some(hoard_proto::convert::extent_ref(ExtentId {
                         volume: e.volume,
                         member: src.member,
                         generation: src.generation,
-                    }),
+                    })),
                     offset: record.offset,
                     frag_len: record.frag_len,
                     expected_crc: record.crcs[src.member as usize],

@@ -2,7 +2,8 @@
 //! crc32c in its block record. Bad fragments are reported to meta, which queues a range repair; damaged
 //! `.idx` slots are counted and reported.
 //!
-//! One worker per disk, paced by a per-disk byte rate, jittered so that disks of a cell do not all
+//! One worker per disk (`scrub/<disk id>`, [`hoard_runtime::Worker`]: a span per unit, so that it can
+//! be paused and cancelled like any other job), paced by a per-disk byte rate, jittered so that disks of a cell do not all
 //! start together. Progress is checkpointed in `<disk>/scrub.toml` (extent and record position), so a
 //! restarted server resumes its pass where it stopped. The knobs (pause, rate, interval, "start now")
 //! come from meta with every heartbeat answer.
@@ -12,6 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hoard_proto::v1::{self, meta_client::MetaClient};
+use hoard_runtime::{
+    CancellationToken, Progress, Throttle, Worker, WorkerError, WorkerState, WorkerStatus,
+};
 use hoard_types::now_ms;
 use hoard_types::state::{ProblemKind, ScrubPhase};
 use parking_lot::Mutex;
@@ -21,6 +25,7 @@ use tonic::transport::Channel;
 
 use crate::VolumeError;
 use crate::disk::Disk;
+use crate::extent::Extent;
 use crate::format::{BlockRecord, read_checked_toml, write_checked_toml};
 use crate::store::VolumeStore;
 
@@ -117,16 +122,30 @@ impl Scrubber {
         self.status.lock().get(disk_id).cloned()
     }
 
-    /// Starts one worker per disk; they stop when `stop` turns true.
-    pub fn spawn(self: &Arc<Self>, stop: watch::Receiver<bool>) {
+    /// Starts one worker per disk (`scrub/<disk id>`); they stop when `stop` turns true.
+    pub fn spawn(self: &Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut handles = Vec::new();
         for d in self.store.disks() {
-            let (me, disk, stop) = (Arc::clone(self), Arc::clone(d), stop.clone());
-            let span = tracing::info_span!("scrub", node = %self.store.node_id, disk = %d.id);
-            tokio::spawn(tracing::Instrument::instrument(
-                async move { me.run_disk(disk, stop).await },
-                span,
-            ));
+            let worker = DiskScrub {
+                scrubber: Arc::clone(self),
+                disk: Arc::clone(d),
+                knobs_rx: self.knobs.subscribe(),
+                cp: None,
+                born: now_ms(),
+                pass: None,
+                throttle: Throttle::new(0),
+            };
+            match hoard_runtime::Registry::global().spawn(worker) {
+                Ok(h) => handles.push(h),
+                Err(e) => tracing::error!(disk = %d.id, "scrub not started: {e}"),
+            }
         }
+        tokio::spawn(async move {
+            let _ = stop.wait_for(|s| *s).await;
+            for h in &handles {
+                h.cancel();
+            }
+        });
     }
 
     fn publish(&self, disk: &Disk, cp: &Checkpoint, state: ScrubPhase, total: u64) {
@@ -177,215 +196,6 @@ impl Scrubber {
         }
     }
 
-    async fn run_disk(self: Arc<Self>, disk: Arc<Disk>, mut stop: watch::Receiver<bool>) {
-        let mut knobs_rx = self.knobs.subscribe();
-        let mut cp = {
-            let d = Arc::clone(&disk);
-            tokio::task::spawn_blocking(move || Scrubber::load(&d))
-                .await
-                .unwrap_or_default()
-        };
-        // A disk that never finished a pass waits its jitter first, so that a new cell does not start
-        // every disk at once.
-        let born = now_ms();
-        loop {
-            let knobs = knobs_rx.borrow_and_update().clone();
-            let state = match &knobs {
-                Some(k) if k.paused => ScrubPhase::Paused,
-                _ if cp.pass_started_unix_ms != 0 => ScrubPhase::Running,
-                _ => ScrubPhase::Idle,
-            };
-            self.publish(&disk, &cp, state, 0);
-            let due = match &knobs {
-                None => false,
-                Some(k) if k.paused || disk.failure().is_some() => false,
-                Some(k) => {
-                    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-                    let next = if cp.last_pass_completed_unix_ms == 0 {
-                        born.saturating_add(ms(jitter(&disk.id, k.interval)))
-                    } else {
-                        cp.last_pass_completed_unix_ms.saturating_add(ms(k
-                            .interval
-                            .saturating_add(jitter(&disk.id, k.interval))))
-                    };
-                    cp.pass_started_unix_ms != 0
-                        || now_ms() >= next
-                        || k.start_requested_unix_ms > cp.last_pass_completed_unix_ms
-                }
-            };
-            if due {
-                match self.pass(&disk, &mut cp, &mut knobs_rx, &mut stop).await {
-                    Ok(true) => {}
-                    Ok(false) => return,
-                    Err(e) => {
-                        tracing::warn!(disk = %disk.id, "scrub pass interrupted: {e}");
-                        tokio::time::sleep(Duration::from_secs(5)).await;
-                    }
-                }
-                continue;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = knobs_rx.changed() => {}
-                _ = stop.changed() => return,
-            }
-        }
-    }
-
-    /// Runs (or resumes) one pass over a disk. Ok(false) when stopping.
-    async fn pass(
-        &self,
-        disk: &Arc<Disk>,
-        cp: &mut Checkpoint,
-        knobs_rx: &mut watch::Receiver<Option<Knobs>>,
-        stop: &mut watch::Receiver<bool>,
-    ) -> Result<bool, VolumeError> {
-        if cp.pass_started_unix_ms == 0 {
-            *cp = Checkpoint {
-                format: 1,
-                pass_started_unix_ms: now_ms(),
-                last_pass_completed_unix_ms: cp.last_pass_completed_unix_ms,
-                last_pass_bad_ranges: cp.last_pass_bad_ranges,
-                last_pass_index_damage: cp.last_pass_index_damage,
-                ..Default::default()
-            };
-            tracing::info!(disk = %disk.id, "scrub pass started");
-        } else {
-            tracing::info!(disk = %disk.id, volume = cp.volume, record = cp.record, "scrub pass resumed");
-        }
-        Scrubber::save(disk, cp);
-        let mut extents: Vec<_> = self
-            .store
-            .extents()
-            .into_iter()
-            .filter(|(_, d)| d.id == disk.id)
-            .map(|(e, _)| e)
-            .collect();
-        extents.sort_by_key(|e| e.volume);
-        let total: u64 = extents.iter().map(|e| e.data_len()).sum();
-        let mut since_checkpoint = 0u64;
-        let mut saved_at = std::time::Instant::now();
-        let mut bucket = Bucket::default();
-        let resume_at = cp.volume;
-        for extent in extents.into_iter().filter(|e| e.volume >= resume_at) {
-            if extent.volume != cp.volume {
-                cp.volume = extent.volume;
-                cp.record = 0;
-            }
-            let ext = Arc::clone(&extent);
-            let (mut records, scan) = tokio::task::spawn_blocking(move || {
-                let mut recs: Vec<BlockRecord> = Vec::new();
-                let scan = ext.for_each_record(|_, r| recs.push(r.clone()))?;
-                Ok::<_, VolumeError>((recs, scan))
-            })
-            .await
-            .map_err(|e| VolumeError::Internal(e.to_string()))??;
-            if cp.record == 0 {
-                let damage = scan.bad_slots.len() as u64 + u64::from(scan.cut_bytes > 0);
-                if damage > 0 {
-                    cp.index_damage += damage;
-                    metrics::counter!("hoard_scrub_index_damage_total").increment(damage);
-                    tracing::warn!(
-                        disk = %disk.id,
-                        volume = extent.volume,
-                        member = extent.member,
-                        bad_slots = ?scan.bad_slots,
-                        torn_bytes = scan.cut_bytes,
-                        "damaged .idx records"
-                    );
-                }
-            }
-            records.sort_by_key(|r| r.offset);
-            let generation = extent.generation();
-            let member = extent.member as usize;
-            let mut i = cp.record as usize;
-            while i < records.len() {
-                // Pause, knob changes and stop are seen between spans.
-                loop {
-                    if *stop.borrow() {
-                        Scrubber::save(disk, cp);
-                        return Ok(false);
-                    }
-                    let k = knobs_rx.borrow().clone().unwrap_or_default();
-                    if !k.paused {
-                        bucket.rate = k.bytes_per_sec;
-                        break;
-                    }
-                    self.publish(disk, cp, ScrubPhase::Paused, total);
-                    Scrubber::save(disk, cp);
-                    tokio::select! {
-                        _ = knobs_rx.changed() => {}
-                        _ = stop.changed() => return Ok(false),
-                    }
-                }
-                let lo = records[i].offset;
-                let mut j = i;
-                while j + 1 < records.len() && records[j + 1].end() - lo <= SPAN {
-                    j += 1;
-                }
-                let hi = records[i..=j].iter().map(|r| r.end()).max().unwrap_or(lo);
-                let ext = Arc::clone(&extent);
-                let span = tokio::task::spawn_blocking(move || {
-                    ext.read_range(generation, lo, (hi - lo) as u32)
-                })
-                .await
-                .map_err(|e| VolumeError::Internal(e.to_string()))??;
-                for r in &records[i..=j] {
-                    let a = (r.offset - lo) as usize;
-                    let frag = &span[a..a + r.frag_len as usize];
-                    if r.crcs
-                        .get(member)
-                        .is_none_or(|&c| crc32c::crc32c(frag) != c)
-                    {
-                        cp.bad_ranges += 1;
-                        metrics::counter!("hoard_scrub_bad_ranges_total").increment(1);
-                        tracing::warn!(
-                            disk = %disk.id,
-                            volume = extent.volume,
-                            member,
-                            offset = r.offset,
-                            block = %r.hash.short(),
-                            "scrub found a corrupt fragment"
-                        );
-                        self.report(extent.volume, member as u32, r).await;
-                    }
-                }
-                let n = hi - lo;
-                cp.bytes_done += n;
-                since_checkpoint += n;
-                metrics::counter!("hoard_scrub_bytes_total").increment(n);
-                i = j + 1;
-                cp.record = i as u64;
-                if since_checkpoint >= CHECKPOINT_EVERY
-                    || saved_at.elapsed() >= Duration::from_secs(CHECKPOINT_SECS)
-                {
-                    since_checkpoint = 0;
-                    saved_at = std::time::Instant::now();
-                    Scrubber::save(disk, cp);
-                }
-                self.publish(disk, cp, ScrubPhase::Running, total);
-                bucket.spend(n).await;
-            }
-            cp.record = records.len() as u64;
-        }
-        cp.last_pass_completed_unix_ms = now_ms();
-        cp.last_pass_bad_ranges = cp.bad_ranges;
-        cp.last_pass_index_damage = cp.index_damage;
-        tracing::info!(
-            disk = %disk.id,
-            bytes = cp.bytes_done,
-            bad_ranges = cp.bad_ranges,
-            index_damage = cp.index_damage,
-            "scrub pass complete"
-        );
-        cp.pass_started_unix_ms = 0;
-        cp.volume = 0;
-        cp.record = 0;
-        Scrubber::save(disk, cp);
-        self.publish(disk, cp, ScrubPhase::Idle, total);
-        Ok(true)
-    }
-
     async fn report(&self, volume: u64, member: u32, r: &BlockRecord) {
         let req = v1::ReportVolumeRequest {
             volume,
@@ -406,33 +216,349 @@ impl Scrubber {
     }
 }
 
-/// A token bucket over scrubbed bytes; rate 0 means unthrottled.
-#[derive(Default)]
-struct Bucket {
-    rate: u64,
-    debt: f64,
-    last: Option<tokio::time::Instant>,
+/// One disk's scrub, as a worker: a span of an extent per unit, paced by the scrub throttle, with the
+/// pass's position in the disk's checkpoint.
+struct DiskScrub {
+    scrubber: Arc<Scrubber>,
+    disk: Arc<Disk>,
+    knobs_rx: watch::Receiver<Option<Knobs>>,
+    /// Loaded on the first unit.
+    cp: Option<Checkpoint>,
+    /// A disk that never finished a pass waits its jitter from here, so that a new cell does not start
+    /// every disk at once.
+    born: u64,
+    pass: Option<Pass>,
+    throttle: Throttle,
 }
 
-impl Bucket {
-    async fn spend(&mut self, bytes: u64) {
-        if self.rate == 0 {
-            self.debt = 0.0;
-            self.last = None;
-            return;
+/// A running pass.
+struct Pass {
+    /// Extents still to scrub, by volume id.
+    extents: std::collections::VecDeque<Arc<Extent>>,
+    current: Option<Current>,
+    total: u64,
+    since_checkpoint: u64,
+    saved_at: std::time::Instant,
+}
+
+/// The extent being scrubbed: its records in offset order, and the next one.
+struct Current {
+    extent: Arc<Extent>,
+    records: Vec<BlockRecord>,
+    next: usize,
+}
+
+fn io_err(e: impl std::fmt::Display) -> WorkerError {
+    WorkerError::transient(e)
+}
+
+impl DiskScrub {
+    fn due(&self, cp: &Checkpoint, k: &Knobs) -> bool {
+        if k.paused || self.disk.failure().is_some() {
+            return false;
         }
-        let now = tokio::time::Instant::now();
-        let paid = self
-            .last
-            .map(|t| now.duration_since(t).as_secs_f64() * self.rate as f64)
-            .unwrap_or(0.0);
-        self.debt = (self.debt - paid).max(0.0) + bytes as f64;
-        self.last = Some(now);
-        let wait = self.debt / self.rate as f64;
-        if wait > 0.0 {
-            tokio::time::sleep(Duration::from_secs_f64(wait)).await;
-            self.debt = 0.0;
-            self.last = Some(tokio::time::Instant::now());
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let next = if cp.last_pass_completed_unix_ms == 0 {
+            self.born
+                .saturating_add(ms(jitter(&self.disk.id, k.interval)))
+        } else {
+            cp.last_pass_completed_unix_ms.saturating_add(ms(k
+                .interval
+                .saturating_add(jitter(&self.disk.id, k.interval))))
+        };
+        cp.pass_started_unix_ms != 0
+            || now_ms() >= next
+            || k.start_requested_unix_ms > cp.last_pass_completed_unix_ms
+    }
+
+    /// Starts (or resumes, from the checkpoint) a pass over the disk's extents.
+    fn start_pass(&mut self, cp: &mut Checkpoint) -> Pass {
+        if cp.pass_started_unix_ms == 0 {
+            *cp = Checkpoint {
+                format: 1,
+                pass_started_unix_ms: now_ms(),
+                last_pass_completed_unix_ms: cp.last_pass_completed_unix_ms,
+                last_pass_bad_ranges: cp.last_pass_bad_ranges,
+                last_pass_index_damage: cp.last_pass_index_damage,
+                ..Default::default()
+            };
+            tracing::info!(disk = %self.disk.id, "scrub pass started");
+        } else {
+            tracing::info!(disk = %self.disk.id, volume = cp.volume, record = cp.record, "scrub pass resumed");
+        }
+        Scrubber::save(&self.disk, cp);
+        let mut extents: Vec<Arc<Extent>> = self
+            .scrubber
+            .store
+            .extents()
+            .into_iter()
+            .filter(|(_, d)| d.id == self.disk.id)
+            .map(|(e, _)| e)
+            .collect();
+        extents.sort_by_key(|e| e.volume);
+        let total = extents.iter().map(|e| e.data_len()).sum();
+        Pass {
+            extents: extents
+                .into_iter()
+                .filter(|e| e.volume >= cp.volume)
+                .collect(),
+            current: None,
+            total,
+            since_checkpoint: 0,
+            saved_at: std::time::Instant::now(),
+        }
+    }
+
+    /// Loads the next extent's records; `None` when the pass has none left.
+    async fn next_extent(
+        &self,
+        cp: &mut Checkpoint,
+        pass: &mut Pass,
+    ) -> Result<Option<Current>, WorkerError> {
+        let Some(extent) = pass.extents.pop_front() else {
+            return Ok(None);
+        };
+        if extent.volume != cp.volume {
+            cp.volume = extent.volume;
+            cp.record = 0;
+        }
+        let ext = Arc::clone(&extent);
+        let (mut records, scan) = tokio::task::spawn_blocking(move || {
+            let mut recs: Vec<BlockRecord> = Vec::new();
+            let scan = ext.for_each_record(|_, r| recs.push(r.clone()))?;
+            Ok::<_, VolumeError>((recs, scan))
+        })
+        .await
+        .map_err(io_err)?
+        .map_err(io_err)?;
+        if cp.record == 0 {
+            let damage = scan.bad_slots.len() as u64 + u64::from(scan.cut_bytes > 0);
+            if damage > 0 {
+                cp.index_damage += damage;
+                metrics::counter!("hoard_scrub_index_damage_total").increment(damage);
+                tracing::warn!(
+                    disk = %self.disk.id,
+                    volume = extent.volume,
+                    member = extent.member,
+                    bad_slots = ?scan.bad_slots,
+                    torn_bytes = scan.cut_bytes,
+                    "damaged .idx records"
+                );
+            }
+        }
+        records.sort_by_key(|r| r.offset);
+        let next = (cp.record as usize).min(records.len());
+        Ok(Some(Current {
+            extent,
+            records,
+            next,
+        }))
+    }
+
+    /// Reads and checks one span of the current extent; answers the bytes read.
+    async fn scrub_span(&self, cp: &mut Checkpoint, cur: &mut Current) -> Result<u64, WorkerError> {
+        let (records, i) = (&cur.records, cur.next);
+        let lo = records[i].offset;
+        let mut j = i;
+        while j + 1 < records.len() && records[j + 1].end() - lo <= SPAN {
+            j += 1;
+        }
+        let hi = records[i..=j].iter().map(|r| r.end()).max().unwrap_or(lo);
+        let (ext, generation) = (Arc::clone(&cur.extent), cur.extent.generation());
+        let span =
+            tokio::task::spawn_blocking(move || ext.read_range(generation, lo, (hi - lo) as u32))
+                .await
+                .map_err(io_err)?
+                .map_err(io_err)?;
+        let member = cur.extent.member as usize;
+        for r in &records[i..=j] {
+            let a = (r.offset - lo) as usize;
+            let frag = &span[a..a + r.frag_len as usize];
+            if r.crcs
+                .get(member)
+                .is_none_or(|&c| crc32c::crc32c(frag) != c)
+            {
+                cp.bad_ranges += 1;
+                metrics::counter!("hoard_scrub_bad_ranges_total").increment(1);
+                tracing::warn!(
+                    disk = %self.disk.id,
+                    volume = cur.extent.volume,
+                    member,
+                    offset = r.offset,
+                    block = %r.hash.short(),
+                    "scrub found a corrupt fragment"
+                );
+                self.scrubber
+                    .report(cur.extent.volume, member as u32, r)
+                    .await;
+            }
+        }
+        let n = hi - lo;
+        cp.bytes_done += n;
+        metrics::counter!("hoard_scrub_bytes_total").increment(n);
+        cur.next = j + 1;
+        cp.record = cur.next as u64;
+        Ok(n)
+    }
+
+    fn finish_pass(&self, cp: &mut Checkpoint, total: u64) {
+        cp.last_pass_completed_unix_ms = now_ms();
+        cp.last_pass_bad_ranges = cp.bad_ranges;
+        cp.last_pass_index_damage = cp.index_damage;
+        tracing::info!(
+            disk = %self.disk.id,
+            bytes = cp.bytes_done,
+            bad_ranges = cp.bad_ranges,
+            index_damage = cp.index_damage,
+            "scrub pass complete"
+        );
+        cp.pass_started_unix_ms = 0;
+        cp.volume = 0;
+        cp.record = 0;
+        Scrubber::save(&self.disk, cp);
+        self.scrubber
+            .publish(&self.disk, cp, ScrubPhase::Idle, total);
+    }
+
+    /// One unit, with the checkpoint taken out of `self` for the time of it.
+    async fn unit(&mut self, cp: &mut Checkpoint) -> Result<WorkerState, WorkerError> {
+        let knobs = self.knobs_rx.borrow_and_update().clone();
+        let Some(k) = knobs else {
+            // No word from meta yet.
+            self.scrubber.publish(&self.disk, cp, ScrubPhase::Idle, 0);
+            return Ok(WorkerState::Idle);
+        };
+        self.throttle.set_rate(k.bytes_per_sec);
+        if k.paused {
+            let total = self.pass.as_ref().map_or(0, |p| p.total);
+            self.scrubber
+                .publish(&self.disk, cp, ScrubPhase::Paused, total);
+            Scrubber::save(&self.disk, cp);
+            return Ok(WorkerState::Idle);
+        }
+        let Some(mut pass) = self.pass.take() else {
+            if !self.due(cp, &k) {
+                let phase = if cp.pass_started_unix_ms != 0 {
+                    ScrubPhase::Running
+                } else {
+                    ScrubPhase::Idle
+                };
+                self.scrubber.publish(&self.disk, cp, phase, 0);
+                return Ok(WorkerState::Idle);
+            }
+            self.pass = Some(self.start_pass(cp));
+            return Ok(WorkerState::Busy);
+        };
+        let mut cur = match pass.current.take() {
+            Some(c) => c,
+            None => match self.next_extent(cp, &mut pass).await {
+                Ok(Some(c)) => c,
+                Ok(None) => {
+                    self.finish_pass(cp, pass.total);
+                    return Ok(WorkerState::Busy);
+                }
+                Err(e) => {
+                    self.pass = Some(pass);
+                    return Err(e);
+                }
+            },
+        };
+        if cur.next >= cur.records.len() {
+            cp.record = cur.records.len() as u64;
+            self.pass = Some(pass);
+            return Ok(WorkerState::Busy);
+        }
+        let res = self.scrub_span(cp, &mut cur).await;
+        pass.current = Some(cur);
+        let n = match res {
+            Ok(n) => n,
+            Err(e) => {
+                self.pass = Some(pass);
+                return Err(e);
+            }
+        };
+        pass.since_checkpoint += n;
+        if pass.since_checkpoint >= CHECKPOINT_EVERY
+            || pass.saved_at.elapsed() >= Duration::from_secs(CHECKPOINT_SECS)
+        {
+            pass.since_checkpoint = 0;
+            pass.saved_at = std::time::Instant::now();
+            Scrubber::save(&self.disk, cp);
+        }
+        self.scrubber
+            .publish(&self.disk, cp, ScrubPhase::Running, pass.total);
+        self.pass = Some(pass);
+        let wait = self.throttle.take(n);
+        Ok(if wait.is_zero() {
+            WorkerState::Busy
+        } else {
+            WorkerState::Throttled(wait)
+        })
+    }
+}
+
+impl Worker for DiskScrub {
+    fn name(&self) -> String {
+        format!("scrub/{}", self.disk.id)
+    }
+
+    fn status(&self) -> WorkerStatus {
+        let (done, detail) = match &self.cp {
+            Some(cp) if cp.pass_started_unix_ms != 0 => (
+                cp.bytes_done,
+                format!("pass running, {} corrupt fragments found", cp.bad_ranges),
+            ),
+            Some(cp) => (
+                0,
+                format!(
+                    "idle, last pass found {} corrupt fragments",
+                    cp.last_pass_bad_ranges
+                ),
+            ),
+            None => (0, "starting".into()),
+        };
+        WorkerStatus {
+            progress: Some(Progress::new(
+                done,
+                self.pass.as_ref().map_or(0, |p| p.total),
+                "bytes",
+            )),
+            detail,
+        }
+    }
+
+    async fn work(&mut self, _: &CancellationToken) -> Result<WorkerState, WorkerError> {
+        let mut cp = match self.cp.take() {
+            Some(cp) => cp,
+            None => {
+                let d = Arc::clone(&self.disk);
+                tokio::task::spawn_blocking(move || Scrubber::load(&d))
+                    .await
+                    .unwrap_or_default()
+            }
+        };
+        let r = self.unit(&mut cp).await;
+        self.cp = Some(cp);
+        r
+    }
+
+    async fn wait_for_work(&mut self) {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = self.knobs_rx.changed() => {}
+        }
+    }
+
+    fn throttle(&self) -> Option<Throttle> {
+        Some(self.throttle.clone())
+    }
+}
+
+impl Drop for DiskScrub {
+    fn drop(&mut self) {
+        // A stopped pass resumes from here.
+        if let Some(cp) = &self.cp {
+            Scrubber::save(&self.disk, cp);
         }
     }
 }

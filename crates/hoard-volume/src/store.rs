@@ -472,3 +472,45 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
         })
         .sum()
 }
+
+/// The trash sweep of a volume server as a worker (`trash/<node>`): trashed extents older than the
+/// grace are deleted, every ten minutes (or every grace, when shorter).
+pub struct TrashSweep {
+    pub store: Arc<VolumeStore>,
+    pub grace: std::time::Duration,
+    pub deleted: usize,
+}
+
+impl hoard_runtime::Worker for TrashSweep {
+    fn name(&self) -> String {
+        format!("trash/{}", self.store.node_id)
+    }
+
+    fn status(&self) -> hoard_runtime::WorkerStatus {
+        hoard_runtime::WorkerStatus {
+            progress: None,
+            detail: format!(
+                "{} trashed extents deleted; grace {}",
+                self.deleted,
+                humantime_secs(self.grace)
+            ),
+        }
+    }
+
+    async fn work(
+        &mut self,
+        _: &hoard_runtime::CancellationToken,
+    ) -> Result<hoard_runtime::WorkerState, hoard_runtime::WorkerError> {
+        let (store, grace) = (Arc::clone(&self.store), self.grace);
+        self.deleted += tokio::task::spawn_blocking(move || store.sweep_trash(grace))
+            .await
+            .map_err(hoard_runtime::WorkerError::transient)?;
+        Ok(hoard_runtime::WorkerState::Throttled(
+            std::time::Duration::from_secs(600).min(self.grace),
+        ))
+    }
+}
+
+fn humantime_secs(d: std::time::Duration) -> String {
+    format!("{} s", d.as_secs())
+}

@@ -161,12 +161,12 @@ pub async fn start_meta(
     let shutdown = stop.wait();
     let st = Arc::clone(&state);
     let task = tokio::spawn(async move {
-        hoard_proto::server()
+        hoard_net::server()
             .add_service(common.health)
             .add_service(common.reflection_v1)
             .add_service(common.reflection_v1alpha)
             .add_service(svc)
-            .serve_with_incoming_shutdown(hoard_proto::listen::grpc_only(listener), shutdown)
+            .serve_with_incoming_shutdown(hoard_net::listen::grpc_only(listener), shutdown)
             .await
             .context("meta server")?;
         st.shutdown();
@@ -235,16 +235,18 @@ pub async fn start_volume(
         stop.subscribe(),
     ));
     {
-        let (store, grace, mut stopped) = (Arc::clone(&store), cfg.trash_grace, stop.subscribe());
+        let sweep = hoard_volume::store::TrashSweep {
+            store: Arc::clone(&store),
+            grace: cfg.trash_grace,
+            deleted: 0,
+        };
+        let handle = hoard_runtime::Registry::global()
+            .spawn(sweep)
+            .map_err(|e| anyhow!("volume: trash sweep: {e}"))?;
+        let stopped = stop.wait();
         tokio::spawn(async move {
-            loop {
-                let s = Arc::clone(&store);
-                let _ = tokio::task::spawn_blocking(move || s.sweep_trash(grace)).await;
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(600).min(grace)) => {}
-                    _ = stopped.changed() => return,
-                }
-            }
+            stopped.await;
+            handle.cancel();
         });
     }
     let (reporter, common) = health_and_reflection().await?;
@@ -261,7 +263,7 @@ pub async fn start_volume(
     let shutdown = stop.wait();
     let raw_store = Arc::clone(&store);
     let task = tokio::spawn(async move {
-        hoard_proto::server()
+        hoard_net::server()
             .add_service(common.health)
             .add_service(common.reflection_v1)
             .add_service(common.reflection_v1alpha)
@@ -313,7 +315,7 @@ pub async fn start_frontend(
     let f = Arc::clone(&fe);
     let (incoming, raw_puts) = hoard_frontend::raw::incoming(listener, Arc::clone(&fe));
     let task = tokio::spawn(async move {
-        hoard_proto::server()
+        hoard_net::server()
             .add_service(common.health)
             .add_service(common.reflection_v1)
             .add_service(common.reflection_v1alpha)

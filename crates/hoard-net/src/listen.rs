@@ -1,9 +1,9 @@
-//! One port for gRPC and the raw protocol ([`crate::raw`]): the listener serves raw connections with the
+//! One port for gRPC and the raw protocol ([`hoard_proto::raw`]): the listener serves raw connections with the
 //! role's own handler and passes the others on to tonic, and it bounds what connections may hold.
 //!
 //! A connection proves what it speaks before it takes anything that others wait for: within
 //! [`HANDSHAKE`] of being accepted it must have sent a whole HTTP/2 preface (gRPC) or the first
-//! [`crate::raw::MIN_REQUEST_LEN`] bytes of a raw request. Connections that are still proving themselves
+//! [`hoard_proto::raw::MIN_REQUEST_LEN`] bytes of a raw request. Connections that are still proving themselves
 //! hold no slot; there may be at most [`Limits::handshakes`] of them at once, and past that new ones are
 //! closed at once. Served connections are bounded in total and per peer address.
 
@@ -314,8 +314,8 @@ where
                 let mut head = [0u8; 36];
                 let proven = {
                     let first = peek_at_least(&stream, &mut head, 1, HANDSHAKE).await;
-                    let want = if first && crate::raw::is_raw(head[0]) {
-                        crate::raw::MIN_REQUEST_LEN
+                    let want = if first && hoard_proto::raw::is_raw(head[0]) {
+                        hoard_proto::raw::MIN_REQUEST_LEN
                     } else {
                         H2_PREFACE.len()
                     };
@@ -327,7 +327,7 @@ where
                     return;
                 }
                 let ip = peer.ip();
-                if crate::raw::is_raw(head[0]) {
+                if hoard_proto::raw::is_raw(head[0]) {
                     // Past either limit a connection waits (back-pressure), as long as a body may.
                     let Some(_peer) = raw_peers.take_waiting(ip, limits.raw_per_peer, IDLE).await
                     else {
@@ -383,7 +383,9 @@ pub fn grpc_only(listener: TcpListener) -> ReceiverStream<std::io::Result<GrpcCo
     };
     split_incoming(listener, limits, |mut stream| async move {
         let why = "this port serves gRPC only";
-        let _ = crate::raw::write_failure(&mut stream, crate::raw::STATUS_MALFORMED, why).await;
+        let _ =
+            hoard_proto::raw::write_failure(&mut stream, hoard_proto::raw::STATUS_MALFORMED, why)
+                .await;
     })
 }
 
