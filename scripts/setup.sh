@@ -55,13 +55,15 @@ missing_packages() {
   fi
 }
 
-# Prints the PyPI packages the Python example and its test need that python3 cannot import.
+# Prints the PyPI packages the Python example and the tests need that python3 cannot import
+# (openapi-spec-validator, with jsonschema, checks the admin API's description and answers).
 missing_python() {
   python_has grpc || echo grpcio
   python_has grpc_tools.protoc || echo grpcio-tools
   python_has grpc_reflection.v1alpha.reflection_pb2 || echo grpcio-reflection
   python_has grpc_health.v1.health_pb2 || echo grpcio-health-checking
   python_has blake3 || echo blake3
+  python_has openapi_spec_validator || echo openapi-spec-validator
 }
 
 [ -n "${HOARD_SETUP_LIB:-}" ] && return 0

@@ -233,7 +233,12 @@ async fn the_status_page_shows_the_cell_in_a_headless_browser() {
     for d in disks.as_array().unwrap() {
         let id = d["id"].as_str().unwrap();
         assert!(dom.contains(id), "disk {id} missing from the page");
+        assert!(
+            dom.contains(&format!(">scrub/{id}<")),
+            "the scrub worker of {id} is missing from the page"
+        );
     }
+    assert!(dom.contains(">repair<"), "the repair worker is missing");
     // Keep a screenshot as a test artefact.
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
     let out = Command::new(chromium)

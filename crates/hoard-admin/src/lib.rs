@@ -3,7 +3,14 @@
 
 pub use axum;
 
+pub mod api;
 pub mod catalogue;
+mod client;
+pub mod extract;
+pub mod openapi;
+mod workers;
+
+pub use client::{AdminClient, CallError, http_json};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,7 +23,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::future::BoxFuture;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What a role tells the admin surface.
 pub trait AdminSource: Send + Sync + 'static {
@@ -24,6 +30,11 @@ pub trait AdminSource: Send + Sync + 'static {
     fn ready(&self) -> BoxFuture<'_, Result<(), String>>;
     /// A JSON description of the role's state.
     fn status(&self) -> BoxFuture<'_, serde_json::Value>;
+    /// The API routes the process serves, for `/api/v1/openapi.json`: those of every role unless the
+    /// role adds its own.
+    fn routes(&self) -> Vec<openapi::Route> {
+        openapi::COMMON.to_vec()
+    }
 }
 
 #[derive(Clone)]
@@ -39,6 +50,12 @@ pub fn router(prometheus: Option<PrometheusHandle>, source: Arc<dyn AdminSource>
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
+        .route("/api/v1/openapi.json", get(description))
+        .route("/api/v1/workers", get(workers::list))
+        .route(
+            "/api/v1/workers/{action}",
+            axum::routing::post(workers::control),
+        )
         .with_state(AppState { prometheus, source })
 }
 
@@ -128,73 +145,6 @@ async fn with_deadline(req: axum::extract::Request, next: axum::middleware::Next
     }
 }
 
-/// A minimal HTTP/1.1 JSON client: one request per connection.
-pub async fn http_json(
-    base: &str,
-    method: &str,
-    path: &str,
-    body: Option<&serde_json::Value>,
-) -> Result<serde_json::Value, String> {
-    let rest = base
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("admin address {base:?} must start with http://"))?;
-    let host = rest.trim_end_matches('/');
-    let mut stream = tokio::net::TcpStream::connect(host)
-        .await
-        .map_err(|e| format!("cannot reach the admin API at {base}: {e}"))?;
-    let payload = body.map(|b| b.to_string()).unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{payload}",
-        payload.len()
-    );
-    let io = |e: std::io::Error| format!("admin API at {base}: {e}");
-    stream.write_all(req.as_bytes()).await.map_err(io)?;
-    let mut resp = Vec::new();
-    stream.read_to_end(&mut resp).await.map_err(io)?;
-    let text = String::from_utf8_lossy(&resp);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("malformed HTTP answer from {base}"))?;
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("malformed HTTP status from {base}"))?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    if status == 404 {
-        return Err(format!(
-            "{base}{path}: not found (is this the admin address of the process running meta?)"
-        ));
-    }
-    if status >= 400 {
-        return Err(format!("{base}{path}: HTTP {status}: {}", body.trim()));
-    }
-    serde_json::from_str(&body).map_err(|e| format!("{base}{path}: answer is not JSON: {e}"))
-}
-
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || tail.len() < n {
-            break;
-        }
-        out.push_str(&tail[..n]);
-        rest = tail[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
 async fn metrics(State(s): State<AppState>) -> Response {
     match &s.prometheus {
         Some(p) => (
@@ -215,6 +165,10 @@ async fn readyz(State(s): State<AppState>) -> Response {
         )
             .into_response(),
     }
+}
+
+async fn description(State(s): State<AppState>) -> Response {
+    axum::Json(openapi::document(&s.source.routes())).into_response()
 }
 
 async fn status(State(s): State<AppState>) -> Response {

@@ -303,6 +303,25 @@ impl Registry {
             .ok_or_else(|| ControlError::NoSuchWorker(name.to_string()))
     }
 
+    /// The worker named `name`, or when there is none, every worker under `name/` (`scrub` names all of
+    /// `scrub/<disk>`).
+    pub fn matching(&self, name: &str) -> Result<Vec<WorkerHandle>, ControlError> {
+        let workers = self.workers.lock();
+        if let Some(h) = workers.get(name) {
+            return Ok(vec![h.clone()]);
+        }
+        let under = format!("{}/", name.trim_end_matches('/'));
+        let found: Vec<WorkerHandle> = workers
+            .iter()
+            .filter(|(n, _)| n.starts_with(&under))
+            .map(|(_, h)| h.clone())
+            .collect();
+        if found.is_empty() {
+            return Err(ControlError::NoSuchWorker(name.to_string()));
+        }
+        Ok(found)
+    }
+
     /// Cancels every worker whose name starts with `prefix` (all with ""), and waits for them.
     pub async fn cancel_all(&self, prefix: &str) {
         let handles: Vec<WorkerHandle> = self
@@ -524,6 +543,34 @@ mod tests {
         // Once it has stopped, the name can be used again.
         let (again, _) = counter("count", 1, vec![]);
         reg.spawn(again).unwrap().finished().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_name_matches_itself_or_the_workers_under_it() {
+        let reg = Registry::default();
+        for name in ["scrub/d1", "scrub/d2", "scrubber", "verify"] {
+            let (w, _) = counter(name, 1_000_000, vec![]);
+            reg.spawn(w).unwrap();
+        }
+        let names = |n: &str| -> Vec<String> {
+            let mut v: Vec<String> = reg
+                .matching(n)
+                .unwrap()
+                .iter()
+                .map(|h| h.info().name)
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names("verify"), ["verify"]);
+        assert_eq!(names("scrub"), ["scrub/d1", "scrub/d2"]);
+        assert_eq!(names("scrub/"), ["scrub/d1", "scrub/d2"]);
+        assert_eq!(names("scrub/d2"), ["scrub/d2"]);
+        assert!(matches!(
+            reg.matching("scru"),
+            Err(ControlError::NoSuchWorker(_))
+        ));
+        reg.cancel_all("").await;
     }
 
     #[test]

@@ -1,35 +1,38 @@
 //! The operator API of a process that runs meta: JSON over HTTP under `/api/v1`, beside `/metrics`,
-//! `/healthz`, `/readyz` and `/status`. `hoard admin` is a client of it.
+//! `/healthz`, `/readyz` and `/status`. `hoard admin` is a client of it. Requests and answers are the
+//! types of [`hoard_admin::api`]; the routes are described in [`hoard_admin::openapi::META`].
 
 use std::sync::Arc;
 
-use hoard_admin::axum::extract::{Path, Query, State};
-use hoard_admin::axum::http::StatusCode;
+use hoard_admin::api::*;
+use hoard_admin::axum::extract::{Path, State};
 use hoard_admin::axum::routing::{get, post};
 use hoard_admin::axum::{Json, Router};
-use hoard_meta::MetaState;
+use hoard_admin::extract::{Body, Params};
 use hoard_meta::scrub::ScrubChange;
+use hoard_meta::{MetaError, MetaState};
 use hoard_proto::v1;
-use hoard_types::state::MoveState;
-use serde_json::{Value, json};
+use hoard_types::state::RebalanceAction;
 
-use crate::admin_json;
+use crate::views;
 
-type ApiResult = Result<Json<Value>, (StatusCode, String)>;
+type Meta = State<Arc<MetaState>>;
 
-fn bad(e: impl std::fmt::Display) -> (StatusCode, String) {
-    (StatusCode::BAD_REQUEST, e.to_string())
+/// The one mapping from meta's errors to the API's.
+fn failure(e: MetaError) -> Failure {
+    match e {
+        MetaError::NoVolume(_) | MetaError::NotFound(_) => Failure::not_found(e),
+        MetaError::Invalid(_) => Failure::invalid(e),
+        MetaError::Conflict(_) | MetaError::Full(_) => Failure::conflict(e),
+        MetaError::Placement(_) | MetaError::CreateFailed(_) | MetaError::ShuttingDown => {
+            Failure::unavailable(e)
+        }
+        MetaError::Engine(_) | MetaError::Corrupt { .. } => Failure::internal(e),
+    }
 }
 
-/// An optional non-negative integer field of a JSON body; absent or null is `None`.
-fn optional_u64(body: &Value, k: &str) -> Result<Option<u64>, (StatusCode, String)> {
-    match body.get(k) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| bad(format!("{k} must be a non-negative integer"))),
-    }
+fn joined(e: tokio::task::JoinError) -> Failure {
+    Failure::internal(format!("the request's task failed: {e}"))
 }
 
 pub fn routes(meta: Arc<MetaState>) -> Router {
@@ -68,51 +71,47 @@ async fn status_page() -> hoard_admin::axum::response::Html<&'static str> {
     hoard_admin::axum::response::Html(include_str!("status.html"))
 }
 
-async fn events() -> ApiResult {
-    Ok(Json(json!(crate::telemetry::recent_events())))
+async fn events() -> Json<Vec<EventView>> {
+    Json(crate::telemetry::recent_events())
 }
 
-async fn status(State(m): State<Arc<MetaState>>) -> ApiResult {
-    let s = m.cluster_status();
-    let r = m.repair().repair_status();
-    let mut v = admin_json::cluster(&s);
-    v["repair"] = admin_json::repair(&r);
-    v["scrub"] = admin_json::scrub(&m.scrub().knobs(), &m.scrub().status());
-    Ok(Json(v))
+async fn status(State(m): Meta) -> Json<CellStatus> {
+    Json(views::cell(&m))
 }
 
-async fn nodes(State(m): State<Arc<MetaState>>) -> ApiResult {
-    let s = m.cluster_status();
-    Ok(Json(json!(
-        s.nodes.iter().map(admin_json::node).collect::<Vec<_>>()
-    )))
+async fn nodes(State(m): Meta) -> Json<Vec<NodeView>> {
+    Json(m.cluster_status().nodes.iter().map(views::node).collect())
 }
 
-async fn disks(State(m): State<Arc<MetaState>>) -> ApiResult {
-    let s = m.cluster_status();
-    Ok(Json(json!(
-        s.disks.iter().map(admin_json::disk).collect::<Vec<_>>()
-    )))
+async fn disks(State(m): Meta) -> Json<Vec<DiskView>> {
+    Json(m.cluster_status().disks.iter().map(views::disk).collect())
 }
 
-async fn volumes(State(m): State<Arc<MetaState>>) -> ApiResult {
-    let s = m.cluster_status();
-    Ok(Json(json!(
-        s.volumes.iter().map(admin_json::volume).collect::<Vec<_>>()
-    )))
+async fn volumes(State(m): Meta) -> Json<Vec<VolumeView>> {
+    Json(
+        m.cluster_status()
+            .volumes
+            .iter()
+            .map(views::volume)
+            .collect(),
+    )
 }
 
-async fn repair_status(State(m): State<Arc<MetaState>>) -> ApiResult {
-    Ok(Json(admin_json::repair(&m.repair().repair_status())))
+fn repair_view(m: &MetaState) -> Json<RepairStatus> {
+    Json(views::repair(&m.repair().repair_status()))
 }
 
-fn set(m: &MetaState, req: v1::SetRepairKnobsRequest) -> ApiResult {
-    m.repair().set_knobs(&req).map_err(bad)?;
-    Ok(Json(admin_json::repair(&m.repair().repair_status())))
+async fn repair_status(State(m): Meta) -> Json<RepairStatus> {
+    repair_view(&m)
 }
 
-async fn repair_pause(State(m): State<Arc<MetaState>>) -> ApiResult {
-    set(
+fn set_repair(m: &MetaState, req: v1::SetRepairKnobsRequest) -> Reply<RepairStatus> {
+    m.repair().set_knobs(&req).map_err(failure)?;
+    Ok(repair_view(m))
+}
+
+async fn repair_pause(State(m): Meta) -> Reply<RepairStatus> {
+    set_repair(
         &m,
         v1::SetRepairKnobsRequest {
             paused: Some(true),
@@ -121,8 +120,8 @@ async fn repair_pause(State(m): State<Arc<MetaState>>) -> ApiResult {
     )
 }
 
-async fn repair_resume(State(m): State<Arc<MetaState>>) -> ApiResult {
-    set(
+async fn repair_resume(State(m): Meta) -> Reply<RepairStatus> {
+    set_repair(
         &m,
         v1::SetRepairKnobsRequest {
             paused: Some(false),
@@ -131,37 +130,35 @@ async fn repair_resume(State(m): State<Arc<MetaState>>) -> ApiResult {
     )
 }
 
-async fn repair_throttle(State(m): State<Arc<MetaState>>, Json(body): Json<Value>) -> ApiResult {
-    let field = |k: &str| optional_u64(&body, k);
-    let concurrency = match field("concurrency")? {
-        Some(c) if c == 0 || c > 1024 => return Err(bad("concurrency must be 1 to 1024")),
-        c => c.map(|c| c as u32),
-    };
-    set(
+async fn repair_throttle(State(m): Meta, Body(t): Body<RepairThrottle>) -> Reply<RepairStatus> {
+    if t.concurrency.is_some_and(|c| c == 0 || c > 1024) {
+        return Err(Failure::invalid("concurrency must be 1 to 1024"));
+    }
+    set_repair(
         &m,
         v1::SetRepairKnobsRequest {
             paused: None,
-            bytes_per_sec: field("bytes_per_sec")?,
-            concurrency,
+            bytes_per_sec: t.bytes_per_sec,
+            concurrency: t.concurrency,
         },
     )
 }
 
-fn scrub_json(m: &MetaState) -> Json<Value> {
-    Json(admin_json::scrub(&m.scrub().knobs(), &m.scrub().status()))
+fn scrub_view(m: &MetaState) -> Json<ScrubView> {
+    Json(views::scrub(&m.scrub().knobs(), &m.scrub().status()))
 }
 
-async fn scrub_status(State(m): State<Arc<MetaState>>) -> ApiResult {
-    Ok(scrub_json(&m))
+async fn scrub_status(State(m): Meta) -> Json<ScrubView> {
+    scrub_view(&m)
 }
 
-fn scrub_set(m: &MetaState, c: ScrubChange) -> ApiResult {
-    m.scrub().set(c).map_err(bad)?;
-    Ok(scrub_json(m))
+fn set_scrub(m: &MetaState, c: ScrubChange) -> Reply<ScrubView> {
+    m.scrub().set(c).map_err(failure)?;
+    Ok(scrub_view(m))
 }
 
-async fn scrub_start(State(m): State<Arc<MetaState>>) -> ApiResult {
-    scrub_set(
+async fn scrub_start(State(m): Meta) -> Reply<ScrubView> {
+    set_scrub(
         &m,
         ScrubChange {
             start: true,
@@ -170,8 +167,8 @@ async fn scrub_start(State(m): State<Arc<MetaState>>) -> ApiResult {
     )
 }
 
-async fn scrub_pause(State(m): State<Arc<MetaState>>) -> ApiResult {
-    scrub_set(
+async fn scrub_pause(State(m): Meta) -> Reply<ScrubView> {
+    set_scrub(
         &m,
         ScrubChange {
             paused: Some(true),
@@ -180,8 +177,8 @@ async fn scrub_pause(State(m): State<Arc<MetaState>>) -> ApiResult {
     )
 }
 
-async fn scrub_resume(State(m): State<Arc<MetaState>>) -> ApiResult {
-    scrub_set(
+async fn scrub_resume(State(m): Meta) -> Reply<ScrubView> {
+    set_scrub(
         &m,
         ScrubChange {
             paused: Some(false),
@@ -190,75 +187,45 @@ async fn scrub_resume(State(m): State<Arc<MetaState>>) -> ApiResult {
     )
 }
 
-async fn scrub_throttle(State(m): State<Arc<MetaState>>, Json(body): Json<Value>) -> ApiResult {
-    let field = |k: &str| optional_u64(&body, k);
-    scrub_set(
+async fn scrub_throttle(State(m): Meta, Body(t): Body<ScrubThrottle>) -> Reply<ScrubView> {
+    set_scrub(
         &m,
         ScrubChange {
-            bytes_per_sec: field("bytes_per_sec")?,
-            interval_secs: field("interval_secs")?,
+            bytes_per_sec: t.bytes_per_sec,
+            interval_secs: t.interval_secs,
             ..Default::default()
         },
     )
 }
 
-fn index_json(m: &MetaState) -> Json<Value> {
-    let s = m.index_rebuild().report();
-    Json(json!({
-        "running": s.running,
-        "started_unix_ms": s.started_unix_ms,
-        "finished_unix_ms": s.finished_unix_ms,
-        "cluster_id_adopted": s.cluster_id_adopted,
-        "volumes_total": s.volumes_total,
-        "volumes_done": s.volumes_done,
-        "volumes_restored": s.volumes_restored,
-        "records_seen": s.records_seen,
-        "blocks_accepted": s.blocks_accepted,
-        "blocks_already_known": s.blocks_already_known,
-        "blocks_rejected": s.blocks_rejected,
-        "errors": s.errors,
+async fn index_status(State(m): Meta) -> Json<IndexRebuildView> {
+    Json(views::index_rebuild(m.index_rebuild().report()))
+}
+
+async fn index_start(State(m): Meta) -> Reply<IndexRebuildView> {
+    m.index_rebuild().start().map_err(failure)?;
+    Ok(index_status(State(m)).await)
+}
+
+async fn declare_empty(State(m): Meta, Path(id): Path<String>) -> Reply<DeclaredEmpty> {
+    m.nodes().declare_disk_empty(&id).map_err(failure)?;
+    Ok(Json(DeclaredEmpty {
+        disk: id,
+        declared_empty: true,
     }))
 }
 
-async fn index_status(State(m): State<Arc<MetaState>>) -> ApiResult {
-    Ok(index_json(&m))
+async fn verify_status(State(m): Meta) -> Json<VerifyView> {
+    Json(views::verify(m.verify().report()))
 }
 
-async fn index_start(State(m): State<Arc<MetaState>>) -> ApiResult {
-    m.index_rebuild().start().map(|_| ()).map_err(bad)?;
-    Ok(index_json(&m))
-}
-
-async fn declare_empty(State(m): State<Arc<MetaState>>, Path(id): Path<String>) -> ApiResult {
-    m.nodes().declare_disk_empty(&id).map_err(bad)?;
-    Ok(Json(json!({ "disk": id, "declared_empty": true })))
-}
-
-fn verify_json(m: &MetaState) -> Json<Value> {
-    let r = m.verify().report();
-    Json(json!({
-        "running": r.running,
-        "started_unix_ms": r.started_unix_ms,
-        "finished_unix_ms": r.finished_unix_ms,
-        "entries": r.entries,
-        "live": r.live,
-        "entries_per_sec": r.entries_per_sec,
-        "problems_total": r.problems_total,
-        "by_kind": r.by_kind,
-        "problems": r.problems,
-    }))
-}
-
-async fn verify_status(State(m): State<Arc<MetaState>>) -> ApiResult {
-    Ok(verify_json(&m))
-}
-
-async fn verify_start(State(m): State<Arc<MetaState>>) -> ApiResult {
-    m.verify().start().map(|_| ()).map_err(bad)?;
-    Ok(verify_json(&m))
+async fn verify_start(State(m): Meta) -> Reply<VerifyView> {
+    m.verify().start().map_err(failure)?;
+    Ok(verify_status(State(m)).await)
 }
 
 #[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct SampleQuery {
     #[serde(default = "hundred")]
     pct: f64,
@@ -276,13 +243,13 @@ fn page() -> usize {
     10_000
 }
 
-async fn sample_blocks(State(m): State<Arc<MetaState>>, Query(q): Query<SampleQuery>) -> ApiResult {
+async fn sample_blocks(State(m): Meta, Params(q): Params<SampleQuery>) -> Reply<SamplePage> {
     let after: Vec<u8> = if q.after.is_empty() {
         Vec::new()
     } else {
         q.after
             .parse::<hoard_types::BlockHash>()
-            .map_err(bad)?
+            .map_err(|e| Failure::invalid(format!("after: {e}")))?
             .as_bytes()
             .to_vec()
     };
@@ -291,82 +258,51 @@ async fn sample_blocks(State(m): State<Arc<MetaState>>, Query(q): Query<SampleQu
             .sample_blocks(q.pct, &after, q.limit.min(100_000))
     })
     .await
-    .map_err(bad)?
-    .map_err(bad)?;
-    let hex: Vec<String> = hashes
+    .map_err(joined)?
+    .map_err(failure)?;
+    let hashes: Vec<String> = hashes
         .iter()
         .map(|h| hoard_types::BlockHash::from_bytes(*h).to_hex())
         .collect();
-    Ok(Json(
-        json!({ "next": if more { hex.last().cloned() } else { None }, "hashes": hex }),
-    ))
+    Ok(Json(SamplePage {
+        next: if more { hashes.last().cloned() } else { None },
+        hashes,
+    }))
 }
 
 /// A consistent copy of the metadata tier (a RocksDB checkpoint) into a new directory on meta's host.
-async fn backup(State(m): State<Arc<MetaState>>, Json(body): Json<Value>) -> ApiResult {
-    let dir = body["dir"]
-        .as_str()
-        .filter(|d| !d.is_empty())
-        .ok_or_else(|| bad("give the backup directory as {\"dir\": PATH}"))?
-        .to_string();
-    let path = std::path::PathBuf::from(&dir);
+async fn backup(State(m): Meta, Body(req): Body<BackupRequest>) -> Reply<BackupDone> {
+    if req.dir.is_empty() {
+        return Err(Failure::invalid(
+            "give the backup directory as {\"dir\": PATH}",
+        ));
+    }
+    let path = std::path::PathBuf::from(&req.dir);
     if path.exists() {
-        return Err(bad(format!(
-            "{dir} exists already; a backup goes into a new directory"
+        return Err(Failure::conflict(format!(
+            "{} exists already; a backup goes into a new directory",
+            req.dir
         )));
     }
     let started = std::time::Instant::now();
     let p = path.clone();
     tokio::task::spawn_blocking(move || m.engine().checkpoint(&p))
         .await
-        .map_err(bad)?
-        .map_err(bad)?;
-    let bytes = crate::admin_json::dir_bytes(&path);
-    Ok(Json(
-        json!({ "dir": dir, "bytes": bytes, "seconds": started.elapsed().as_secs_f64() }),
-    ))
-}
-
-fn rebalance_json(m: &MetaState) -> Json<Value> {
-    let (job, moves, drains) = m.moves().moves();
-    let mut by_state = std::collections::BTreeMap::<String, u64>::new();
-    let (mut done, mut total) = (0u64, 0u64);
-    let state_of = |t: &hoard_proto::v1::MoveTask| t.state.parse::<MoveState>().ok();
-    for t in &moves {
-        *by_state.entry(t.state.clone()).or_default() += 1;
-        match state_of(t) {
-            Some(MoveState::Dropped) => {}
-            Some(MoveState::Done) => {
-                total += t.bytes;
-                done += t.bytes;
-            }
-            _ => {
-                total += t.bytes;
-                done += t.done_bytes;
-            }
-        }
-    }
-    Json(json!({
-        "state": job.state,
-        "paused": job.paused,
-        "tolerance_pct": job.tolerance_pct,
-        "moves_by_state": by_state,
-        "bytes_done": done,
-        "bytes_total": total,
-        "moves": moves
-            .iter()
-            .filter(|t| !matches!(state_of(t), Some(MoveState::Done | MoveState::Dropped)))
-            .map(admin_json::move_task)
-            .collect::<Vec<_>>(),
-        "drains": drains.iter().map(|(d, drained, left)| json!({"disk": d, "drained": drained, "members_left": left})).collect::<Vec<_>>(),
+        .map_err(joined)?
+        .map_err(failure)?;
+    Ok(Json(BackupDone {
+        bytes: views::dir_bytes(&path),
+        dir: req.dir,
+        seconds: started.elapsed().as_secs_f64(),
     }))
 }
 
-async fn rebalance_status(State(m): State<Arc<MetaState>>) -> ApiResult {
-    Ok(rebalance_json(&m))
+async fn rebalance_status(State(m): Meta) -> Json<RebalanceView> {
+    Json(views::rebalance(&m))
 }
 
 #[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Tolerance {
     #[serde(default = "ten")]
     tolerance: f64,
@@ -376,63 +312,110 @@ fn ten() -> f64 {
     10.0
 }
 
-async fn rebalance_plan(State(m): State<Arc<MetaState>>, Query(q): Query<Tolerance>) -> ApiResult {
-    if !(0.0..=100.0).contains(&q.tolerance) {
-        return Err(bad("tolerance must be 0 to 100 (percentage points)"));
+fn check_tolerance(t: f64) -> Result<f64, Failure> {
+    if (0.0..=100.0).contains(&t) {
+        Ok(t)
+    } else {
+        Err(Failure::invalid(
+            "tolerance must be 0 to 100 (percentage points)",
+        ))
     }
-    let plan = m.moves().plan_rebalance(q.tolerance);
-    Ok(Json(json!({
-        "tolerance_pct": q.tolerance,
-        "bytes": plan.iter().map(|p| p.bytes).sum::<u64>(),
-        "moves": plan.iter().map(|p| json!({
-            "volume": p.volume, "member": p.member, "from_disk": p.from_disk,
-            "to_disk": p.to_disk, "bytes": p.bytes,
-        })).collect::<Vec<_>>(),
-    })))
 }
 
-async fn rebalance_apply(State(m): State<Arc<MetaState>>, body: Option<Json<Value>>) -> ApiResult {
-    let tol = body
-        .and_then(|Json(b)| b["tolerance"].as_f64())
-        .unwrap_or(10.0);
-    if !(0.0..=100.0).contains(&tol) {
-        return Err(bad("tolerance must be 0 to 100 (percentage points)"));
-    }
-    m.moves().apply_rebalance(tol).map_err(bad)?;
-    Ok(rebalance_json(&m))
+async fn rebalance_plan(State(m): Meta, Params(q): Params<Tolerance>) -> Reply<RebalancePlan> {
+    let tolerance = check_tolerance(q.tolerance)?;
+    let plan = m.moves().plan_rebalance(tolerance);
+    Ok(Json(RebalancePlan {
+        tolerance_pct: tolerance,
+        bytes: plan.iter().map(|p| p.bytes).sum(),
+        moves: plan
+            .into_iter()
+            .map(|p| PlannedMoveView {
+                volume: p.volume,
+                member: p.member,
+                from_disk: p.from_disk,
+                to_disk: p.to_disk,
+                bytes: p.bytes,
+            })
+            .collect(),
+    }))
 }
 
-async fn rebalance_action(
-    State(m): State<Arc<MetaState>>,
-    Path(action): Path<String>,
-) -> ApiResult {
-    let action: hoard_types::state::RebalanceAction = action.parse().map_err(bad)?;
-    m.moves().rebalance_control(action).map_err(bad)?;
-    Ok(rebalance_json(&m))
+async fn rebalance_apply(State(m): Meta, Body(req): Body<ApplyRequest>) -> Reply<RebalanceView> {
+    let tolerance = check_tolerance(req.tolerance.unwrap_or(10.0))?;
+    m.moves().apply_rebalance(tolerance).map_err(failure)?;
+    Ok(rebalance_status(State(m)).await)
 }
 
-fn drain_targets(m: &MetaState, body: &Value) -> Result<Vec<String>, (StatusCode, String)> {
-    if let Some(d) = body["disk"].as_str() {
-        return Ok(vec![d.to_string()]);
-    }
-    if let Some(n) = body["node"].as_str() {
-        let disks = m.moves().disks_of_node(n);
-        if disks.is_empty() {
-            return Err(bad(format!("no node {n} with disks")));
+async fn rebalance_action(State(m): Meta, Path(action): Path<String>) -> Reply<RebalanceView> {
+    let action: RebalanceAction = action.parse().map_err(Failure::not_found)?;
+    m.moves().rebalance_control(action).map_err(failure)?;
+    Ok(rebalance_status(State(m)).await)
+}
+
+fn drain_targets(m: &MetaState, req: &DrainRequest) -> Result<Vec<String>, Failure> {
+    match (&req.disk, &req.node) {
+        (Some(d), None) => Ok(vec![d.clone()]),
+        (None, Some(n)) => {
+            let disks = m.moves().disks_of_node(n);
+            if disks.is_empty() {
+                return Err(Failure::not_found(format!("no node {n} with disks")));
+            }
+            Ok(disks)
         }
-        return Ok(disks);
+        _ => Err(Failure::invalid("give {\"disk\": ID} or {\"node\": ID}")),
     }
-    Err(bad("give {\"disk\": ID} or {\"node\": ID}"))
 }
 
-async fn drain(State(m): State<Arc<MetaState>>, Json(body): Json<Value>) -> ApiResult {
-    let disks = drain_targets(&m, &body)?;
-    let n = m.moves().drain(&disks).map_err(bad)?;
-    Ok(Json(json!({ "disks": disks, "moves": n })))
+async fn drain(State(m): Meta, Body(req): Body<DrainRequest>) -> Reply<DrainStarted> {
+    let disks = drain_targets(&m, &req)?;
+    let moves = m.moves().drain(&disks).map_err(failure)?;
+    Ok(Json(DrainStarted {
+        disks,
+        moves: moves as u64,
+    }))
 }
 
-async fn undrain(State(m): State<Arc<MetaState>>, Json(body): Json<Value>) -> ApiResult {
-    let disks = drain_targets(&m, &body)?;
-    m.moves().undrain(&disks).map_err(bad)?;
-    Ok(Json(json!({ "disks": disks, "undrained": true })))
+async fn undrain(State(m): Meta, Body(req): Body<DrainRequest>) -> Reply<Undrained> {
+    let disks = drain_targets(&m, &req)?;
+    m.moves().undrain(&disks).map_err(failure)?;
+    Ok(Json(Undrained {
+        disks,
+        undrained: true,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hoard_admin::axum::http::StatusCode;
+
+    #[test]
+    fn meta_errors_map_to_statuses_by_kind() {
+        let cases = [
+            (MetaError::NoVolume(3), StatusCode::NOT_FOUND),
+            (
+                MetaError::NotFound("no disk d".into()),
+                StatusCode::NOT_FOUND,
+            ),
+            (MetaError::Invalid("bad".into()), StatusCode::BAD_REQUEST),
+            (MetaError::Conflict("running".into()), StatusCode::CONFLICT),
+            (MetaError::Full("full".into()), StatusCode::CONFLICT),
+            (MetaError::ShuttingDown, StatusCode::SERVICE_UNAVAILABLE),
+            (
+                MetaError::CreateFailed("no".into()),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                MetaError::Engine("io".into()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+        ];
+        for (e, want) in cases {
+            let text = e.to_string();
+            let f = failure(e);
+            assert_eq!(f.status, want, "{text}");
+            assert_eq!(f.error.message, text);
+        }
+    }
 }

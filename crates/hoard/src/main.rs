@@ -4,7 +4,6 @@
 mod out;
 mod admin_api;
 mod admin_cli;
-mod admin_json;
 mod bench;
 mod cli;
 mod config;
@@ -12,6 +11,7 @@ mod dev;
 mod roles;
 mod server;
 mod telemetry;
+mod views;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

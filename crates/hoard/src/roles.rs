@@ -376,6 +376,14 @@ impl AdminSource for ProcessAdmin {
         })
     }
 
+    fn routes(&self) -> Vec<hoard_admin::openapi::Route> {
+        let mut routes = hoard_admin::openapi::COMMON.to_vec();
+        if self.meta.is_some() {
+            routes.extend_from_slice(hoard_admin::openapi::META);
+        }
+        routes
+    }
+
     fn status(&self) -> BoxFuture<'_, serde_json::Value> {
         Box::pin(async move {
             let mut out = serde_json::Map::new();
@@ -383,7 +391,7 @@ impl AdminSource for ProcessAdmin {
             if let Some(meta) = &self.meta {
                 out.insert(
                     "cell".into(),
-                    crate::admin_json::cluster(&meta.cluster_status()),
+                    serde_json::to_value(crate::views::cell(meta)).unwrap_or_default(),
                 );
             }
             if !self.volumes.is_empty() {

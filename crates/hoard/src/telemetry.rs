@@ -12,13 +12,7 @@ use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 
 /// Recent warnings and errors of this process, newest last, for the status page.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct RecentEvent {
-    pub unix_ms: u64,
-    pub level: String,
-    pub target: String,
-    pub message: String,
-}
+pub use hoard_admin::api::EventView as RecentEvent;
 
 const RECENT: usize = 200;
 
