@@ -104,13 +104,9 @@ pub fn incoming_with(
 /// frontend stops.
 async fn serve(puts: &RawPuts, mut stream: TcpStream) {
     loop {
-        let req =
-            match raw::read_request_timed(&mut stream, listen::BETWEEN_REQUESTS, listen::HEADER)
-                .await
-            {
-                Ok(Some(r)) => r,
-                _ => return,
-            };
+        let Some(req) = listen::next_request(&mut stream).await else {
+            return;
+        };
         let why = match req {
             Ok(Request::Put(req)) => {
                 if put(puts, &mut stream, req).await {

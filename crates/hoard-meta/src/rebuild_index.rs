@@ -82,13 +82,9 @@ impl IndexRebuild {
 
     /// Starts rebuilding the index from the disks as a worker; refused while one runs.
     pub fn start(&self) -> Result<WorkerHandle, MetaError> {
-        if Registry::global()
-            .get(WORKER)
-            .is_ok_and(|h| !h.info().phase.is_final())
-        {
-            return Err(MetaError::Conflict(
-                "an index rebuild is running already".into(),
-            ));
+        let running = || MetaError::Conflict("an index rebuild is running already".into());
+        if Registry::global().is_running(WORKER) {
+            return Err(running());
         }
         *self.report.lock() = IndexRebuildReport {
             running: true,
@@ -101,9 +97,7 @@ impl IndexRebuild {
             report: Arc::clone(&self.report),
             todo: None,
         };
-        Registry::global()
-            .spawn(job)
-            .map_err(|e| MetaError::Conflict(e.to_string()))
+        Registry::global().spawn(job).map_err(|_| running())
     }
 }
 

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hoard_runtime::{
-    CancellationToken, ControlError, Progress, Registry, Worker, WorkerError, WorkerHandle,
-    WorkerState, WorkerStatus,
+    CancellationToken, Progress, Registry, Worker, WorkerError, WorkerHandle, WorkerState,
+    WorkerStatus,
 };
 use hoard_types::state::{BlockState, MemberState, VolumeState};
 use hoard_types::{Geometry, VolumeId, now_ms};
@@ -89,13 +89,9 @@ impl Verify {
 
     /// Starts a walk as a worker of the process; refused while one runs.
     pub fn start(&self) -> Result<WorkerHandle, MetaError> {
-        if Registry::global()
-            .get(WORKER)
-            .is_ok_and(|h| !h.info().phase.is_final())
-        {
-            return Err(MetaError::Conflict(
-                "a verification is running already".into(),
-            ));
+        let running = || MetaError::Conflict("a verification is running already".into());
+        if Registry::global().is_running(WORKER) {
+            return Err(running());
         }
         *self.report.lock() = VerifyReport {
             running: true,
@@ -112,12 +108,7 @@ impl Verify {
             started: Instant::now(),
             finished: false,
         };
-        Registry::global().spawn(walk).map_err(|e| match e {
-            ControlError::Running(_) => {
-                MetaError::Conflict("a verification is running already".into())
-            }
-            other => MetaError::Invalid(other.to_string()),
-        })
+        Registry::global().spawn(walk).map_err(|_| running())
     }
 
     /// Live hashes whose first two bytes fall in the sample, after `after`, at most `limit`.

@@ -47,6 +47,18 @@ pub fn body_deadline(len: usize) -> Duration {
 /// connection pooled (a minute), so that a pooled connection is never closed under a request.
 pub const BETWEEN_REQUESTS: Duration = Duration::from_secs(75);
 
+/// The next raw request of a connection, with the port's deadlines ([`BETWEEN_REQUESTS`] idle, then
+/// [`HEADER`]): `None` when the peer closed, missed a deadline or the stream broke; `Some(Err)` for a
+/// malformed request, with why.
+pub async fn next_request(
+    stream: &mut tokio::net::TcpStream,
+) -> Option<Result<hoard_proto::raw::Request, String>> {
+    hoard_proto::raw::read_request_timed(stream, BETWEEN_REQUESTS, HEADER)
+        .await
+        .ok()
+        .flatten()
+}
+
 /// The HTTP/2 connection preface every gRPC client sends first.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 

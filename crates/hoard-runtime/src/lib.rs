@@ -295,6 +295,11 @@ impl Registry {
             .collect()
     }
 
+    /// Whether a worker of that name runs (has not stopped for good).
+    pub fn is_running(&self, name: &str) -> bool {
+        self.get(name).is_ok_and(|h| !h.info().phase.is_final())
+    }
+
     pub fn get(&self, name: &str) -> Result<WorkerHandle, ControlError> {
         self.workers
             .lock()

@@ -83,13 +83,9 @@ pub fn incoming_with(
 /// Serves raw requests on one connection until the client closes it or something goes wrong mid-answer.
 async fn serve(shared: &Shared, mut stream: TcpStream) {
     loop {
-        let req =
-            match raw::read_request_timed(&mut stream, listen::BETWEEN_REQUESTS, listen::HEADER)
-                .await
-            {
-                Ok(Some(r)) => r,
-                _ => return,
-            };
+        let Some(req) = listen::next_request(&mut stream).await else {
+            return;
+        };
         let req = match req {
             Ok(r) => r,
             Err(why) => {

@@ -66,28 +66,11 @@ async fn bind(role: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .map_err(|e| anyhow!("{role}: cannot listen on {addr}: {e}"))
 }
 
-/// The gRPC services every role serves beside its own: health, and reflection in both versions
-/// (`grpc.reflection.v1`, and `v1alpha`, which many clients and tools still speak).
-struct CommonServices<H, R1, R0> {
-    health: H,
-    reflection_v1: R1,
-    reflection_v1alpha: R0,
-}
-
-/// Health (all serving) and reflection services for a role.
-#[allow(clippy::type_complexity)]
-async fn health_and_reflection() -> anyhow::Result<(
-    tonic_health::server::HealthReporter,
-    CommonServices<
-        tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
-        tonic_reflection::server::v1::ServerReflectionServer<
-            impl tonic_reflection::server::v1::ServerReflection,
-        >,
-        tonic_reflection::server::v1alpha::ServerReflectionServer<
-            impl tonic_reflection::server::v1alpha::ServerReflection,
-        >,
-    >,
-)> {
+/// Health (all serving) and reflection services for a role, in both reflection versions
+/// (`grpc.reflection.v1`, and `v1alpha`, which many clients and tools still speak): the routes every
+/// role serves beside its own.
+async fn health_and_reflection()
+-> anyhow::Result<(tonic_health::server::HealthReporter, tonic::service::Routes)> {
     let (reporter, health) = tonic_health::server::health_reporter();
     let builder = || {
         tonic_reflection::server::Builder::configure()
@@ -100,14 +83,10 @@ async fn health_and_reflection() -> anyhow::Result<(
     let reflection_v1alpha = builder()
         .build_v1alpha()
         .context("building gRPC reflection v1alpha")?;
-    Ok((
-        reporter,
-        CommonServices {
-            health,
-            reflection_v1,
-            reflection_v1alpha,
-        },
-    ))
+    let routes = tonic::service::Routes::new(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    Ok((reporter, routes))
 }
 
 /// Keeps a service's `grpc.health.v1` status in step with its readiness, checked every two seconds.
@@ -162,9 +141,7 @@ pub async fn start_meta(
     let st = Arc::clone(&state);
     let task = tokio::spawn(async move {
         hoard_net::server()
-            .add_service(common.health)
-            .add_service(common.reflection_v1)
-            .add_service(common.reflection_v1alpha)
+            .add_routes(common)
             .add_service(svc)
             .serve_with_incoming_shutdown(hoard_net::listen::grpc_only(listener), shutdown)
             .await
@@ -264,9 +241,7 @@ pub async fn start_volume(
     let raw_store = Arc::clone(&store);
     let task = tokio::spawn(async move {
         hoard_net::server()
-            .add_service(common.health)
-            .add_service(common.reflection_v1)
-            .add_service(common.reflection_v1alpha)
+            .add_routes(common)
             .add_service(svc)
             .serve_with_incoming_shutdown(
                 hoard_volume::raw::incoming(listener, raw_store),
@@ -316,9 +291,7 @@ pub async fn start_frontend(
     let (incoming, raw_puts) = hoard_frontend::raw::incoming(listener, Arc::clone(&fe));
     let task = tokio::spawn(async move {
         hoard_net::server()
-            .add_service(common.health)
-            .add_service(common.reflection_v1)
-            .add_service(common.reflection_v1alpha)
+            .add_routes(common)
             .add_service(svc)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await

@@ -33,6 +33,11 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// `items` as a table, a row each.
+pub fn table_of<T>(headers: &[&str], items: &[T], row: impl Fn(&T) -> Vec<String>) -> String {
+    table(headers, &items.iter().map(row).collect::<Vec<_>>())
+}
+
 pub fn fill_bar(used: u64, cap: u64) -> String {
     if cap == 0 {
         return "-".into();
@@ -64,9 +69,12 @@ fn age(secs: u64) -> String {
 }
 
 pub fn disks(disks: &[DiskView]) -> String {
-    let rows: Vec<Vec<String>> = disks
-        .iter()
-        .map(|d| {
+    table_of(
+        &[
+            "DISK", "NODE", "STATE", "MEMBERS", "USED", "FILL", "TRASH", "PATH",
+        ],
+        disks,
+        |d| {
             vec![
                 d.id.clone(),
                 d.node.clone(),
@@ -77,20 +85,15 @@ pub fn disks(disks: &[DiskView]) -> String {
                 human_bytes(d.trash_bytes),
                 d.path.clone(),
             ]
-        })
-        .collect();
-    table(
-        &[
-            "DISK", "NODE", "STATE", "MEMBERS", "USED", "FILL", "TRASH", "PATH",
-        ],
-        &rows,
+        },
     )
 }
 
 pub fn nodes(nodes: &[NodeView], now_ms: u64) -> String {
-    let rows: Vec<Vec<String>> = nodes
-        .iter()
-        .map(|n| {
+    table_of(
+        &["NODE", "STATE", "ADDRESS", "HEARTBEAT", "LABELS"],
+        nodes,
+        |n| {
             vec![
                 n.id.clone(),
                 n.state.clone(),
@@ -105,15 +108,23 @@ pub fn nodes(nodes: &[NodeView], now_ms: u64) -> String {
                     .collect::<Vec<_>>()
                     .join(","),
             ]
-        })
-        .collect();
-    table(&["NODE", "STATE", "ADDRESS", "HEARTBEAT", "LABELS"], &rows)
+        },
+    )
 }
 
 pub fn volumes(vols: &[VolumeView]) -> String {
-    let rows: Vec<Vec<String>> = vols
-        .iter()
-        .map(|v| {
+    table_of(
+        &[
+            "VOLUME",
+            "STATE",
+            "RS",
+            "MEMBERS OK",
+            "BLOCKS",
+            "BYTES",
+            "NOTE",
+        ],
+        vols,
+        |v| {
             let ok = v.members.iter().filter(|m| m.state == "ok").count();
             vec![
                 v.id.to_string(),
@@ -128,19 +139,7 @@ pub fn volumes(vols: &[VolumeView]) -> String {
                     format!("PLACEMENT: {}", v.violations.join("; "))
                 },
             ]
-        })
-        .collect();
-    table(
-        &[
-            "VOLUME",
-            "STATE",
-            "RS",
-            "MEMBERS OK",
-            "BLOCKS",
-            "BYTES",
-            "NOTE",
-        ],
-        &rows,
+        },
     )
 }
 
@@ -169,30 +168,26 @@ pub fn repair(r: &RepairStatus) -> String {
         human_bytes(r.bytes_rebuilt_total),
         r.volumes_repaired_total,
     );
-    let rows: Vec<Vec<String>> = r
-        .queue
-        .iter()
-        .map(|t| {
-            vec![
-                t.volume.to_string(),
-                t.priority.to_string(),
-                t.state.clone(),
-                format!(
-                    "{} / {}",
-                    human_bytes(t.done_bytes),
-                    human_bytes(t.total_bytes)
-                ),
-                t.eta_seconds
-                    .map(|e| format!("{e:.0}s"))
-                    .unwrap_or_else(|| "-".into()),
-                format!("{}s", t.degraded_for_seconds),
-            ]
-        })
-        .collect();
-    if !rows.is_empty() {
-        out += &table(
+    if !r.queue.is_empty() {
+        out += &table_of(
             &["VOLUME", "LOST", "STATE", "PROGRESS", "ETA", "DEGRADED FOR"],
-            &rows,
+            &r.queue,
+            |t| {
+                vec![
+                    t.volume.to_string(),
+                    t.priority.to_string(),
+                    t.state.clone(),
+                    format!(
+                        "{} / {}",
+                        human_bytes(t.done_bytes),
+                        human_bytes(t.total_bytes)
+                    ),
+                    t.eta_seconds
+                        .map(|e| format!("{e:.0}s"))
+                        .unwrap_or_else(|| "-".into()),
+                    format!("{}s", t.degraded_for_seconds),
+                ]
+            },
         );
     }
     out
@@ -206,10 +201,18 @@ pub fn scrub(v: &ScrubView) -> String {
         age(v.interval_secs),
         v.bad_ranges,
     );
-    let rows: Vec<Vec<String>> = v
-        .disks
-        .iter()
-        .map(|d| {
+    out += &table_of(
+        &[
+            "DISK",
+            "NODE",
+            "STATE",
+            "PROGRESS",
+            "BAD",
+            "IDX DAMAGE",
+            "LAST PASS",
+        ],
+        &v.disks,
+        |d| {
             vec![
                 d.disk.clone(),
                 d.node.clone(),
@@ -229,53 +232,40 @@ pub fn scrub(v: &ScrubView) -> String {
                     .map(age)
                     .unwrap_or_else(|| "never".into()),
             ]
-        })
-        .collect();
-    out += &table(
-        &[
-            "DISK",
-            "NODE",
-            "STATE",
-            "PROGRESS",
-            "BAD",
-            "IDX DAMAGE",
-            "LAST PASS",
-        ],
-        &rows,
+        },
     );
     out
 }
 
 /// Moves as a table: planned ones (no state yet) or recorded ones.
 pub fn moves(planned: &[PlannedMoveView], recorded: &[MoveView]) -> String {
-    let mut rows: Vec<Vec<String>> = planned
-        .iter()
-        .map(|m| {
+    let planned = planned.iter().map(|p| MoveView {
+        id: 0,
+        volume: p.volume,
+        member: p.member,
+        from_disk: p.from_disk.clone(),
+        to_disk: p.to_disk.clone(),
+        bytes: p.bytes,
+        state: "planned".into(),
+        reason: "rebalance".into(),
+        done_bytes: 0,
+        error: String::new(),
+    });
+    let all: Vec<MoveView> = planned.chain(recorded.iter().cloned()).collect();
+    table_of(
+        &["VOLUME", "MEMBER", "FROM", "TO", "BYTES", "STATE", "WHY"],
+        &all,
+        |m| {
             vec![
                 m.volume.to_string(),
                 m.member.to_string(),
                 m.from_disk.clone(),
                 m.to_disk.clone(),
                 human_bytes(m.bytes),
-                "planned".into(),
-                "rebalance".into(),
+                m.state.clone(),
+                m.reason.clone(),
             ]
-        })
-        .collect();
-    rows.extend(recorded.iter().map(|m| {
-        vec![
-            m.volume.to_string(),
-            m.member.to_string(),
-            m.from_disk.clone(),
-            m.to_disk.clone(),
-            human_bytes(m.bytes),
-            m.state.clone(),
-            m.reason.clone(),
-        ]
-    }));
-    table(
-        &["VOLUME", "MEMBER", "FROM", "TO", "BYTES", "STATE", "WHY"],
-        &rows,
+        },
     )
 }
 
@@ -302,9 +292,10 @@ pub fn plan(p: &RebalancePlan) -> String {
 }
 
 pub fn workers(ws: &[WorkerView], now_ms: u64) -> String {
-    let rows: Vec<Vec<String>> = ws
-        .iter()
-        .map(|w| {
+    table_of(
+        &["WORKER", "STATE", "PROGRESS", "THROTTLE", "UP", "NOTE"],
+        ws,
+        |w| {
             let progress = match &w.progress {
                 Some(p) if p.total > 0 => format!(
                     "{:.1}% ({} / {} {})",
@@ -339,17 +330,21 @@ pub fn workers(ws: &[WorkerView], now_ms: u64) -> String {
                 age(now_ms.saturating_sub(w.started_unix_ms) / 1000),
                 note,
             ]
-        })
-        .collect();
-    table(
-        &["WORKER", "STATE", "PROGRESS", "THROTTLE", "UP", "NOTE"],
-        &rows,
+        },
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Asserts that line `n` of table `t` holds every part.
+    fn row_has(t: &str, n: usize, parts: &[&str]) {
+        let row = t.lines().nth(n).unwrap_or_default();
+        for p in parts {
+            assert!(row.contains(p), "{p:?} not in row {n} of\n{t}");
+        }
+    }
 
     fn disk(id: &str, used: u64, cap: u64) -> DiskView {
         DiskView {
@@ -410,12 +405,10 @@ mod tests {
             violations: vec!["members 0 and 1 share node n0".into()],
             members: vec![m(0, "ok"), m(1, "lost"), m(2, "ok")],
         };
-        let t = volumes(&[v]);
-        let row = t.lines().nth(1).unwrap();
-        assert!(row.contains("2/3"), "{t}");
-        assert!(
-            row.contains("PLACEMENT: members 0 and 1 share node n0"),
-            "{t}"
+        row_has(
+            &volumes(&[v]),
+            1,
+            &["2/3", "PLACEMENT: members 0 and 1 share node n0"],
         );
     }
 
@@ -443,15 +436,17 @@ mod tests {
             started_unix_ms: 1_000,
         };
         let t = workers(&[w], 61_000);
-        let row = t.lines().nth(1).unwrap();
-        assert!(row.starts_with("scrub/d-1"), "{t}");
-        assert!(row.contains("busy (pausing)"), "{t}");
-        assert!(row.contains("25.0% (25 / 100 bytes)"), "{t}");
-        assert!(row.contains("none"), "{t}");
-        assert!(row.contains("1m"), "{t}");
-        assert!(
-            row.contains("last error (2 in a row): disk read failed"),
-            "{t}"
+        assert!(t.lines().nth(1).unwrap().starts_with("scrub/d-1"), "{t}");
+        row_has(
+            &t,
+            1,
+            &[
+                "busy (pausing)",
+                "25.0% (25 / 100 bytes)",
+                "none",
+                "1m",
+                "last error (2 in a row): disk read failed",
+            ],
         );
     }
 
@@ -484,8 +479,7 @@ mod tests {
             targets: None,
         });
         let t = repair(&r);
-        let row = t.lines().nth(2).unwrap();
-        assert!(row.starts_with("9 "), "{t}");
-        assert!(row.contains("1.0 MiB / 4.0 MiB") && row.contains("3s") && row.contains("12s"));
+        assert!(t.lines().nth(2).unwrap().starts_with("9 "), "{t}");
+        row_has(&t, 2, &["1.0 MiB / 4.0 MiB", "3s", "12s"]);
     }
 }
