@@ -185,14 +185,13 @@ async fn the_same_bytes_put_twice_are_stored_once() {
 
 /// Fragment bytes the volume servers appended: (all, by the raw protocol).
 async fn appended(cluster: &Cluster) -> (u64, u64) {
-    (
-        cluster
-            .volume_counter("hoard_volume_append_bytes_total")
-            .await,
-        cluster
-            .volume_counter("hoard_volume_raw_append_bytes_total")
-            .await,
-    )
+    let c = cluster
+        .settled_volume_counters(&[
+            "hoard_volume_append_bytes_total",
+            "hoard_volume_raw_append_bytes_total",
+        ])
+        .await;
+    (c[0], c[1])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -301,6 +300,12 @@ async fn read_back(client: &Client, blocks: &[(u64, usize)], hashes: &[BlockHash
     }
 }
 
+/// Fragment bytes the volume servers sent by raw reads, and by any read.
+const READ_COUNTERS: [&str; 2] = [
+    "hoard_volume_raw_read_bytes_total",
+    "hoard_volume_read_bytes_total",
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn direct_and_frontend_reads_decode_from_parity_when_members_are_lost() {
     let mut cluster = start(ClusterOpts {
@@ -332,10 +337,10 @@ async fn direct_and_frontend_reads_decode_from_parity_when_members_are_lost() {
     .unwrap();
 
     let before = frontend_gets(&cluster).await;
-    let raw_before = cluster.raw_read_bytes().await;
-    let all_before = cluster
-        .volume_counter("hoard_volume_read_bytes_total")
-        .await;
+    let reads = || cluster.settled_volume_counters(&READ_COUNTERS);
+    let [raw_before, all_before] = reads().await[..] else {
+        unreachable!()
+    };
     read_back(&client, &blocks, &hashes, true).await;
     assert_eq!(
         frontend_gets(&cluster).await,
@@ -343,32 +348,30 @@ async fn direct_and_frontend_reads_decode_from_parity_when_members_are_lost() {
         "direct reads fell back to the frontend instead of decoding from parity"
     );
     // The fragments, parity among them, came by raw reads: at least k of them for every block.
-    let raw = cluster.raw_read_bytes().await - raw_before;
+    let [raw_now, all_now] = reads().await[..] else {
+        unreachable!()
+    };
+    let (raw, all) = (raw_now - raw_before, all_now - all_before);
     let least: u64 = blocks.iter().map(|&(_, len)| len as u64).sum();
     assert!(
         raw >= least,
         "raw reads sent {raw} bytes for {least} bytes of blocks"
     );
     // And only by raw reads: a block rebuilt wrongly would fail its hash and be read again over gRPC.
-    let all = cluster
-        .volume_counter("hoard_volume_read_bytes_total")
-        .await
-        - all_before;
     assert_eq!(
         all, raw,
         "fragments read over gRPC: the raw path's decode did not produce the blocks"
     );
     // The frontend's whole-block reads take the same path: fragments by raw reads, parity rebuilt in
     // place, nothing over gRPC.
-    let (raw_before, all_before) = (raw + raw_before, all + all_before);
+    let (raw_before, all_before) = (raw_now, all_now);
     read_back(&client, &blocks, &hashes, false).await;
     // The count moves when the frontend serves reads.
     assert_eq!(frontend_gets(&cluster).await, before + blocks.len() as u64);
-    let raw = cluster.raw_read_bytes().await - raw_before;
-    let all = cluster
-        .volume_counter("hoard_volume_read_bytes_total")
-        .await
-        - all_before;
+    let [raw_now, all_now] = reads().await[..] else {
+        unreachable!()
+    };
+    let (raw, all) = (raw_now - raw_before, all_now - all_before);
     assert!(raw >= least, "raw reads sent {raw} bytes for {least} bytes");
     assert_eq!(
         all, raw,

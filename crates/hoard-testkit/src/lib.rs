@@ -421,11 +421,7 @@ impl Cluster {
 
     /// The value of an unlabelled counter (or gauge) of a process's metrics; 0 when it has none.
     pub async fn counter_of(&self, proc: &Proc, name: &str) -> u64 {
-        let m = self.metrics_of(proc).await.unwrap_or_default();
-        m.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0)
+        value_in(&self.metrics_of(proc).await.unwrap_or_default(), name)
     }
 
     /// A counter of the volume servers' metrics (e.g. `hoard_volume_raw_read_bytes_total`), summed over
@@ -436,6 +432,29 @@ impl Cluster {
             total += self.counter_of(p, name).await;
         }
         total
+    }
+
+    /// Counters of the volume servers' metrics, summed over the running ones, each server's from one
+    /// scrape, once they have settled (two scrapes 100 ms apart agree, for at most 5 s). A server
+    /// counts a read once its bytes are sent, so a client can hold the bytes a moment before the
+    /// count moves: a test comparing counts after its reads waits for them to settle.
+    pub async fn settled_volume_counters(&self, names: &[&str]) -> Vec<u64> {
+        let mut last: Option<Vec<u64>> = None;
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut now = vec![0u64; names.len()];
+            for p in self.volumes.iter().flatten() {
+                let m = self.metrics_of(p).await.unwrap_or_default();
+                for (total, name) in now.iter_mut().zip(names) {
+                    *total += value_in(&m, name);
+                }
+            }
+            if last.as_ref() == Some(&now) || Instant::now() > until {
+                return now;
+            }
+            last = Some(now);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// A counter of the running frontend's metrics (e.g. `hoard_frontend_raw_put_bytes_total`).
@@ -617,4 +636,13 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The value of an unlabelled counter (or gauge) in Prometheus text; 0 when it is not there.
+fn value_in(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0)
 }
