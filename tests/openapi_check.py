@@ -34,6 +34,7 @@ NOT_CALLED = {"/api/v1/rebuild-index", "/api/v1/drain", "/api/v1/undrain",
 # Bodies for the POSTs that need one.
 BODIES = {
     "/api/v1/repair/throttle": {"concurrency": 4},
+    "/api/v1/compaction/throttle": {"concurrency": 4},
     "/api/v1/scrub/throttle": {"interval_secs": 86400},
     "/api/v1/backup": {"dir": os.path.join(SCRATCH, "backup")},
     "/api/v1/workers/pause": {"name": "repair"},
@@ -117,6 +118,7 @@ def main():
         ("post", "/api/v1/repair/throttle", {"bytes_per_second": 1}, 400, "bytes_per_second"),
         ("post", "/api/v1/repair/throttle", {"concurrency": 0}, 400, "concurrency"),
         ("post", "/api/v1/scrub/throttle", {"bytes_per_sec": "fast"}, 400, "bytes_per_sec"),
+        ("post", "/api/v1/compaction/throttle", {"threshold": 2}, 400, "threshold"),
         ("post", "/api/v1/rebalance/apply", {"tolerance": 500}, 400, "tolerance"),
         ("post", "/api/v1/backup", {}, 400, "dir"),
         ("post", "/api/v1/backup", {"dir": SCRATCH}, 409, "exists"),

@@ -108,8 +108,12 @@ pub struct VolumeView {
     pub state: String,
     /// `K+M`.
     pub geometry: String,
+    /// Live blocks and their bytes.
     pub blocks: u64,
     pub bytes: u64,
+    /// Deleted blocks whose rows still point here, and their bytes.
+    pub dead_blocks: u64,
+    pub dead_bytes: u64,
     pub capacity: u64,
     pub lease_holder: String,
     pub seal_reason: String,
@@ -265,6 +269,58 @@ pub struct RepairThrottle {
     pub bytes_per_sec: Option<u64>,
     /// Volumes rebuilt at once, 1 to 1024.
     pub concurrency: Option<u32>,
+}
+
+/// Compaction: its knobs, the volume being emptied and lifetime counters.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CompactionView {
+    pub paused: bool,
+    /// Bytes per second of blocks moved; 0 is unthrottled.
+    pub bytes_per_sec: u64,
+    /// Blocks moved at once.
+    pub concurrency: u32,
+    /// A sealed volume whose reclaimable share of its bytes reaches this is compacted.
+    pub threshold: f64,
+    /// The volume being emptied; 0 when none.
+    pub donor: u64,
+    pub donor_started_unix_ms: u64,
+    /// Bytes of the donor to move (live, and deleted within their grace) and moved so far.
+    pub donor_total_bytes: u64,
+    pub donor_moved_bytes: u64,
+    /// Seconds until the donor is empty at the rate so far; absent when unknown.
+    pub eta_seconds: Option<u64>,
+    pub moved_blocks_total: u64,
+    pub moved_bytes_total: u64,
+    pub dropped_blocks_total: u64,
+    pub reclaimed_bytes_total: u64,
+    pub volumes_compacted_total: u64,
+    pub stale_moves_total: u64,
+    /// Dead bytes of every volume: what compaction can reclaim once past the grace.
+    pub dead_bytes: u64,
+    /// Volumes the last planning walk found over the threshold, sparsest first.
+    pub candidates: Vec<CompactionCandidate>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CompactionCandidate {
+    pub volume: u64,
+    pub live_bytes: u64,
+    /// Deleted, within their grace: moved with the live ones.
+    pub grace_bytes: u64,
+    /// Deleted, past their grace: reclaimed.
+    pub expired_bytes: u64,
+}
+
+/// A change of the compaction knobs; absent fields stay.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompactionThrottle {
+    /// Bytes per second of blocks moved; 0 is unthrottled.
+    pub bytes_per_sec: Option<u64>,
+    /// Blocks moved at once, 1 to 64.
+    pub concurrency: Option<u32>,
+    /// Above 0, at most 1.
+    pub threshold: Option<f64>,
 }
 
 /// A change of the scrub knobs; absent fields stay.

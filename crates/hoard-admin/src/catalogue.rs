@@ -60,6 +60,56 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Whole-block raw reads whose bytes did not match the hash (read again through the checked path).",
     ),
     (
+        "hoard_delete_results_total",
+        Counter,
+        "Blocks named by deletes, by result: deleted, kept, already_deleted, not_found.",
+    ),
+    (
+        "hoard_undelete_results_total",
+        Counter,
+        "Blocks named by undeletes, by result: restored, not_deleted, not_found.",
+    ),
+    (
+        "hoard_dead_bytes",
+        Gauge,
+        "Bytes of deleted blocks whose rows still point into volumes in service.",
+    ),
+    (
+        "hoard_compaction_donor",
+        Gauge,
+        "The volume compaction is emptying; 0 when none.",
+    ),
+    (
+        "hoard_compaction_moved_bytes_total",
+        Counter,
+        "Block bytes compaction moved out of donors and re-pointed.",
+    ),
+    (
+        "hoard_compaction_moved_blocks_total",
+        Counter,
+        "Blocks compaction moved and re-pointed.",
+    ),
+    (
+        "hoard_compaction_dropped_blocks_total",
+        Counter,
+        "Rows of blocks deleted past their grace removed by compaction.",
+    ),
+    (
+        "hoard_compaction_reclaimed_bytes_total",
+        Counter,
+        "Block bytes of the rows compaction removed: the dead bytes reclaimed.",
+    ),
+    (
+        "hoard_compaction_volumes_total",
+        Counter,
+        "Donors compaction emptied, inspected and retired.",
+    ),
+    (
+        "hoard_compactor_moved_bytes_total",
+        Counter,
+        "Block bytes this compactor copied and re-pointed.",
+    ),
+    (
         "hoard_watcher_checks_total",
         Counter,
         "Read-back checks of stored blocks, by result.",
@@ -293,6 +343,14 @@ pub fn register_all() {
                 if *name == "hoard_watcher_checks_total" {
                     metrics::counter!(*name, "result" => "ok").increment(0);
                     metrics::counter!(*name, "result" => "failed").increment(0);
+                } else if *name == "hoard_delete_results_total" {
+                    for r in ["deleted", "kept", "already_deleted", "not_found"] {
+                        metrics::counter!(*name, "result" => r).increment(0);
+                    }
+                } else if *name == "hoard_undelete_results_total" {
+                    for r in ["restored", "not_deleted", "not_found"] {
+                        metrics::counter!(*name, "result" => r).increment(0);
+                    }
                 } else {
                     metrics::counter!(*name).increment(0);
                 }

@@ -293,6 +293,39 @@ pub const META: &[Route] = &[
             One("ScrubView"),
         )
     },
+    get(
+        "/api/v1/compaction",
+        "Compaction: knobs, the volume being emptied, counters",
+        One("CompactionView"),
+    ),
+    post(
+        "/api/v1/compaction/start",
+        "Look for a volume to compact now (and resume)",
+        One("CompactionView"),
+    ),
+    post(
+        "/api/v1/compaction/pause",
+        "Pause compaction",
+        One("CompactionView"),
+    ),
+    post(
+        "/api/v1/compaction/resume",
+        "Resume compaction",
+        One("CompactionView"),
+    ),
+    post(
+        "/api/v1/compaction/cancel",
+        "Give up the volume being emptied, and pause",
+        One("CompactionView"),
+    ),
+    Route {
+        body: Some("CompactionThrottle"),
+        ..post(
+            "/api/v1/compaction/throttle",
+            "Change compaction's pace and threshold",
+            One("CompactionView"),
+        )
+    },
 ];
 
 #[derive(OpenApi)]
@@ -316,6 +349,9 @@ pub const META: &[Route] = &[
     BackupDone,
     RepairThrottle,
     ScrubThrottle,
+    CompactionView,
+    CompactionCandidate,
+    CompactionThrottle,
     MoveView,
     DrainView,
     RebalanceView,

@@ -483,6 +483,51 @@ impl Client {
             .into_inner()
             .missing)
     }
+
+    /// A delete token, with the reference window and the delete grace. Take it before reading the
+    /// references that decide what to delete.
+    pub async fn delete_token(&self) -> Result<v1::DeleteTokenResponse, ClientError> {
+        Ok(self
+            .inner
+            .clone()
+            .delete_token(v1::DeleteTokenRequest {})
+            .await?
+            .into_inner())
+    }
+
+    /// Deletes `hashes` under `token`: one result per hash, in order.
+    pub async fn delete(
+        &self,
+        hashes: &[String],
+        token: u64,
+    ) -> Result<Vec<v1::DeleteResult>, ClientError> {
+        let r = self
+            .inner
+            .clone()
+            .delete(v1::DeleteRequest {
+                hashes: hashes.to_vec(),
+                token,
+            })
+            .await?
+            .into_inner();
+        Ok(r.results().collect())
+    }
+
+    /// Brings deleted blocks back within the grace: one result per hash, in order.
+    pub async fn undelete(
+        &self,
+        hashes: &[String],
+    ) -> Result<Vec<v1::UndeleteResult>, ClientError> {
+        let r = self
+            .inner
+            .clone()
+            .undelete(v1::UndeleteRequest {
+                hashes: hashes.to_vec(),
+            })
+            .await?
+            .into_inner();
+        Ok(r.results().collect())
+    }
 }
 
 /// An error and its sources on one line.

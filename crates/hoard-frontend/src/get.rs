@@ -58,7 +58,8 @@ impl Frontend {
         })
     }
 
-    /// Hashes among `hashes` that the cell does not hold.
+    /// Hashes among `hashes` that the cell does not hold: absent, deleted, or in a lost volume. Those
+    /// left out count as presence answers: meta records the assertion before it answers.
     pub async fn find_missing(
         &self,
         hashes: &[BlockHash],
@@ -67,25 +68,81 @@ impl Frontend {
         for chunk in hashes.chunks(4096) {
             let resp = self
                 .meta()
-                .lookup(v1::LookupRequest {
-                    hashes: chunk
-                        .iter()
-                        .map(|h| Bytes::copy_from_slice(h.as_bytes()))
-                        .collect(),
-                    with_volumes: false,
+                .assert(v1::AssertRequest {
+                    hashes: raw_hashes(chunk),
+                    revive: false,
                 })
                 .await
                 .map_err(FrontendError::Meta)?
                 .into_inner();
-            let found: std::collections::HashSet<&[u8]> =
-                resp.found.iter().map(|f| f.hash.as_ref()).collect();
+            if resp.present.len() != chunk.len() {
+                return Err(FrontendError::Internal(format!(
+                    "meta answered {} presence flags for {} hashes",
+                    resp.present.len(),
+                    chunk.len()
+                )));
+            }
             missing.extend(
                 chunk
                     .iter()
-                    .filter(|h| !found.contains(h.as_bytes().as_slice())),
+                    .zip(&resp.present)
+                    .filter(|(_, present)| !**present)
+                    .map(|(h, _)| *h),
             );
         }
         Ok(missing)
+    }
+
+    /// A delete token from meta's clock, with the reference window and the delete grace.
+    pub async fn delete_token(&self) -> Result<v1::DeleteTokenResponse, FrontendError> {
+        Ok(self
+            .meta()
+            .delete_token(v1::DeleteTokenRequest {})
+            .await
+            .map_err(FrontendError::Meta)?
+            .into_inner())
+    }
+
+    /// Deletes `hashes` under `token`: one result per hash.
+    pub async fn delete(
+        &self,
+        hashes: &[BlockHash],
+        token: u64,
+    ) -> Result<Vec<v1::DeleteResult>, FrontendError> {
+        let mut out = Vec::with_capacity(hashes.len());
+        for chunk in hashes.chunks(4096) {
+            let resp = self
+                .meta()
+                .delete_blocks(v1::DeleteBlocksRequest {
+                    hashes: raw_hashes(chunk),
+                    token,
+                })
+                .await
+                .map_err(FrontendError::Meta)?
+                .into_inner();
+            out.extend(resp.results().take(chunk.len()));
+        }
+        Ok(out)
+    }
+
+    /// Brings deleted blocks back within their grace: one result per hash.
+    pub async fn undelete(
+        &self,
+        hashes: &[BlockHash],
+    ) -> Result<Vec<v1::UndeleteResult>, FrontendError> {
+        let mut out = Vec::with_capacity(hashes.len());
+        for chunk in hashes.chunks(4096) {
+            let resp = self
+                .meta()
+                .undelete_blocks(v1::UndeleteBlocksRequest {
+                    hashes: raw_hashes(chunk),
+                })
+                .await
+                .map_err(FrontendError::Meta)?
+                .into_inner();
+            out.extend(resp.results().take(chunk.len()));
+        }
+        Ok(out)
     }
 
     /// Reads `[offset, offset + len)` of a block (`len` 0: to its end). Returns the bytes, as slices of
@@ -108,10 +165,50 @@ impl Frontend {
     ) -> Result<(Vec<Bytes>, u64), FrontendError> {
         let started = Instant::now();
         let located = self.locate(&hash).await?;
+        self.read_located(hash, &located, offset, len, started)
+            .await
+    }
+
+    /// Reads a whole block at a location meta named, in any state (compaction moves deleted blocks
+    /// within their grace too), checked against its hash.
+    pub async fn read_at(
+        self: &Arc<Self>,
+        hash: BlockHash,
+        location: BlockLocation,
+        volume: v1::VolumeInfo,
+    ) -> Result<Bytes, FrontendError> {
+        let located = Located {
+            location,
+            created_unix_ms: 0,
+            volume,
+        };
+        let (parts, _) = self
+            .read_located(hash, &located, 0, 0, Instant::now())
+            .await?;
+        Ok(match parts.len() {
+            1 => parts.into_iter().next().unwrap_or_default(),
+            _ => {
+                let mut b = bytes::BytesMut::with_capacity(located.location.block_len as usize);
+                for p in parts {
+                    b.extend_from_slice(&p);
+                }
+                b.freeze()
+            }
+        })
+    }
+
+    async fn read_located(
+        self: &Arc<Self>,
+        hash: BlockHash,
+        located: &Located,
+        offset: u64,
+        len: u64,
+        started: Instant,
+    ) -> Result<(Vec<Bytes>, u64), FrontendError> {
         let loc = &located.location;
         let len = checked_range(&hash, loc.block_len, offset, len)?;
         let whole = offset == 0 && len == loc.block_len;
-        if whole && let Some((block, degraded)) = self.read_whole_raw(&located).await {
+        if whole && let Some((block, degraded)) = self.read_whole_raw(located).await {
             // No crc32c was checked on this path: the hash is the check. A mismatch sends the read to
             // the checked path, which finds the bad fragment, decodes around it and reports it.
             if hash_of(vec![block.clone()]).await? == hash {
@@ -125,7 +222,7 @@ impl Frontend {
             }
             metrics::counter!("hoard_frontend_raw_read_mismatches_total").increment(1);
         }
-        let bytes = self.read_range(&hash, &located, offset, len).await?;
+        let bytes = self.read_range(&hash, located, offset, len).await?;
         if whole {
             let actual = hash_of(bytes.clone()).await?;
             if actual != hash {
@@ -388,6 +485,13 @@ impl Frontend {
 }
 
 /// Whether meta lists a member as readable now (stored ok and its node heard from).
+fn raw_hashes(hashes: &[BlockHash]) -> Vec<Bytes> {
+    hashes
+        .iter()
+        .map(|h| Bytes::copy_from_slice(h.as_bytes()))
+        .collect()
+}
+
 fn healthy(m: &v1::MemberInfo) -> bool {
     hoard_proto::convert::member_health(&m.state).is_ok_and(MemberHealth::is_ok)
 }

@@ -2,6 +2,7 @@
 //! dedups, encodes, fans fragments out to the members of an open volume, commits in meta, answers; and
 //! reads back the data fragments covering a range, decoding from parity when members are down or corrupt.
 
+pub mod compactor;
 mod get;
 mod put;
 pub mod raw;
@@ -194,7 +195,7 @@ impl Frontend {
         Ok(c)
     }
 
-    fn meta(&self) -> MetaClient<Channel> {
+    pub(crate) fn meta(&self) -> MetaClient<Channel> {
         self.meta.clone()
     }
 

@@ -80,10 +80,40 @@ impl Frontend {
             });
         }
 
+        let loc = self.write_new(&data, &hash).await?;
+        let resp = self
+            .meta()
+            .commit(v1::CommitRequest {
+                location: Some(v1::BlockLocation::from_domain(&hash, &loc, 0)),
+            })
+            .await
+            .map_err(FrontendError::Meta)?
+            .into_inner();
+        metrics::histogram!("hoard_frontend_put_seconds").record(started.elapsed().as_secs_f64());
+        metrics::counter!("hoard_frontend_put_bytes_total").increment(len);
+        if resp.inserted {
+            self.watcher.offer(self, hash);
+        }
+        Ok(PutOutcome {
+            hash,
+            // Another put of the same bytes committed first; ours is garbage for compaction.
+            deduplicated: !resp.inserted,
+        })
+    }
+
+    /// Writes a block to an open volume, trying volumes until one takes it (every member durable),
+    /// and answers where it went; nothing is committed in meta. Puts commit the location; compaction
+    /// re-points a row to it.
+    pub async fn write_new(
+        self: &Arc<Self>,
+        data: &Bytes,
+        hash: &BlockHash,
+    ) -> Result<BlockLocation, FrontendError> {
+        let len = data.len() as u64;
         let mut stripe: Option<(hoard_types::Geometry, Arc<Stripe>)> = None;
         let mut last = String::new();
         for _attempt in 0..self.cfg.put_attempts.max(1) {
-            let (vol, offset) = self.writer.reserve(self, &hash, len).await?;
+            let (vol, offset) = self.writer.reserve(self, hash, len).await?;
             let s = match &stripe {
                 Some((g, s)) if *g == vol.geometry => Arc::clone(s),
                 _ => {
@@ -98,7 +128,7 @@ impl Frontend {
                     s
                 }
             };
-            match self.write_stripe(&vol, offset, &hash, len, &s).await {
+            match self.write_stripe(&vol, offset, hash, len, &s).await {
                 Ok(()) => {}
                 Err(f) => {
                     tracing::warn!(volume = vol.id(), member = ?f.member, "put attempt failed: {}", f.detail);
@@ -121,31 +151,12 @@ impl Frontend {
                     continue;
                 }
             }
-            let loc = BlockLocation {
+            return Ok(BlockLocation {
                 volume: vol.id(),
                 offset,
                 frag_len: s.frag_len as u64,
                 block_len: len,
                 crcs: s.crcs.clone(),
-            };
-            let resp = self
-                .meta()
-                .commit(v1::CommitRequest {
-                    location: Some(v1::BlockLocation::from_domain(&hash, &loc, 0)),
-                })
-                .await
-                .map_err(FrontendError::Meta)?
-                .into_inner();
-            metrics::histogram!("hoard_frontend_put_seconds")
-                .record(started.elapsed().as_secs_f64());
-            metrics::counter!("hoard_frontend_put_bytes_total").increment(len);
-            if resp.inserted {
-                self.watcher.offer(self, hash);
-            }
-            return Ok(PutOutcome {
-                hash,
-                // Another put of the same bytes committed first; ours is garbage for compaction.
-                deduplicated: !resp.inserted,
             });
         }
         Err(FrontendError::Unavailable(format!(
@@ -154,16 +165,19 @@ impl Frontend {
         )))
     }
 
+    /// The dedup check: whether the cell holds the block, as an assertion (the client will be told
+    /// it is present). A deleted block within its grace comes back; a block whose volume is lost is
+    /// not present, and the put writes it anew.
     async fn is_live(&self, hash: &BlockHash) -> Result<bool, FrontendError> {
         let resp = self
             .meta()
-            .lookup(v1::LookupRequest {
+            .assert(v1::AssertRequest {
                 hashes: vec![Bytes::copy_from_slice(hash.as_bytes())],
-                with_volumes: false,
+                revive: true,
             })
             .await
             .map_err(FrontendError::Meta)?;
-        Ok(!resp.get_ref().found.is_empty())
+        Ok(resp.get_ref().present.first().copied().unwrap_or(false))
     }
 
     /// Sends fragment `i` and the block record to member `i`, for every member, in parallel.

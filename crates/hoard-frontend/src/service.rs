@@ -242,18 +242,7 @@ impl BlockStore for BlockStoreService {
         &self,
         req: Request<v1::FindMissingRequest>,
     ) -> Result<Response<v1::FindMissingResponse>, Status> {
-        let req = req.into_inner();
-        if req.hashes.len() > MAX_FIND_MISSING {
-            return Err(Status::invalid_argument(format!(
-                "{} hashes in one FindMissing call; at most {MAX_FIND_MISSING}",
-                req.hashes.len()
-            )));
-        }
-        let hashes = req
-            .hashes
-            .iter()
-            .map(|h| parse_hash(h))
-            .collect::<Result<Vec<_>, _>>()?;
+        let hashes = parse_hashes(&req.get_ref().hashes, "FindMissing")?;
         let missing = self
             .fe
             .find_missing(&hashes)
@@ -263,6 +252,54 @@ impl BlockStore for BlockStoreService {
             missing: missing.iter().map(|h| h.to_hex()).collect(),
         }))
     }
+
+    async fn delete_token(
+        &self,
+        _req: Request<v1::DeleteTokenRequest>,
+    ) -> Result<Response<v1::DeleteTokenResponse>, Status> {
+        let t = self.fe.delete_token().await.map_err(|e| e.to_status())?;
+        Ok(Response::new(t))
+    }
+
+    async fn delete(
+        &self,
+        req: Request<v1::DeleteRequest>,
+    ) -> Result<Response<v1::DeleteResponse>, Status> {
+        let req = req.into_inner();
+        let hashes = parse_hashes(&req.hashes, "Delete")?;
+        let results = self.fe.delete(&hashes, req.token).await.map_err(|e| {
+            log_failure("delete", &e);
+            e.to_status()
+        })?;
+        Ok(Response::new(v1::DeleteResponse {
+            results: results.into_iter().map(|r| r as i32).collect(),
+        }))
+    }
+
+    async fn undelete(
+        &self,
+        req: Request<v1::UndeleteRequest>,
+    ) -> Result<Response<v1::UndeleteResponse>, Status> {
+        let hashes = parse_hashes(&req.get_ref().hashes, "Undelete")?;
+        let results = self.fe.undelete(&hashes).await.map_err(|e| {
+            log_failure("undelete", &e);
+            e.to_status()
+        })?;
+        Ok(Response::new(v1::UndeleteResponse {
+            results: results.into_iter().map(|r| r as i32).collect(),
+        }))
+    }
+}
+
+/// The hashes of a batch request, at most [`MAX_FIND_MISSING`] of them.
+fn parse_hashes(raw: &[String], call: &str) -> Result<Vec<BlockHash>, Status> {
+    if raw.len() > MAX_FIND_MISSING {
+        return Err(Status::invalid_argument(format!(
+            "{} hashes in one {call} call; at most {MAX_FIND_MISSING}",
+            raw.len()
+        )));
+    }
+    raw.iter().map(|h| parse_hash(h)).collect()
 }
 
 /// Logs a failure where it is handled: bad input at debug, the cell's own trouble at warn.

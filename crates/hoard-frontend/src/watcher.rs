@@ -12,7 +12,7 @@ use hoard_runtime::{CancellationToken, Worker, WorkerError, WorkerState, WorkerS
 use hoard_types::BlockHash;
 use parking_lot::Mutex;
 
-use crate::Frontend;
+use crate::{Frontend, FrontendError};
 
 /// (when due, tie-breaker, block, stage), earliest first.
 type Due = Reverse<(Instant, u64, BlockHash, usize)>;
@@ -105,6 +105,11 @@ impl Worker for ReadBack {
                 Ok(_) => {
                     metrics::counter!("hoard_watcher_checks_total", "result" => "ok").increment(1);
                     f.watcher.again(&f, hash, stage + 1);
+                }
+                // Deleted since it was stored: nothing to check any more.
+                Err(FrontendError::NotFound(_)) => {
+                    metrics::counter!("hoard_watcher_checks_total", "result" => "deleted")
+                        .increment(1);
                 }
                 Err(e) => {
                     self.failed += 1;

@@ -64,6 +64,8 @@ fn setup(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> (Arc<MetaState>
             crcs: vec![i as u32; 9],
             created_unix_ms: 0,
             state: BlockState::Live,
+            asserted_unix_ms: 0,
+            deleted_unix_ms: 0,
         };
         b.put(
             Cf::Blocks,

@@ -16,8 +16,8 @@ use parking_lot::{Mutex, MutexGuard};
 use crate::MetaError;
 use crate::engine::{Cf, KvEngine, WriteBatch};
 use crate::rows::{
-    DiskRow, KnobsRow, MoveRow, NodeRow, RangeRow, RebalanceRow, RepairCountersRow, RepairRow,
-    ReportedExtent, ScrubKnobsRow, VolumeRow,
+    CompactionRow, DiskRow, KnobsRow, MoveRow, NodeRow, RangeRow, RebalanceRow, RepairCountersRow,
+    RepairRow, ReportedExtent, ScrubKnobsRow, VolumeRow,
 };
 use crate::schema::{self, ConfigKey, RepairKey, decode};
 use crate::volume_ops::VolumeOps;
@@ -37,6 +37,11 @@ pub struct MetaConfig {
     /// A disk filled past this share of its capacity (counting the room its open extents may still
     /// take) takes no new members.
     pub high_water: f64,
+    /// The timers of the delete contract.
+    pub delete: crate::index_ops::DeletePolicy,
+    /// The compaction threshold until an operator sets one: a sealed volume whose reclaimable share
+    /// of its stored bytes reaches it is compacted.
+    pub compaction_threshold: f64,
 }
 
 impl Default for MetaConfig {
@@ -48,6 +53,8 @@ impl Default for MetaConfig {
             heartbeat_grace: Duration::from_secs(15 * 60),
             node_failure_domain: true,
             high_water: 0.9,
+            delete: Default::default(),
+            compaction_threshold: 0.3,
         }
     }
 }
@@ -76,11 +83,22 @@ pub(crate) struct Tables {
     /// The extents each volume server last said it holds. Memory only.
     pub(crate) in_service: BTreeMap<String, Vec<ReportedExtent>>,
     pub(crate) counters: RepairCountersRow,
+    pub(crate) compaction: CompactionRow,
     /// (time, bytes) of recent rebuild commits, for the rate.
     pub(crate) recent: VecDeque<(u64, u64)>,
     /// Disks a frontend reported failing since their node's last heartbeat: no new members go there
     /// until the node proves itself alive again. Memory only.
     pub(crate) suspect: HashSet<String>,
+}
+
+/// The compaction knobs when none were ever set: at most 64 MiB/s, four blocks at once.
+pub(crate) fn default_compaction(threshold: f64) -> CompactionRow {
+    CompactionRow {
+        bytes_per_sec: 64 << 20,
+        concurrency: 4,
+        threshold,
+        ..Default::default()
+    }
 }
 
 /// The live repair knobs when none were ever set.
@@ -130,7 +148,7 @@ fn config_or<R: schema::Row>(
 
 impl Tables {
     /// Every cell table, from the engine. A new engine gets a new cluster id.
-    fn load(engine: &dyn KvEngine) -> Result<Tables, MetaError> {
+    fn load(engine: &dyn KvEngine, cfg: &MetaConfig) -> Result<Tables, MetaError> {
         let mut t = Tables::default();
         match engine.get(Cf::Config, ConfigKey::ClusterId.bytes())? {
             Some(id) => t.cluster_id = String::from_utf8_lossy(&id).into_owned(),
@@ -194,6 +212,9 @@ impl Tables {
         t.knobs = config_or(engine, ConfigKey::RepairKnobs, default_repair_knobs)?;
         t.rebalance = config_or(engine, ConfigKey::Rebalance, RebalanceRow::default)?;
         t.scrub_knobs = config_or(engine, ConfigKey::ScrubKnobs, default_scrub_knobs)?;
+        t.compaction = config_or(engine, ConfigKey::Compaction, || {
+            default_compaction(cfg.compaction_threshold)
+        })?;
         t.counters = config_or(
             engine,
             ConfigKey::RepairCounters,
@@ -216,6 +237,8 @@ pub(crate) struct Core {
     pub(crate) engine: Arc<dyn KvEngine>,
     pub(crate) cfg: MetaConfig,
     pub(crate) ops: Arc<dyn VolumeOps>,
+    /// Time for delete tokens and assertions: never backwards.
+    pub(crate) clock: crate::clock::MetaClock,
     tables: Mutex<Tables>,
     /// Taken around every write of cell rows, so that rows reach the engine in the order in which they
     /// were changed in memory.
@@ -227,12 +250,15 @@ impl Core {
         engine: Arc<dyn KvEngine>,
         cfg: MetaConfig,
         ops: Arc<dyn VolumeOps>,
+        time: crate::clock::TimeSource,
     ) -> Result<Core, MetaError> {
-        let tables = Tables::load(engine.as_ref())?;
+        let tables = Tables::load(engine.as_ref(), &cfg)?;
+        let clock = crate::clock::MetaClock::open(Arc::clone(&engine), time)?;
         Ok(Core {
             engine,
             cfg,
             ops,
+            clock,
             tables: Mutex::new(tables),
             persist: Mutex::new(()),
         })

@@ -3,9 +3,12 @@
 //! RocksDB.
 
 pub mod blocks;
+pub mod clock;
+pub mod compaction;
 mod core;
 pub mod engine;
 pub mod health;
+pub mod index_ops;
 pub mod moves;
 pub mod nodes;
 pub mod placement;
@@ -22,6 +25,8 @@ mod views;
 pub mod volume_ops;
 pub mod volumes;
 
+#[cfg(test)]
+mod delete_model;
 #[cfg(test)]
 mod testutil;
 

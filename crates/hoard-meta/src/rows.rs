@@ -19,6 +19,11 @@ pub struct BlockRow {
     pub crcs: Vec<u32>,
     pub created_unix_ms: u64,
     pub state: BlockState,
+    /// When a client was last told the block is present (a put, a dedup hit, `FindMissing`, `Touch`),
+    /// on meta's clock, at most the refresh granularity behind: what a delete is checked against.
+    pub asserted_unix_ms: u64,
+    /// When it was deleted; 0 while live.
+    pub deleted_unix_ms: u64,
 }
 
 /// One member of a volume.
@@ -37,8 +42,13 @@ pub struct VolumeRow {
     pub state: VolumeState,
     pub members: Vec<MemberRow>,
     pub capacity: u64,
+    /// Live blocks and their bytes.
     pub blocks: u64,
     pub bytes: u64,
+    /// Deleted blocks whose rows still point here, and their bytes: what compaction can reclaim once
+    /// their grace has passed.
+    pub dead_blocks: u64,
+    pub dead_bytes: u64,
     pub lease_holder: String,
     pub lease_epoch: u64,
     pub lease_expires_unix_ms: u64,
@@ -60,6 +70,8 @@ impl Default for VolumeRow {
             capacity: 0,
             blocks: 0,
             bytes: 0,
+            dead_blocks: 0,
+            dead_bytes: 0,
             lease_holder: String::new(),
             lease_epoch: 0,
             lease_expires_unix_ms: 0,
@@ -180,6 +192,51 @@ pub struct ScrubKnobsRow {
     pub interval_secs: u64,
     #[prost(uint64, tag = "4")]
     pub start_requested_unix_ms: u64,
+}
+
+/// The compaction job: its live knobs, the donor being emptied and lifetime counters (table `config`,
+/// key `compaction`).
+#[derive(Clone, PartialEq, Message)]
+pub struct CompactionRow {
+    #[prost(bool, tag = "1")]
+    pub paused: bool,
+    /// Bytes per second of blocks moved; 0: unthrottled.
+    #[prost(uint64, tag = "2")]
+    pub bytes_per_sec: u64,
+    /// Blocks moved at once.
+    #[prost(uint32, tag = "3")]
+    pub concurrency: u32,
+    /// A sealed volume whose reclaimable share of its stored bytes reaches this is a donor.
+    #[prost(double, tag = "4")]
+    pub threshold: f64,
+    /// The volume being emptied; 0: none.
+    #[prost(uint64, tag = "5")]
+    pub donor: u64,
+    #[prost(uint64, tag = "6")]
+    pub donor_started_unix_ms: u64,
+    /// Bytes of the donor to move (live, and deleted within their grace) when it was picked, and moved.
+    #[prost(uint64, tag = "7")]
+    pub donor_total_bytes: u64,
+    #[prost(uint64, tag = "8")]
+    pub donor_moved_bytes: u64,
+    #[prost(uint64, tag = "9")]
+    pub moved_blocks: u64,
+    #[prost(uint64, tag = "10")]
+    pub moved_bytes: u64,
+    /// Rows past their grace removed.
+    #[prost(uint64, tag = "11")]
+    pub dropped_blocks: u64,
+    #[prost(uint64, tag = "12")]
+    pub volumes_compacted: u64,
+    /// Block bytes of the rows past their grace dropped: the dead bytes reclaimed.
+    #[prost(uint64, tag = "13")]
+    pub reclaimed_bytes: u64,
+    /// Copies whose re-point found the row changed (re-put elsewhere, expired): garbage.
+    #[prost(uint64, tag = "14")]
+    pub stale_moves: u64,
+    /// An operator asked for a planning round now.
+    #[prost(bool, tag = "15")]
+    pub requested: bool,
 }
 
 /// Lifetime repair counters (table `config`, key `repair_counters`).

@@ -20,8 +20,8 @@ use prost::Message;
 use crate::MetaError;
 use crate::engine::{Cf, WriteBatch};
 use crate::rows::{
-    BlockRow, DiskRow, KnobsRow, MemberRow, MoveRow, NodeRow, RangeRow, RebalanceRow,
-    RepairCountersRow, RepairRow, ScrubKnobsRow, VolumeRow,
+    BlockRow, CompactionRow, DiskRow, KnobsRow, MemberRow, MoveRow, NodeRow, RangeRow,
+    RebalanceRow, RepairCountersRow, RepairRow, ScrubKnobsRow, VolumeRow,
 };
 
 /// Version byte in front of every stored value.
@@ -44,6 +44,10 @@ pub enum ConfigKey {
     Rebalance,
     /// [`ScrubKnobsRow`].
     ScrubKnobs,
+    /// Meta's clock's high-water mark (u64 Unix ms, big endian): ahead of every time handed out.
+    ClockMark,
+    /// [`CompactionRow`].
+    Compaction,
 }
 
 impl ConfigKey {
@@ -56,6 +60,8 @@ impl ConfigKey {
             ConfigKey::RepairCounters => b"repair_counters",
             ConfigKey::Rebalance => b"rebalance",
             ConfigKey::ScrubKnobs => b"scrub_knobs",
+            ConfigKey::ClockMark => b"clock_mark",
+            ConfigKey::Compaction => b"compaction",
         }
     }
 }
@@ -180,6 +186,7 @@ plain_row!(
     KnobsRow => "config",
     ScrubKnobsRow => "config",
     RepairCountersRow => "config",
+    CompactionRow => "config",
 );
 
 #[derive(Clone, PartialEq, Message)]
@@ -199,6 +206,11 @@ struct StoredBlock {
     /// 0 live, 1 deleted.
     #[prost(uint32, tag = "7")]
     state: u32,
+    /// 0 in rows written before deletes existed: read as the creation time.
+    #[prost(uint64, tag = "8")]
+    asserted_unix_ms: u64,
+    #[prost(uint64, tag = "9")]
+    deleted_unix_ms: u64,
 }
 
 impl Row for BlockRow {
@@ -216,6 +228,8 @@ impl Row for BlockRow {
                 BlockState::Live => 0,
                 BlockState::Deleted => 1,
             },
+            asserted_unix_ms: self.asserted_unix_ms,
+            deleted_unix_ms: self.deleted_unix_ms,
         }
         .encode_to_vec()
     }
@@ -234,6 +248,12 @@ impl Row for BlockRow {
                 1 => BlockState::Deleted,
                 n => return Err(corrupt(Self::TABLE, &format!("unknown block state {n}"))),
             },
+            asserted_unix_ms: if r.asserted_unix_ms == 0 {
+                r.created_unix_ms
+            } else {
+                r.asserted_unix_ms
+            },
+            deleted_unix_ms: r.deleted_unix_ms,
         })
     }
 }
@@ -278,6 +298,10 @@ struct StoredVolume {
     degraded_since_unix_ms: u64,
     #[prost(uint64, tag = "14")]
     generation_seq: u64,
+    #[prost(uint64, tag = "15")]
+    dead_blocks: u64,
+    #[prost(uint64, tag = "16")]
+    dead_bytes: u64,
 }
 
 impl Row for VolumeRow {
@@ -307,6 +331,8 @@ impl Row for VolumeRow {
             created_unix_ms: self.created_unix_ms,
             degraded_since_unix_ms: self.degraded_since_unix_ms,
             generation_seq: self.generation_seq,
+            dead_blocks: self.dead_blocks,
+            dead_bytes: self.dead_bytes,
         }
         .encode_to_vec()
     }
@@ -339,6 +365,8 @@ impl Row for VolumeRow {
             created_unix_ms: r.created_unix_ms,
             degraded_since_unix_ms: r.degraded_since_unix_ms,
             generation_seq: r.generation_seq,
+            dead_blocks: r.dead_blocks,
+            dead_bytes: r.dead_bytes,
         })
     }
 }
@@ -558,6 +586,8 @@ mod tests {
             crcs: vec![1, 2, 3],
             created_unix_ms: 5,
             state: BlockState::Live,
+            asserted_unix_ms: 5,
+            deleted_unix_ms: 0,
         };
         let b = encode(&row);
         assert_eq!(b[0], VALUE_VERSION);

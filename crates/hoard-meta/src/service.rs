@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 use hoard_types::state::StateError;
 
 use crate::blocks::CommitOutcome;
+use crate::index_ops::Outcome;
 use crate::nodes::Heartbeat;
 use crate::state::MetaState;
 use crate::volumes::Problem;
@@ -107,6 +108,127 @@ impl Meta for MetaService {
                 existing: Some(v1::BlockLocation::from_domain(&hash, &old, 0)),
             })),
         }
+    }
+
+    async fn assert(
+        &self,
+        req: Request<v1::AssertRequest>,
+    ) -> Result<Response<v1::AssertResponse>, Status> {
+        let req = req.into_inner();
+        let hashes = hashes_of(&req.hashes)?;
+        let present = self.state.blocks().assert(&hashes, req.revive).await?;
+        Ok(Response::new(v1::AssertResponse { present }))
+    }
+
+    async fn delete_token(
+        &self,
+        _req: Request<v1::DeleteTokenRequest>,
+    ) -> Result<Response<v1::DeleteTokenResponse>, Status> {
+        let p = self.state.config().delete;
+        Ok(Response::new(v1::DeleteTokenResponse {
+            token: self.state.blocks().delete_token()?,
+            reference_window_ms: p.reference_window.as_millis() as u64,
+            delete_grace_ms: p.delete_grace.as_millis() as u64,
+        }))
+    }
+
+    async fn delete_blocks(
+        &self,
+        req: Request<v1::DeleteBlocksRequest>,
+    ) -> Result<Response<v1::DeleteResponse>, Status> {
+        let req = req.into_inner();
+        let hashes = hashes_of(&req.hashes)?;
+        let results = self
+            .state
+            .blocks()
+            .delete(&hashes, req.token)
+            .await?
+            .iter()
+            .map(|o| delete_result(o) as i32)
+            .collect();
+        Ok(Response::new(v1::DeleteResponse { results }))
+    }
+
+    async fn undelete_blocks(
+        &self,
+        req: Request<v1::UndeleteBlocksRequest>,
+    ) -> Result<Response<v1::UndeleteResponse>, Status> {
+        let hashes = hashes_of(&req.get_ref().hashes)?;
+        let results = self
+            .state
+            .blocks()
+            .undelete(&hashes)
+            .await?
+            .iter()
+            .map(|o| undelete_result(o) as i32)
+            .collect();
+        Ok(Response::new(v1::UndeleteResponse { results }))
+    }
+
+    async fn compaction_task(
+        &self,
+        req: Request<v1::CompactionTaskRequest>,
+    ) -> Result<Response<v1::CompactionTaskResponse>, Status> {
+        let req = req.into_inner();
+        let after = if req.after.is_empty() {
+            None
+        } else {
+            Some(
+                BlockHash::from_slice(&req.after)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
+            )
+        };
+        let task = self
+            .state
+            .compaction()
+            .task(after, req.limit as usize)
+            .await?;
+        Ok(Response::new(v1::CompactionTaskResponse {
+            volume: task.volume,
+            rows: task
+                .rows
+                .iter()
+                .map(|(h, loc, deleted)| v1::CompactionRow {
+                    location: Some(v1::BlockLocation::from_domain(h, loc, 0)),
+                    deleted: *deleted,
+                })
+                .collect(),
+            more: task.more,
+            bytes_per_sec: task.bytes_per_sec,
+            concurrency: task.concurrency,
+        }))
+    }
+
+    async fn repoint(
+        &self,
+        req: Request<v1::RepointRequest>,
+    ) -> Result<Response<v1::RepointResponse>, Status> {
+        let req = req.into_inner();
+        let location = |l: Option<v1::BlockLocation>, what: &str| {
+            l.ok_or_else(|| Status::invalid_argument(format!("missing {what}")))?
+                .to_domain()
+                .map_err(|e| Status::invalid_argument(format!("{what}: {e}")))
+        };
+        let (hash, from) = location(req.from, "from")?;
+        let (to_hash, to) = location(req.to, "to")?;
+        if to_hash != hash {
+            return Err(Status::invalid_argument(format!(
+                "re-point of {hash} names another block ({to_hash}) as its new location"
+            )));
+        }
+        let moved = self.state.compaction().repoint(hash, &from, to).await?;
+        Ok(Response::new(v1::RepointResponse { moved }))
+    }
+
+    async fn finish_compaction(
+        &self,
+        req: Request<v1::FinishCompactionRequest>,
+    ) -> Result<Response<v1::FinishCompactionResponse>, Status> {
+        let (retired, remaining) = self.state.compaction().finish(req.get_ref().volume).await?;
+        Ok(Response::new(v1::FinishCompactionResponse {
+            retired,
+            remaining,
+        }))
     }
 
     async fn acquire_volume(
@@ -310,5 +432,37 @@ impl Meta for MetaService {
         _req: Request<v1::RepairStatusRequest>,
     ) -> Result<Response<v1::RepairStatusResponse>, Status> {
         Ok(Response::new(self.state.repair().repair_status()))
+    }
+}
+
+fn hashes_of(raw: &[bytes::Bytes]) -> Result<Vec<BlockHash>, Status> {
+    if raw.len() > MAX_HASHES {
+        return Err(Status::invalid_argument(format!(
+            "{} hashes in one request: at most {MAX_HASHES}",
+            raw.len()
+        )));
+    }
+    raw.iter()
+        .map(|h| BlockHash::from_slice(h).map_err(|e| Status::invalid_argument(e.to_string())))
+        .collect()
+}
+
+/// Hashes in one request at the most.
+const MAX_HASHES: usize = 100_000;
+
+fn delete_result(o: &Outcome) -> v1::DeleteResult {
+    match o {
+        Outcome::Deleted => v1::DeleteResult::Deleted,
+        Outcome::Kept => v1::DeleteResult::Kept,
+        Outcome::AlreadyDeleted => v1::DeleteResult::AlreadyDeleted,
+        _ => v1::DeleteResult::NotFound,
+    }
+}
+
+fn undelete_result(o: &Outcome) -> v1::UndeleteResult {
+    match o {
+        Outcome::Restored => v1::UndeleteResult::Restored,
+        Outcome::NotDeleted => v1::UndeleteResult::NotDeleted,
+        _ => v1::UndeleteResult::NotFound,
     }
 }

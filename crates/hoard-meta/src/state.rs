@@ -3,7 +3,8 @@
 //!
 //! | subsystem | module | what |
 //! |---|---|---|
-//! | [`BlockIndex`] | `blocks` | hash -> location, group-committed inserts |
+//! | [`BlockIndex`] | `blocks` | hash -> location: puts, assertions, deletes, group-committed |
+//! | [`Compaction`] | `compaction` | donors, re-points, the inspection before a donor is retired |
 //! | [`Nodes`] | `nodes` | heartbeats, the node and disk tables |
 //! | [`Volumes`] | `volumes` | write leases, volume creation, reported problems |
 //! | [`Health`] | `health` | members lost to silent nodes and failed disks |
@@ -23,6 +24,7 @@ use hoard_runtime::{CancellationToken, Registry, Worker, WorkerError, WorkerStat
 
 use crate::MetaError;
 use crate::blocks::BlockIndex;
+use crate::compaction::Compaction;
 use crate::core::Core;
 pub use crate::core::MetaConfig;
 use crate::engine::KvEngine;
@@ -39,6 +41,7 @@ use crate::volumes::Volumes;
 pub struct MetaState {
     core: Arc<Core>,
     blocks: Arc<BlockIndex>,
+    compaction: Compaction,
     nodes: Nodes,
     volumes: Volumes,
     health: Health,
@@ -56,7 +59,17 @@ impl MetaState {
         cfg: MetaConfig,
         ops: Arc<dyn VolumeOps>,
     ) -> Result<Arc<MetaState>, MetaError> {
-        let core = Arc::new(Core::load(engine, cfg, ops)?);
+        Self::open_with_clock(engine, cfg, ops, crate::clock::MetaClock::system())
+    }
+
+    /// [`MetaState::open`] with wall time from `time` (tests move it).
+    pub fn open_with_clock(
+        engine: Arc<dyn KvEngine>,
+        cfg: MetaConfig,
+        ops: Arc<dyn VolumeOps>,
+        time: crate::clock::TimeSource,
+    ) -> Result<Arc<MetaState>, MetaError> {
+        let core = Arc::new(Core::load(engine, cfg, ops, time)?);
         let blocks = Arc::new(BlockIndex::start(Arc::clone(&core))?);
         Ok(Arc::new(MetaState {
             nodes: Nodes::new(Arc::clone(&core)),
@@ -67,6 +80,7 @@ impl MetaState {
             scrub: Scrub::new(Arc::clone(&core)),
             verify: Verify::new(Arc::clone(&core)),
             index: IndexRebuild::new(Arc::clone(&core), Arc::clone(&blocks)),
+            compaction: Compaction::new(Arc::clone(&core), Arc::clone(&blocks)),
             blocks,
             core,
         }))
@@ -91,6 +105,10 @@ impl MetaState {
 
     pub fn blocks(&self) -> &BlockIndex {
         &self.blocks
+    }
+
+    pub fn compaction(&self) -> &Compaction {
+        &self.compaction
     }
 
     pub fn nodes(&self) -> &Nodes {

@@ -35,12 +35,29 @@ impl VolumeOps for FakeOps {
 }
 
 pub fn cell(nodes: usize, disks: usize) -> (Arc<MetaState>, Arc<FakeOps>) {
-    let ops = Arc::new(FakeOps::default());
     let cfg = MetaConfig {
         extent_capacity: 1 << 20,
         ..Default::default()
     };
-    let state = MetaState::open(Arc::new(MemEngine::new()), cfg, ops.clone()).unwrap();
+    cell_on(
+        Arc::new(MemEngine::new()),
+        cfg,
+        crate::clock::MetaClock::system(),
+        nodes,
+        disks,
+    )
+}
+
+/// A cell over `engine` (new, or holding an earlier one's tables) with wall time from `time`.
+pub fn cell_on(
+    engine: Arc<dyn crate::KvEngine>,
+    cfg: MetaConfig,
+    time: crate::clock::TimeSource,
+    nodes: usize,
+    disks: usize,
+) -> (Arc<MetaState>, Arc<FakeOps>) {
+    let ops = Arc::new(FakeOps::default());
+    let state = MetaState::open_with_clock(engine, cfg, ops.clone(), time).unwrap();
     for n in 0..nodes {
         state
             .heartbeat_wire(&v1::HeartbeatRequest {

@@ -455,6 +455,8 @@ mod tests {
             crcs: vec![0; 9],
             created_unix_ms: 0,
             state: BlockState::Live,
+            asserted_unix_ms: 5,
+            deleted_unix_ms: 0,
         };
         b.put(
             Cf::Blocks,

@@ -55,6 +55,8 @@ pub(crate) fn volume_info(
         capacity: row.capacity,
         blocks: row.blocks,
         bytes: row.bytes,
+        dead_blocks: row.dead_blocks,
+        dead_bytes: row.dead_bytes,
         lease_holder: row.lease_holder.clone(),
         lease_epoch: row.lease_epoch,
         seal_reason: row.seal_reason.clone(),

@@ -63,6 +63,12 @@ pub fn routes(meta: Arc<MetaState>) -> Router {
         .route("/api/v1/scrub/pause", post(scrub_pause))
         .route("/api/v1/scrub/resume", post(scrub_resume))
         .route("/api/v1/scrub/throttle", post(scrub_throttle))
+        .route("/api/v1/compaction", get(compaction_status))
+        .route("/api/v1/compaction/start", post(compaction_start))
+        .route("/api/v1/compaction/pause", post(compaction_pause))
+        .route("/api/v1/compaction/resume", post(compaction_resume))
+        .route("/api/v1/compaction/cancel", post(compaction_cancel))
+        .route("/api/v1/compaction/throttle", post(compaction_throttle))
         .with_state(meta)
 }
 
@@ -142,6 +148,48 @@ async fn repair_throttle(State(m): Meta, Body(t): Body<RepairThrottle>) -> Reply
             concurrency: t.concurrency,
         },
     )
+}
+
+fn compaction_view(m: &MetaState) -> Json<CompactionView> {
+    Json(views::compaction(m))
+}
+
+async fn compaction_status(State(m): Meta) -> Json<CompactionView> {
+    compaction_view(&m)
+}
+
+async fn compaction_start(State(m): Meta) -> Reply<CompactionView> {
+    m.compaction().start().map_err(failure)?;
+    Ok(compaction_view(&m))
+}
+
+async fn compaction_pause(State(m): Meta) -> Reply<CompactionView> {
+    m.compaction()
+        .set_knobs(Some(true), None, None, None)
+        .map_err(failure)?;
+    Ok(compaction_view(&m))
+}
+
+async fn compaction_resume(State(m): Meta) -> Reply<CompactionView> {
+    m.compaction()
+        .set_knobs(Some(false), None, None, None)
+        .map_err(failure)?;
+    Ok(compaction_view(&m))
+}
+
+async fn compaction_cancel(State(m): Meta) -> Reply<CompactionView> {
+    m.compaction().cancel().map_err(failure)?;
+    Ok(compaction_view(&m))
+}
+
+async fn compaction_throttle(
+    State(m): Meta,
+    Body(t): Body<CompactionThrottle>,
+) -> Reply<CompactionView> {
+    m.compaction()
+        .set_knobs(None, t.bytes_per_sec, t.concurrency, t.threshold)
+        .map_err(failure)?;
+    Ok(compaction_view(&m))
 }
 
 fn scrub_view(m: &MetaState) -> Json<ScrubView> {

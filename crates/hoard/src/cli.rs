@@ -26,14 +26,14 @@ pub struct EndpointArg {
     pub endpoint: String,
 }
 
-async fn connect(ep: &EndpointArg) -> anyhow::Result<Client> {
+pub(crate) async fn connect(ep: &EndpointArg) -> anyhow::Result<Client> {
     Client::connect(&ep.endpoint)
         .await
         .map_err(|e| anyhow!("{e}"))
 }
 
 /// A cell's answer as one line: its gRPC code and message.
-fn answer(e: ClientError) -> anyhow::Error {
+pub(crate) fn answer(e: ClientError) -> anyhow::Error {
     match &e {
         ClientError::Status(s) => anyhow!("{:?}: {}", s.code(), s.message()),
         _ => anyhow!("{e}"),

@@ -144,6 +144,35 @@ pub struct MetaSection {
     /// Disks filled past this share of their capacity take no new members.
     #[serde(default = "default_high_water")]
     pub high_water: f64,
+    /// How long a deleted block's bytes stay for Undelete and re-puts.
+    #[serde(default = "default_delete_grace", deserialize_with = "de_duration")]
+    pub delete_grace: Duration,
+    /// How long after a presence answer a block is kept whatever a delete's token.
+    #[serde(default = "default_reference_window", deserialize_with = "de_duration")]
+    pub reference_window: Duration,
+    /// How stale a block's recorded assertion may be before a presence answer rewrites it.
+    #[serde(default = "default_assert_refresh", deserialize_with = "de_duration")]
+    pub assert_refresh: Duration,
+    /// A sealed volume whose reclaimable share of its bytes reaches this is compacted (until an
+    /// operator sets the live knob).
+    #[serde(default = "default_compaction_threshold")]
+    pub compaction_threshold: f64,
+}
+
+fn default_delete_grace() -> Duration {
+    hoard_meta::index_ops::DeletePolicy::default().delete_grace
+}
+
+fn default_reference_window() -> Duration {
+    hoard_meta::index_ops::DeletePolicy::default().reference_window
+}
+
+fn default_assert_refresh() -> Duration {
+    hoard_meta::index_ops::DeletePolicy::default().assert_refresh
+}
+
+fn default_compaction_threshold() -> f64 {
+    hoard_meta::MetaConfig::default().compaction_threshold
 }
 
 fn default_high_water() -> f64 {
@@ -329,6 +358,34 @@ impl Config {
                 Duration::from_secs(1),
                 Duration::from_secs(7 * 86_400),
             );
+            // A window of 0 would let a delete race a client that was just told a block is there.
+            within(
+                &mut p,
+                "meta.reference_window",
+                m.reference_window,
+                Duration::from_secs(1),
+                Duration::from_secs(365 * 86_400),
+            );
+            within(
+                &mut p,
+                "meta.assert_refresh",
+                m.assert_refresh,
+                Duration::from_millis(1),
+                Duration::from_secs(86_400),
+            );
+            within(
+                &mut p,
+                "meta.delete_grace",
+                m.delete_grace,
+                Duration::from_secs(1),
+                Duration::from_secs(365 * 86_400),
+            );
+            if !(m.compaction_threshold > 0.0 && m.compaction_threshold <= 1.0) {
+                p.push(format!(
+                    "meta.compaction_threshold {} must be above 0 and at most 1",
+                    m.compaction_threshold
+                ));
+            }
             if !(0.1..=1.0).contains(&m.high_water) {
                 p.push(format!(
                     "meta.high_water {} must be between 0.1 and 1.0",
@@ -435,6 +492,10 @@ const KNOWN: &[(&str, &[&str])] = &[
             "heartbeat_grace",
             "failure_domain",
             "high_water",
+            "delete_grace",
+            "reference_window",
+            "assert_refresh",
+            "compaction_threshold",
         ],
     ),
     (

@@ -44,6 +44,18 @@ pub struct DevArgs {
     /// Write-lease duration.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub lease: Duration,
+    /// How long a deleted block's bytes stay for Undelete and re-puts.
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    pub delete_grace: Duration,
+    /// How long after a client was told a block is present a delete keeps it, whatever its token.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    pub reference_window: Duration,
+    /// A sealed volume whose reclaimable share of its bytes reaches this is compacted.
+    #[arg(long, default_value_t = 0.3)]
+    pub compaction_threshold: f64,
+    /// How long retired extents stay in the volume servers' trash.
+    #[arg(long, default_value = "1d", value_parser = humantime::parse_duration)]
+    pub trash_grace: Duration,
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
@@ -59,6 +71,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             args.nodes,
             args.disks_per_node,
             args.nodes * args.disks_per_node
+        ));
+    }
+    if args.reference_window.is_zero() || args.delete_grace.is_zero() || args.trash_grace.is_zero()
+    {
+        return Err(anyhow!(
+            "--reference-window, --delete-grace and --trash-grace must be above 0"
+        ));
+    }
+    if !(args.compaction_threshold > 0.0 && args.compaction_threshold <= 1.0) {
+        return Err(anyhow!(
+            "--compaction-threshold must be above 0 and at most 1"
         ));
     }
     // With too few nodes to keep at most m members per node, fall back to distinct disks only.
@@ -80,6 +103,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         lease: args.lease,
         heartbeat_grace: args.heartbeat_grace,
         node_failure_domain: node_domain,
+        delete: hoard_meta::index_ops::DeletePolicy {
+            reference_window: args.reference_window,
+            // Assertions refresh at most a 24th of the window late.
+            assert_refresh: (args.reference_window / 24).max(Duration::from_millis(1)),
+            delete_grace: args.delete_grace,
+        },
+        compaction_threshold: args.compaction_threshold,
         ..MetaConfig::default()
     };
     let (meta_role, meta) =
@@ -103,7 +133,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             disk_capacity: None,
             labels: [("host".to_string(), format!("node-{n}"))].into(),
             heartbeat: Duration::from_secs(2),
-            trash_grace: Duration::from_secs(86_400),
+            trash_grace: args.trash_grace,
         };
         let (role, store) = roles::start_volume(cfg, &stop).await?;
         tracing::info!(node = n, addr = %role.addr, "volume server up");

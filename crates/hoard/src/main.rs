@@ -7,6 +7,7 @@ mod admin_cli;
 mod bench;
 mod cli;
 mod config;
+mod delete_cli;
 mod dev;
 mod roles;
 mod server;
@@ -85,6 +86,18 @@ enum Cmd {
         #[command(flatten)]
         ep: cli::EndpointArg,
     },
+    /// Print a delete token: take it before reading the references that decide what to delete.
+    DeleteToken {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        ep: cli::EndpointArg,
+    },
+    /// Delete blocks (by hash or a manifest); each is kept if a client was told it is present within
+    /// the reference window before the token. Exit status 1 when any was not deleted.
+    Delete(delete_cli::DeleteArgs),
+    /// Bring deleted blocks back within the delete grace.
+    Undelete(delete_cli::UndeleteArgs),
     /// Store a file of any size as 4 MiB blocks; prints the manifest (one hash per line, in order).
     Upload {
         file: PathBuf,
@@ -187,6 +200,9 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         } => cli::get(&ep, &hash, output.as_deref(), offset, length).await,
         Cmd::Stat { hash, json, ep } => cli::stat(&ep, &hash, json).await,
         Cmd::Missing { hashes, ep } => cli::missing(&ep, &hashes).await,
+        Cmd::DeleteToken { json, ep } => delete_cli::delete_token(&ep, json).await,
+        Cmd::Delete(a) => delete_cli::delete(a).await,
+        Cmd::Undelete(a) => delete_cli::undelete(a).await,
         Cmd::Upload {
             file,
             output,

@@ -315,9 +315,27 @@ pub async fn start_frontend(
 pub fn start_repair(meta_url: &str, stop: &Stop) -> anyhow::Result<Role> {
     let daemon = hoard_repair::RepairDaemon::new(hoard_repair::RepairConfig::default(), meta_url)
         .map_err(|e| anyhow!("repair: {e}"))?;
+    // The compactor moves blocks with a frontend's read and write paths of its own (its own leases
+    // on open volumes), beside the repair daemon.
+    let fe = Frontend::new(
+        FrontendConfig {
+            holder: hoard_types::random_id("compactor"),
+            // Few destinations, filled: the blocks of successive donors go into the same volumes.
+            open_volumes: 2,
+            ..FrontendConfig::default()
+        },
+        meta_url,
+    )
+    .map_err(|e| anyhow!("compactor: {e}"))?;
+    let compactor = hoard_runtime::Registry::global()
+        .spawn(hoard_frontend::compactor::Compactor::new(Arc::clone(&fe)))
+        .map_err(|e| anyhow!("compactor: {e}"))?;
     let rx = stop.subscribe();
     let task = tokio::spawn(async move {
         daemon.run(rx).await;
+        compactor.cancel();
+        compactor.finished().await;
+        fe.release_leases().await;
         Ok(())
     });
     Ok(Role {

@@ -26,6 +26,12 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
             heartbeat_grace: m.heartbeat_grace,
             node_failure_domain: m.failure_domain == FailureDomain::Node,
             high_water: m.high_water,
+            delete: hoard_meta::index_ops::DeletePolicy {
+                reference_window: m.reference_window,
+                assert_refresh: m.assert_refresh,
+                delete_grace: m.delete_grace,
+            },
+            compaction_threshold: m.compaction_threshold,
         };
         let (role, state) = roles::start_meta(m.listen, &m.data_dir, mc, &stop).await?;
         let _ = outln!("hoard meta listening on {}", role.addr);

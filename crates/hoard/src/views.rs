@@ -42,6 +42,8 @@ pub fn volume(v: &v1::VolumeInfo) -> VolumeView {
         geometry: format!("{}+{}", v.k, v.m),
         blocks: v.blocks,
         bytes: v.bytes,
+        dead_blocks: v.dead_blocks,
+        dead_bytes: v.dead_bytes,
         capacity: v.capacity,
         lease_holder: v.lease_holder.clone(),
         seal_reason: v.seal_reason.clone(),
@@ -55,6 +57,54 @@ pub fn volume(v: &v1::VolumeInfo) -> VolumeView {
                 node: m.node_id.clone(),
                 generation: m.generation,
                 state: m.state.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// Compaction's knobs, progress (with an ETA at the rate so far) and counters.
+pub fn compaction(m: &MetaState) -> CompactionView {
+    let st = m.compaction().status();
+    let c = &st.knobs;
+    let dead_bytes = m
+        .cluster_status()
+        .volumes
+        .iter()
+        .filter(|v| v.state != "retired")
+        .map(|v| v.dead_bytes)
+        .sum();
+    let eta_seconds = (c.donor != 0 && c.donor_moved_bytes > 0).then(|| {
+        let elapsed_ms = hoard_types::now_ms()
+            .saturating_sub(c.donor_started_unix_ms)
+            .max(1);
+        let left = c.donor_total_bytes.saturating_sub(c.donor_moved_bytes);
+        (left as f64 * elapsed_ms as f64 / c.donor_moved_bytes as f64 / 1000.0).ceil() as u64
+    });
+    CompactionView {
+        paused: c.paused,
+        bytes_per_sec: c.bytes_per_sec,
+        concurrency: c.concurrency,
+        threshold: c.threshold,
+        donor: c.donor,
+        donor_started_unix_ms: c.donor_started_unix_ms,
+        donor_total_bytes: c.donor_total_bytes,
+        donor_moved_bytes: c.donor_moved_bytes,
+        eta_seconds,
+        moved_blocks_total: c.moved_blocks,
+        moved_bytes_total: c.moved_bytes,
+        dropped_blocks_total: c.dropped_blocks,
+        reclaimed_bytes_total: c.reclaimed_bytes,
+        volumes_compacted_total: c.volumes_compacted,
+        stale_moves_total: c.stale_moves,
+        dead_bytes,
+        candidates: st
+            .candidates
+            .iter()
+            .map(|(id, t)| CompactionCandidate {
+                volume: *id,
+                live_bytes: t.live,
+                grace_bytes: t.grace,
+                expired_bytes: t.expired,
             })
             .collect(),
     }

@@ -2,9 +2,10 @@
 //! default, JSON with `--json`. One module per family of commands; [`render`] draws the tables.
 
 mod cell;
+mod compact;
 mod jobs;
 mod moves;
-mod render;
+pub(crate) mod render;
 mod workers;
 
 use std::process::ExitCode;
@@ -88,6 +89,11 @@ pub enum AdminCmd {
         #[command(subcommand)]
         cmd: ScrubCmd,
     },
+    /// Compaction: sealed volumes of mostly deleted blocks emptied and retired.
+    Compact {
+        #[command(subcommand)]
+        cmd: CompactCmd,
+    },
     /// The background jobs of the process at --admin: state, progress, throttle; pause, resume,
     /// cancel, throttle.
     Workers {
@@ -165,6 +171,34 @@ pub enum ScrubCmd {
 }
 
 #[derive(clap::Subcommand, Debug)]
+pub enum CompactCmd {
+    /// Knobs, the volume being emptied with progress and ETA, candidates and counters.
+    Status,
+    /// Look for a volume to compact now (and resume).
+    Start {
+        /// Wait until no volume over the threshold is left, with progress.
+        #[arg(long)]
+        wait: bool,
+    },
+    Pause,
+    Resume,
+    /// Give up the volume being emptied (what moved stays moved) and pause.
+    Cancel,
+    /// Change the pace and the threshold.
+    Throttle {
+        /// Bytes per second of blocks moved (0: unthrottled).
+        #[arg(long)]
+        bytes_per_sec: Option<u64>,
+        /// Blocks moved at once, 1 to 64.
+        #[arg(long)]
+        concurrency: Option<u32>,
+        /// Share of a volume's bytes reclaimable before it is compacted, above 0 and at most 1.
+        #[arg(long)]
+        threshold: Option<f64>,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
 pub enum RepairCmd {
     /// Queue by priority, bytes done and total, rate, ETA.
     Status,
@@ -209,6 +243,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
         AdminCmd::Rebalance { cmd } => moves::rebalance(&api, json, cmd).await,
         AdminCmd::Drain { what, id, wait } => moves::drain(&api, json, what, id, *wait).await,
         AdminCmd::Undrain { what, id } => moves::undrain(&api, json, what, id).await,
+        AdminCmd::Compact { cmd } => compact::run(&api, json, cmd).await,
         AdminCmd::Workers { cmd } => {
             workers::run(&api, json, cmd.as_ref().unwrap_or(&WorkersCmd::List)).await
         }

@@ -120,7 +120,8 @@ pub fn volumes(vols: &[VolumeView]) -> String {
             "RS",
             "MEMBERS OK",
             "BLOCKS",
-            "BYTES",
+            "LIVE",
+            "DEAD",
             "NOTE",
         ],
         vols,
@@ -133,6 +134,7 @@ pub fn volumes(vols: &[VolumeView]) -> String {
                 format!("{ok}/{}", v.members.len()),
                 v.blocks.to_string(),
                 human_bytes(v.bytes),
+                human_bytes(v.dead_bytes),
                 if v.violations.is_empty() {
                     v.seal_reason.clone()
                 } else {
@@ -334,6 +336,66 @@ pub fn workers(ws: &[WorkerView], now_ms: u64) -> String {
     )
 }
 
+pub fn compaction(c: &CompactionView) -> String {
+    let state = if c.paused {
+        "paused"
+    } else if c.donor != 0 {
+        "running"
+    } else {
+        "idle"
+    };
+    let mut out = format!(
+        "compaction {state}: threshold {:.0}%, {} per second, {} at once\n",
+        c.threshold * 100.0,
+        if c.bytes_per_sec == 0 {
+            "unthrottled".to_string()
+        } else {
+            human_bytes(c.bytes_per_sec)
+        },
+        c.concurrency
+    );
+    if c.donor != 0 {
+        out += &format!(
+            "emptying volume {}: {} of {} moved{}\n",
+            c.donor,
+            human_bytes(c.donor_moved_bytes),
+            human_bytes(c.donor_total_bytes),
+            c.eta_seconds
+                .map(|s| format!(
+                    ", eta {}",
+                    humantime::format_duration(std::time::Duration::from_secs(s))
+                ))
+                .unwrap_or_default()
+        );
+    }
+    out += &format!(
+        "dead bytes in the cell {}; so far {} volumes compacted, {} blocks ({}) moved, {} dead blocks \
+         ({}) reclaimed, {} stale copies\n",
+        human_bytes(c.dead_bytes),
+        c.volumes_compacted_total,
+        c.moved_blocks_total,
+        human_bytes(c.moved_bytes_total),
+        c.dropped_blocks_total,
+        human_bytes(c.reclaimed_bytes_total),
+        c.stale_moves_total
+    );
+    if !c.candidates.is_empty() {
+        out += &table_of(
+            &["CANDIDATE", "LIVE", "IN GRACE", "RECLAIMABLE"],
+            &c.candidates,
+            |v| {
+                vec![
+                    v.volume.to_string(),
+                    human_bytes(v.live_bytes),
+                    human_bytes(v.grace_bytes),
+                    human_bytes(v.expired_bytes),
+                ]
+            },
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -399,6 +461,8 @@ mod tests {
             geometry: "2+1".into(),
             blocks: 3,
             bytes: 4096,
+            dead_blocks: 2,
+            dead_bytes: 3 << 20,
             capacity: 1 << 30,
             lease_holder: String::new(),
             seal_reason: "full".into(),
@@ -408,7 +472,7 @@ mod tests {
         row_has(
             &volumes(&[v]),
             1,
-            &["2/3", "PLACEMENT: members 0 and 1 share node n0"],
+            &["2/3", "3.0 MiB", "PLACEMENT: members 0 and 1 share node n0"],
         );
     }
 
