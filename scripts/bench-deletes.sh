@@ -20,7 +20,7 @@ cargo build --release --locked -p hoard >/dev/null 2>&1
 hoard="${HOARD_BIN:-$CARGO_TARGET_DIR/release/hoard}"
 rm -rf "$WORK" && mkdir -p "$WORK"
 data="$WORK/dev"
-"$hoard" dev --data "$data" --listen 127.0.0.1:0 --admin 127.0.0.1:0 --extent-size 16MiB \
+"$hoard" dev --data "$data" --listen 127.0.0.1:0 --admin 127.0.0.1:0 --extent-size 4MiB \
   --reference-window 1s --delete-grace 2s >"$data.out" 2>"$data.log" &
 dev=$!
 cleanup() { kill "$dev" 2>/dev/null || true; wait "$dev" 2>/dev/null || true; [ "${KEEP:-0}" = 1 ] || rm -rf "$WORK"; }

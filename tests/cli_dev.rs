@@ -84,6 +84,31 @@ fn dev_cell_serves_the_cli_and_survives_sigkill() {
     let out = ok(&hoard(&ep, &["missing", &hash, lines[0], &absent]));
     assert_eq!(out.trim(), absent);
 
+    // delete: a block put just now is kept (a client was told it is present within the reference
+    // window), and the command says so and exits 1; an absent one is not found; undelete of a live
+    // block is "not deleted", exit 0; the JSON names every hash.
+    let out = hoard(&ep, &["delete", &hash, &absent]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains(&format!("{hash}  kept")), "{table}");
+    assert!(table.contains("not found"), "{table}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("1 kept, 1 not found"),
+        "{out:?}"
+    );
+    let undo = ok(&hoard(&ep, &["undelete", &hash, "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&undo).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!([{"hash": hash, "result": "not deleted"}])
+    );
+    let token = ok(&hoard(&ep, &["delete-token"]));
+    assert!(token.trim().parse::<u64>().unwrap() > 0, "{token}");
+    assert!(
+        hoard(&ep, &["get", &hash]).status.success(),
+        "a kept block reads back"
+    );
+
     // Errors: a non-zero exit and one clear line.
     let out = hoard(&ep, &["get", "not-a-hash"]);
     assert!(!out.status.success());

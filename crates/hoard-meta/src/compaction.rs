@@ -448,6 +448,8 @@ impl Compaction {
             let c = &mut t.compaction;
             c.donor = 0;
             c.volumes_compacted += 1;
+            // The next donor, if any, at once: compaction goes on while volumes qualify.
+            c.requested = true;
             schema::put_config(b, ConfigKey::Compaction, c);
             Some(())
         })?;

@@ -128,6 +128,34 @@ fn report(rows: &[Row], json: bool, bad: &[&str]) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Sends `hashes` in requests of 10,000 and pairs each with its result, named by `name`.
+async fn per_hash<R, F, Fut>(
+    hashes: &[String],
+    name: fn(R) -> &'static str,
+    mut call: F,
+) -> anyhow::Result<Vec<Row>>
+where
+    F: FnMut(Vec<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<R>, hoard_client::ClientError>>,
+{
+    let mut rows = Vec::with_capacity(hashes.len());
+    for chunk in hashes.chunks(10_000) {
+        let results = call(chunk.to_vec()).await.map_err(answer)?;
+        if results.len() != chunk.len() {
+            bail!(
+                "the cell answered {} results for {} hashes",
+                results.len(),
+                chunk.len()
+            );
+        }
+        rows.extend(chunk.iter().zip(results).map(|(h, r)| Row {
+            hash: h.clone(),
+            result: name(r),
+        }));
+    }
+    Ok(rows)
+}
+
 pub async fn delete_token(ep: &EndpointArg, json: bool) -> anyhow::Result<ExitCode> {
     let t = connect(ep).await?.delete_token().await.map_err(answer)?;
     if json {
@@ -157,42 +185,22 @@ pub async fn delete(a: DeleteArgs) -> anyhow::Result<ExitCode> {
         Some(t) => t,
         None => client.delete_token().await.map_err(answer)?.token,
     };
-    let mut rows = Vec::with_capacity(hashes.len());
-    for chunk in hashes.chunks(10_000) {
-        let results = client.delete(chunk, token).await.map_err(answer)?;
-        if results.len() != chunk.len() {
-            bail!(
-                "the cell answered {} results for {} hashes",
-                results.len(),
-                chunk.len()
-            );
-        }
-        rows.extend(chunk.iter().zip(results).map(|(h, r)| Row {
-            hash: h.clone(),
-            result: delete_name(r),
-        }));
-    }
+    let client = &client;
+    let rows = per_hash(&hashes, delete_name, |chunk| async move {
+        client.delete(&chunk, token).await
+    })
+    .await?;
     report(&rows, a.json, &["kept", "not found", "unknown"])
 }
 
 pub async fn undelete(a: UndeleteArgs) -> anyhow::Result<ExitCode> {
     let hashes = hashes_of(&a.hashes, a.manifest.as_deref())?;
     let client = connect(&a.ep).await?;
-    let mut rows = Vec::with_capacity(hashes.len());
-    for chunk in hashes.chunks(10_000) {
-        let results = client.undelete(chunk).await.map_err(answer)?;
-        if results.len() != chunk.len() {
-            bail!(
-                "the cell answered {} results for {} hashes",
-                results.len(),
-                chunk.len()
-            );
-        }
-        rows.extend(chunk.iter().zip(results).map(|(h, r)| Row {
-            hash: h.clone(),
-            result: undelete_name(r),
-        }));
-    }
+    let client = &client;
+    let rows = per_hash(&hashes, undelete_name, |chunk| async move {
+        client.undelete(&chunk).await
+    })
+    .await?;
     report(&rows, a.json, &["not found", "unknown"])
 }
 
