@@ -353,6 +353,7 @@ fn a_closed_pipe_ends_commands_quietly_and_the_env_file_reaches_the_cell() {
         vec!["admin", "disks"],
         vec!["admin", "status"],
         vec!["admin", "volumes", "--json"],
+        vec!["admin", "trash", "status"],
         vec!["get", &hash],
         vec!["download", m],
         vec!["stat", &hash],
@@ -378,6 +379,15 @@ fn a_closed_pipe_ends_commands_quietly_and_the_env_file_reaches_the_cell() {
             out.status
         );
     }
+    // The trash ledger as JSON: nothing halted, the inspector at work.
+    let out = Command::new(bin())
+        .args(["admin", "trash", "status", "--json"])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+    assert_eq!(v["halted"], "", "{v}");
+    assert!(v["entries"].is_u64() && v["waiting"].is_array(), "{v}");
     let status = dev.terminate().unwrap();
     assert!(status.success());
 }

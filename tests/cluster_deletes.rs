@@ -1,6 +1,7 @@
 //! Deletes on a real cell of processes: the delete contract under racing dedup puts and
 //! `FindMissing`, retention and undelete, and compaction emptying sparse volumes while its roles are
-//! SIGKILLed, with every live block read back byte-exact.
+//! SIGKILLed, with every live block read back byte-exact; the retired extents leave the trash only
+//! under meta's clearance, and one unlinked without it halts every unlink.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -119,12 +120,16 @@ async fn dedup_puts_and_find_missing_racing_deletes_lose_no_block_a_client_was_t
     assert!(told > ROUNDS / 2, "told present only {told} times");
 }
 
-/// Bytes of extents in service on every disk (the trash left out).
-fn disk_bytes(cluster: &Cluster) -> u64 {
+/// Bytes on every disk, and of them in the trash.
+fn disk_bytes(cluster: &Cluster) -> (u64, u64) {
     (0..cluster.volumes.len())
         .flat_map(|i| cluster.disk_dirs(i))
-        .map(|d| dir_size(&d) - dir_size(&d.join("trash")))
-        .sum()
+        .map(|d| (dir_size(&d), dir_size(&d.join("trash"))))
+        .fold((0, 0), |(a, b), (x, y)| (a + x, b + y))
+}
+
+async fn trash(cluster: &Cluster) -> serde_json::Value {
+    cluster.admin_get("/api/v1/trash").await.unwrap()
 }
 
 async fn compaction(cluster: &Cluster) -> serde_json::Value {
@@ -133,11 +138,17 @@ async fn compaction(cluster: &Cluster) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deleted_blocks_are_undeletable_within_grace_then_compacted_away_through_kills() {
-    let mut cluster = start(ClusterOpts {
-        extent_size: "4MiB".into(),
-        open_volumes: 1,
-        ..ClusterOpts::default()
-    });
+    let mut cluster = Cluster::start(
+        bin(),
+        ClusterOpts {
+            extent_size: "4MiB".into(),
+            open_volumes: 1,
+            meta_extra: format!("{TIMERS}trash_inspect_every = \"500ms\"\n"),
+            volume_extra: "trash_grace = \"1s\"".into(),
+            ..ClusterOpts::default()
+        },
+    )
+    .expect("cluster starts");
     let client = cluster.client().await.unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(15);
     let sizes: Vec<usize> = (0..1000)
@@ -230,8 +241,9 @@ async fn deleted_blocks_are_undeletable_within_grace_then_compacted_away_through
         .filter(|i| !live.contains(i))
         .map(|&i| sizes[i] as u64)
         .sum();
-    let before = disk_bytes(&cluster);
-    // Past the grace, compaction runs unthrottled; SIGKILLs of the compactor and of meta partway.
+    let (before, _) = disk_bytes(&cluster);
+    // Past the grace, compaction runs unthrottled; SIGKILLs of the compactor, a volume server, the
+    // frontend and meta partway.
     tokio::time::sleep(Duration::from_secs(9)).await;
     cluster
         .admin_post(
@@ -263,6 +275,22 @@ async fn deleted_blocks_are_undeletable_within_grace_then_compacted_away_through
     })
     .await
     .unwrap();
+    // A volume server dies while a donor is emptied (its members read degraded, writes go to
+    // volumes without it) and comes back.
+    let moved = compaction(&cluster).await["moved_blocks_total"]
+        .as_u64()
+        .unwrap();
+    cluster.kill_volume(1);
+    wait_for("compaction goes on", Duration::from_secs(60), || async {
+        (compaction(&cluster).await["moved_blocks_total"].as_u64()? > moved).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    cluster.start_volume(1).unwrap();
+    // The frontend the compactor reads and writes through dies too.
+    cluster.kill_frontend();
+    cluster.start_frontend().unwrap();
+    let client = cluster.client().await.unwrap();
     cluster.restart_meta_same_port().unwrap();
     // Done when no sealed volume is over the threshold and none is being emptied.
     wait_for(
@@ -287,9 +315,25 @@ async fn deleted_blocks_are_undeletable_within_grace_then_compacted_away_through
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
-    let after = disk_bytes(&cluster);
+    // The donors' extents leave the trash under meta's clearances, once the trash grace passed.
+    if let Err(e) = wait_for("the trash emptied", Duration::from_secs(60), || async {
+        let t = trash(&cluster).await;
+        (disk_bytes(&cluster).1 == 0 && t["entries"] == 0).then_some(())
+    })
+    .await
+    {
+        panic!("{e}\ntrash: {}\n{}", trash(&cluster).await, cluster.logs());
+    }
+    let t = trash(&cluster).await;
+    assert_eq!(t["halted"], "", "{t}");
+    assert_eq!(t["unlinks_without_clearance_total"], 0, "{t}");
+    assert_eq!(t["violations_total"], 0, "{t}");
+    assert!(t["unlinks_total"].as_u64().unwrap() > 0, "{t}");
+    let (after, _) = disk_bytes(&cluster);
     let c = compaction(&cluster).await;
-    eprintln!("disk bytes {before} -> {after}, dead block bytes {dead_bytes}; compaction {c}");
+    eprintln!(
+        "disk bytes {before} -> {after}, dead block bytes {dead_bytes}; compaction {c}; trash {t}"
+    );
     assert!(
         before.saturating_sub(after) as f64 >= 0.9 * dead_bytes as f64,
         "disk bytes fell from {before} to {after}: less than 90% of {dead_bytes} dead bytes"
@@ -319,4 +363,44 @@ async fn deleted_blocks_are_undeletable_within_grace_then_compacted_away_through
     );
     let e = client.get(&gone[0].parse().unwrap()).await.unwrap_err();
     assert_eq!(code_of(&e), Some(Code::NotFound), "{e}");
+    // An extent unlinked without a clearance (here: a trashed extent of a volume meta never knew,
+    // which it never clears, removed by hand) halts every unlink in the cell until resumed.
+    let entry = cluster.disk_dirs(0)[0]
+        .join("trash")
+        .join(format!("v999999-m0-g1-{}", hoard_types::now_ms()));
+    std::fs::create_dir_all(&entry).unwrap();
+    std::fs::write(entry.join("0.dat"), b"not cleared").unwrap();
+    wait_for(
+        "the entry in the ledger",
+        Duration::from_secs(30),
+        || async {
+            let t = trash(&cluster).await;
+            let listed = t["waiting"].as_array()?.iter().any(|e| {
+                e["waiting"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("unknown to meta")
+            });
+            listed.then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    std::fs::remove_dir_all(&entry).unwrap();
+    wait_for("unlinks halted", Duration::from_secs(30), || async {
+        let t = trash(&cluster).await;
+        (t["unlinks_without_clearance_total"] == 1).then_some(t)
+    })
+    .await
+    .unwrap();
+    let t = trash(&cluster).await;
+    assert!(
+        t["halted"].as_str().unwrap().contains("v999999-m0-g1"),
+        "{t}"
+    );
+    let t: serde_json::Value = cluster
+        .admin_post("/api/v1/trash/resume", serde_json::json!({}))
+        .await
+        .unwrap();
+    assert_eq!(t["halted"], "", "{t}");
 }

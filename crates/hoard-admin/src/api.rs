@@ -311,6 +311,42 @@ pub struct CompactionCandidate {
     pub expired_bytes: u64,
 }
 
+/// The volume servers' trash as meta's ledger knows it: what waits, what is cleared, and whether
+/// unlinks are halted.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TrashView {
+    /// Non-empty: every unlink in the cell is halted, and why; an operator resumes them.
+    pub halted: String,
+    pub halted_unix_ms: u64,
+    pub entries: u64,
+    pub bytes: u64,
+    /// Entries meta cleared: unlinked by their servers once the trash grace has passed.
+    pub cleared: u64,
+    pub cleared_bytes: u64,
+    pub clearances_total: u64,
+    pub unlinks_total: u64,
+    /// Entries that vanished from a healthy disk's trash without a clearance.
+    pub unlinks_without_clearance_total: u64,
+    /// Inspections that found a row pointing into a trashed extent.
+    pub violations_total: u64,
+    pub inspections_total: u64,
+    pub last_inspection_unix_ms: u64,
+    /// The oldest entries not cleared yet (at most 100), with why each waits.
+    pub waiting: Vec<TrashEntryView>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TrashEntryView {
+    pub node_id: String,
+    pub disk_id: String,
+    pub name: String,
+    /// The extent it holds ("volume/member gen G"); empty when its server cannot tell.
+    pub extent: String,
+    pub trashed_unix_ms: u64,
+    pub bytes: u64,
+    pub waiting: String,
+}
+
 /// A change of the compaction knobs; absent fields stay.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

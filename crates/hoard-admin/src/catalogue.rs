@@ -105,6 +105,36 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Donors compaction emptied, inspected and retired.",
     ),
     (
+        "hoard_trash_halted",
+        Gauge,
+        "1 while meta halts every trash unlink (a failed inspection, or an extent unlinked without a clearance).",
+    ),
+    (
+        "hoard_trash_entries",
+        Gauge,
+        "Trashed extents the volume servers report, by state: cleared (meta's clearance issued) or waiting.",
+    ),
+    (
+        "hoard_trash_clearances_total",
+        Counter,
+        "Trash entries the inspector cleared for unlinking.",
+    ),
+    (
+        "hoard_trash_unlinks_total",
+        Counter,
+        "Cleared trash entries that vanished from their disk: unlinked as meant.",
+    ),
+    (
+        "hoard_extent_unlinks_without_clearance_total",
+        Counter,
+        "Trash entries that vanished from a healthy disk with no clearance from meta.",
+    ),
+    (
+        "hoard_trash_inspection_violations_total",
+        Counter,
+        "Trash inspections that found index rows still pointing into a trashed extent.",
+    ),
+    (
         "hoard_compactor_moved_bytes_total",
         Counter,
         "Block bytes this compactor copied and re-pointed.",

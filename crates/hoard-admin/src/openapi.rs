@@ -326,6 +326,21 @@ pub const META: &[Route] = &[
             One("CompactionView"),
         )
     },
+    get(
+        "/api/v1/trash",
+        "The volume servers' trash: waiting and cleared entries, the halt",
+        One("TrashView"),
+    ),
+    post(
+        "/api/v1/trash/inspect",
+        "Inspect the uncleared trash entries now",
+        One("TrashView"),
+    ),
+    post(
+        "/api/v1/trash/resume",
+        "Lift a halt of trash unlinks",
+        One("TrashView"),
+    ),
 ];
 
 #[derive(OpenApi)]
@@ -352,6 +367,8 @@ pub const META: &[Route] = &[
     CompactionView,
     CompactionCandidate,
     CompactionThrottle,
+    TrashView,
+    TrashEntryView,
     MoveView,
     DrainView,
     RebalanceView,

@@ -186,25 +186,9 @@ impl Compaction {
     fn walk(
         &self,
         from: &[u8],
-        mut visit: impl FnMut(BlockHash, BlockRow) -> bool,
+        visit: impl FnMut(BlockHash, BlockRow) -> bool,
     ) -> Result<(), MetaError> {
-        let mut err = None;
-        self.core.engine.scan(Cf::Blocks, from, &mut |k, v| {
-            let parsed = BlockHash::from_slice(k)
-                .map_err(|e| MetaError::Corrupt {
-                    table: "blocks".into(),
-                    problem: e.to_string(),
-                })
-                .and_then(|h| Ok((h, decode::<BlockRow>(v)?)));
-            match parsed {
-                Ok((h, r)) => visit(h, r),
-                Err(e) => {
-                    err = Some(e);
-                    false
-                }
-            }
-        })?;
-        err.map_or(Ok(()), Err)
+        walk_rows(self.core.engine.as_ref(), from, visit)
     }
 
     /// Whether a volume may be emptied: sealed, every member ok, and no repair or move holds it.
@@ -472,6 +456,32 @@ impl Compaction {
     pub(crate) fn donor_of(core: &Core) -> VolumeId {
         core.lock().compaction.donor
     }
+}
+
+/// Every row of the block index from `from`, in hash order, with `visit` told each; stops when it
+/// returns false. A row that does not parse ends the walk with its error.
+pub(crate) fn walk_rows(
+    engine: &dyn crate::engine::KvEngine,
+    from: &[u8],
+    mut visit: impl FnMut(BlockHash, BlockRow) -> bool,
+) -> Result<(), MetaError> {
+    let mut err = None;
+    engine.scan(Cf::Blocks, from, &mut |k, v| {
+        let parsed = BlockHash::from_slice(k)
+            .map_err(|e| MetaError::Corrupt {
+                table: "blocks".into(),
+                problem: e.to_string(),
+            })
+            .and_then(|h| Ok((h, decode::<BlockRow>(v)?)));
+        match parsed {
+            Ok((h, r)) => visit(h, r),
+            Err(e) => {
+                err = Some(e);
+                false
+            }
+        }
+    })?;
+    err.map_or(Ok(()), Err)
 }
 
 #[cfg(test)]

@@ -42,6 +42,8 @@ pub struct MetaConfig {
     /// The compaction threshold until an operator sets one: a sealed volume whose reclaimable share
     /// of its stored bytes reaches it is compacted.
     pub compaction_threshold: f64,
+    /// How often the trash inspector looks at the volume servers' uncleared trash entries.
+    pub trash_inspect_every: Duration,
 }
 
 impl Default for MetaConfig {
@@ -55,6 +57,7 @@ impl Default for MetaConfig {
             high_water: 0.9,
             delete: Default::default(),
             compaction_threshold: 0.3,
+            trash_inspect_every: Duration::from_secs(30),
         }
     }
 }
@@ -84,6 +87,8 @@ pub(crate) struct Tables {
     pub(crate) in_service: BTreeMap<String, Vec<ReportedExtent>>,
     pub(crate) counters: RepairCountersRow,
     pub(crate) compaction: CompactionRow,
+    /// What the volume servers' trash holds, the clearances issued and the halt.
+    pub(crate) trash: crate::trash::Ledger,
     /// (time, bytes) of recent rebuild commits, for the rate.
     pub(crate) recent: VecDeque<(u64, u64)>,
     /// Disks a frontend reported failing since their node's last heartbeat: no new members go there
@@ -220,6 +225,7 @@ impl Tables {
             ConfigKey::RepairCounters,
             RepairCountersRow::default,
         )?;
+        t.trash = crate::trash::Ledger::load(engine)?;
         // Ids are never reused, even if a counter row was lost.
         t.next_move = t
             .next_move

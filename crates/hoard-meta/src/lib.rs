@@ -20,6 +20,7 @@ pub mod schema;
 pub mod scrub;
 pub mod service;
 pub mod state;
+pub mod trash;
 pub mod verify;
 mod views;
 pub mod volume_ops;

@@ -45,6 +45,10 @@ pub struct Heartbeat {
     pub extents: Vec<ReportedExtent>,
     /// How often the server beats.
     pub interval_ms: u64,
+    /// What the trash of its healthy disks holds.
+    pub trash: Vec<crate::trash::ReportedTrash>,
+    /// Disks whose trash was listed only in part.
+    pub trash_truncated: Vec<String>,
 }
 
 impl TryFrom<&v1::HeartbeatRequest> for Heartbeat {
@@ -92,6 +96,18 @@ impl TryFrom<&v1::HeartbeatRequest> for Heartbeat {
                 })
             })
             .collect();
+        if req.trash.len() > crate::trash::MAX_REPORTED {
+            return Err(MetaError::Invalid(format!(
+                "heartbeat lists {} trash entries, more than {}",
+                req.trash.len(),
+                crate::trash::MAX_REPORTED
+            )));
+        }
+        let trash = req
+            .trash
+            .iter()
+            .map(crate::trash::ReportedTrash::parse)
+            .collect::<Result<_, MetaError>>()?;
         Ok(Heartbeat {
             node_id: req.node_id.clone(),
             address: req.address.clone(),
@@ -99,18 +115,24 @@ impl TryFrom<&v1::HeartbeatRequest> for Heartbeat {
             disks,
             extents,
             interval_ms: req.interval_ms.clamp(100, 3_600_000),
+            trash,
+            trash_truncated: req.trash_truncated.clone(),
         })
     }
 }
 
 /// What meta answers a heartbeat.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct HeartbeatAnswer {
     pub cluster_id: String,
     /// Extents superseded by a newer generation elsewhere (or of retired volumes): to the trash.
     pub retire: Vec<ExtentId>,
     /// Held disks of another cluster that an operator declared empty: they take this cluster's id.
     pub adopt_disks: Vec<String>,
+    /// The server's trash entries meta cleared for unlinking.
+    pub clearances: Vec<v1::TrashClearance>,
+    /// Non-empty: unlinks are halted cell-wide, and why.
+    pub trash_halted: String,
 }
 
 pub struct Nodes {
@@ -195,6 +217,7 @@ impl Nodes {
         let mut hb = hb.clone();
         hb.disks.retain(|d| !taken_disks.contains(&d.disk_id));
         hb.extents.retain(|e| !taken_disks.contains(&e.disk_id));
+        hb.trash.retain(|e| !taken_disks.contains(&e.disk_id));
         self.heartbeat(&hb)
     }
 
@@ -282,10 +305,20 @@ impl Nodes {
                 })
                 .collect();
             t.in_service.insert(hb.node_id.clone(), hb.extents.clone());
+            let (clearances, trash_halted) = crate::trash::referee(
+                t,
+                b,
+                &hb.node_id,
+                &hb.disks,
+                &hb.trash,
+                &hb.trash_truncated,
+            );
             HeartbeatAnswer {
                 cluster_id: t.cluster_id.clone(),
                 retire,
                 adopt_disks: adopt,
+                clearances,
+                trash_halted,
             }
         })
     }
@@ -310,7 +343,7 @@ impl Nodes {
 /// Whether a rebuild or move still in progress is writing this generation of the member. A newer
 /// generation than meta's that nothing is writing was left by a rebuild or move that was abandoned (or
 /// put in service just before its commit failed): it holds space and will never serve.
-fn in_flight(t: &Tables, e: &ExtentId) -> bool {
+pub(crate) fn in_flight(t: &Tables, e: &ExtentId) -> bool {
     let rebuilding = t.repairs.get(&e.volume).is_some_and(|r| {
         r.outputs
             .iter()

@@ -239,6 +239,65 @@ pub struct CompactionRow {
     pub requested: bool,
 }
 
+/// The trash ledger's summary (table `config`, key `trash`): whether unlinks are halted, the next
+/// clearance id and lifetime counters.
+#[derive(Clone, PartialEq, Message)]
+pub struct TrashRow {
+    /// Non-empty: every unlink in the cell is halted, and why (until an operator resumes).
+    #[prost(string, tag = "1")]
+    pub halted: String,
+    #[prost(uint64, tag = "2")]
+    pub halted_unix_ms: u64,
+    /// The last clearance id handed out.
+    #[prost(uint64, tag = "3")]
+    pub last_clearance: u64,
+    /// Cleared entries that vanished from their trash: unlinked as meant.
+    #[prost(uint64, tag = "4")]
+    pub unlinks: u64,
+    /// Entries that vanished from a healthy disk's trash with no clearance.
+    #[prost(uint64, tag = "5")]
+    pub unlinks_without_clearance: u64,
+    /// Inspections that found a row still pointing into a trashed extent.
+    #[prost(uint64, tag = "6")]
+    pub violations: u64,
+    #[prost(uint64, tag = "7")]
+    pub inspections: u64,
+    #[prost(uint64, tag = "8")]
+    pub last_inspection_unix_ms: u64,
+}
+
+/// A trashed extent a volume server reported (table `config`, key `trash/<disk>/<name>`).
+#[derive(Clone, PartialEq, Message)]
+pub struct TrashEntryRow {
+    #[prost(string, tag = "1")]
+    pub disk_id: String,
+    #[prost(string, tag = "2")]
+    pub name: String,
+    #[prost(string, tag = "3")]
+    pub node_id: String,
+    /// False when the server could not tell which extent the entry holds: never cleared.
+    #[prost(bool, tag = "4")]
+    pub identified: bool,
+    #[prost(uint64, tag = "5")]
+    pub volume: u64,
+    #[prost(uint32, tag = "6")]
+    pub member: u32,
+    #[prost(uint64, tag = "7")]
+    pub generation: u64,
+    #[prost(uint64, tag = "8")]
+    pub trashed_unix_ms: u64,
+    #[prost(uint64, tag = "9")]
+    pub bytes: u64,
+    /// 0: not cleared.
+    #[prost(uint64, tag = "10")]
+    pub clearance: u64,
+    #[prost(uint64, tag = "11")]
+    pub cleared_unix_ms: u64,
+    /// Why the last inspection did not clear it.
+    #[prost(string, tag = "12")]
+    pub waiting: String,
+}
+
 /// Lifetime repair counters (table `config`, key `repair_counters`).
 #[derive(Clone, PartialEq, Message)]
 pub struct RepairCountersRow {

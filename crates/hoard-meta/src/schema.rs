@@ -21,7 +21,7 @@ use crate::MetaError;
 use crate::engine::{Cf, WriteBatch};
 use crate::rows::{
     BlockRow, CompactionRow, DiskRow, KnobsRow, MemberRow, MoveRow, NodeRow, RangeRow,
-    RebalanceRow, RepairCountersRow, RepairRow, ScrubKnobsRow, VolumeRow,
+    RebalanceRow, RepairCountersRow, RepairRow, ScrubKnobsRow, TrashEntryRow, TrashRow, VolumeRow,
 };
 
 /// Version byte in front of every stored value.
@@ -48,6 +48,8 @@ pub enum ConfigKey {
     ClockMark,
     /// [`CompactionRow`].
     Compaction,
+    /// [`TrashRow`]; its entries are under [`trash_entry_key`].
+    Trash,
 }
 
 impl ConfigKey {
@@ -62,6 +64,7 @@ impl ConfigKey {
             ConfigKey::ScrubKnobs => b"scrub_knobs",
             ConfigKey::ClockMark => b"clock_mark",
             ConfigKey::Compaction => b"compaction",
+            ConfigKey::Trash => b"trash",
         }
     }
 }
@@ -187,7 +190,23 @@ plain_row!(
     ScrubKnobsRow => "config",
     RepairCountersRow => "config",
     CompactionRow => "config",
+    TrashRow => "config",
+    TrashEntryRow => "config",
 );
+
+/// Where the config table keeps trash entries: every key starts with it.
+pub const TRASH_ENTRY_PREFIX: &[u8] = b"trash/";
+
+/// The key of a trash entry: the prefix, the disk id, a NUL and the entry's name.
+pub fn trash_entry_key(disk_id: &str, name: &str) -> Vec<u8> {
+    [
+        TRASH_ENTRY_PREFIX,
+        disk_id.as_bytes(),
+        b"\0",
+        name.as_bytes(),
+    ]
+    .concat()
+}
 
 #[derive(Clone, PartialEq, Message)]
 struct StoredBlock {

@@ -48,6 +48,8 @@ impl Meta for MetaService {
             retire: a.retire.into_iter().map(Into::into).collect(),
             scrub: Some(self.state.scrub().knobs()),
             adopt_disks: a.adopt_disks,
+            clearances: a.clearances,
+            trash_halted: a.trash_halted,
         }))
     }
 

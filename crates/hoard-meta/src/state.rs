@@ -11,6 +11,7 @@
 //! | [`Repair`] | `repair` | the repair queue, rebuild plans and commits, range repairs |
 //! | [`Moves`] | `moves` | rebalance and drain |
 //! | [`Scrub`] | `scrub` | the scrub knobs and reports |
+//! | [`Trash`] | `trash` | the trash ledger: inspections, clearances, the referee's halt |
 //! | [`Verify`], [`IndexRebuild`] | `verify`, `rebuild_index` | operator jobs, run as workers |
 //!
 //! Storage keys and row layouts are [`crate::schema`]'s; what meta shows of its tables is
@@ -34,6 +35,7 @@ use crate::nodes::{Heartbeat, HeartbeatAnswer, Nodes};
 use crate::rebuild_index::IndexRebuild;
 use crate::repair::Repair;
 use crate::scrub::Scrub;
+use crate::trash::Trash;
 use crate::verify::Verify;
 use crate::volume_ops::VolumeOps;
 use crate::volumes::Volumes;
@@ -50,6 +52,7 @@ pub struct MetaState {
     scrub: Scrub,
     verify: Verify,
     index: IndexRebuild,
+    trash: Trash,
 }
 
 impl MetaState {
@@ -81,6 +84,7 @@ impl MetaState {
             verify: Verify::new(Arc::clone(&core)),
             index: IndexRebuild::new(Arc::clone(&core), Arc::clone(&blocks)),
             compaction: Compaction::new(Arc::clone(&core), Arc::clone(&blocks)),
+            trash: Trash::new(Arc::clone(&core), Arc::clone(&blocks)),
             blocks,
             core,
         }))
@@ -143,6 +147,10 @@ impl MetaState {
         &self.index
     }
 
+    pub fn trash(&self) -> &Trash {
+        &self.trash
+    }
+
     /// The whole cell, for status pages and admin commands.
     pub fn cluster_status(&self) -> v1::ClusterStatusResponse {
         crate::views::cluster_status(&self.core.lock(), &self.core.cfg)
@@ -158,6 +166,7 @@ impl MetaState {
     pub fn check_health(&self) -> Result<(), MetaError> {
         self.health.check()?;
         self.repair.publish_metrics();
+        self.trash.publish_metrics();
         Ok(())
     }
 }
@@ -195,7 +204,44 @@ impl Worker for Monitor {
     }
 }
 
-/// Starts the health monitor of `state`.
+/// The trash inspector: [`Trash::inspect`] every `period`, as a worker, until the state is dropped.
+struct Inspector {
+    state: Weak<MetaState>,
+    period: Duration,
+    last: crate::trash::Inspection,
+    cleared: u64,
+}
+
+impl Worker for Inspector {
+    fn name(&self) -> String {
+        "trash-inspector".into()
+    }
+
+    fn status(&self) -> WorkerStatus {
+        WorkerStatus {
+            progress: None,
+            detail: format!(
+                "{} cleared in all; last round {} waiting, {} violations, {} rows walked",
+                self.cleared, self.last.waiting, self.last.violations, self.last.rows_walked
+            ),
+        }
+    }
+
+    async fn work(&mut self, _: &CancellationToken) -> Result<WorkerState, WorkerError> {
+        let Some(state) = self.state.upgrade() else {
+            return Ok(WorkerState::Done);
+        };
+        self.last = state
+            .trash()
+            .inspect()
+            .await
+            .map_err(WorkerError::transient)?;
+        self.cleared += self.last.cleared;
+        Ok(WorkerState::Throttled(self.period))
+    }
+}
+
+/// Starts the health monitor and the trash inspector of `state`.
 pub fn spawn_monitor(state: &Arc<MetaState>, period: Duration) {
     let monitor = Monitor {
         state: Arc::downgrade(state),
@@ -204,6 +250,15 @@ pub fn spawn_monitor(state: &Arc<MetaState>, period: Duration) {
     };
     if let Err(e) = Registry::global().spawn(monitor) {
         tracing::error!("health monitor not started: {e}");
+    }
+    let inspector = Inspector {
+        state: Arc::downgrade(state),
+        period: state.config().trash_inspect_every,
+        last: Default::default(),
+        cleared: 0,
+    };
+    if let Err(e) = Registry::global().spawn(inspector) {
+        tracing::error!("trash inspector not started: {e}");
     }
 }
 
@@ -394,6 +449,7 @@ mod tests {
                 })),
                 ..Default::default()
             }],
+            ..Default::default()
         };
         let current = state.volumes().volume(vid).unwrap().members[0].generation;
         // The generation meta lists stays; a newer one nothing is writing goes to the trash.
@@ -463,6 +519,7 @@ mod tests {
                                 ..Default::default()
                             })
                             .collect(),
+                        ..Default::default()
                     })
                     .unwrap();
             }

@@ -77,6 +77,7 @@ pub fn cell_on(
                         ..Default::default()
                     })
                     .collect(),
+                ..Default::default()
             })
             .unwrap();
     }

@@ -197,6 +197,8 @@ pub struct ClusterOpts {
     pub frontend_extra: String,
     /// Extra lines for meta's `[meta]` section.
     pub meta_extra: String,
+    /// Extra lines for each volume server's `[volume]` section.
+    pub volume_extra: String,
     /// Capacity each disk reports (e.g. "256MiB"), instead of its filesystem's size.
     pub disk_capacity: Option<String>,
     /// Volume servers started with the cell (the others can be started later); all when `None`.
@@ -217,6 +219,7 @@ impl Default for ClusterOpts {
             repair: true,
             frontend_extra: String::new(),
             meta_extra: String::new(),
+            volume_extra: String::new(),
             disk_capacity: None,
             start_volumes: None,
         }
@@ -342,9 +345,10 @@ impl Cluster {
             .map(|c| format!("disk_capacity = \"{c}\"\n"))
             .unwrap_or_default();
         let cfg = format!(
-            "[node]\nid = \"vol-{i}\"\n[volume]\nlisten = \"127.0.0.1:0\"\nmeta = \"{}\"\ndisks = [{}]\nheartbeat = \"500ms\"\nlabels = {{ host = \"vol-{i}\" }}\n{capacity}[admin]\nlisten = \"127.0.0.1:0\"\n",
+            "[node]\nid = \"vol-{i}\"\n[volume]\nlisten = \"127.0.0.1:0\"\nmeta = \"{}\"\ndisks = [{}]\nheartbeat = \"500ms\"\nlabels = {{ host = \"vol-{i}\" }}\n{capacity}{}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
             self.meta_url,
-            disks.join(", ")
+            disks.join(", "),
+            self.opts.volume_extra
         );
         let p = self.write_config(&format!("vol-{i}"), &cfg)?;
         self.volumes[i] = Some(self.spawn(&format!("vol-{i}"), &p, &["volume", "admin"])?);

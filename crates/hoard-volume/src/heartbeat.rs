@@ -41,6 +41,7 @@ pub async fn beat(
         .iter()
         .map(|(e, d)| crate::wire::extent_info(e, d))
         .collect();
+    let (trash, trash_truncated) = trash_report(store);
     let resp = client
         .heartbeat(v1::HeartbeatRequest {
             node_id: store.node_id.clone(),
@@ -49,6 +50,8 @@ pub async fn beat(
             disks,
             extents,
             interval_ms: cfg.interval.as_millis() as u64,
+            trash,
+            trash_truncated,
         })
         .await?
         .into_inner();
@@ -58,6 +61,14 @@ pub async fn beat(
     if !resp.cluster_id.is_empty() {
         store.adopt_cluster(&resp.cluster_id, &resp.adopt_disks);
     }
+    *store.trash_word.lock() = crate::trash::Word {
+        cleared: resp
+            .clearances
+            .iter()
+            .map(|c| ((c.disk_id.clone(), c.name.clone()), c.clearance))
+            .collect(),
+        halted: resp.trash_halted.clone(),
+    };
     for e in resp.retire {
         store.retire(e.volume, e.member, e.generation);
     }
@@ -65,6 +76,32 @@ pub async fn beat(
         s.set_knobs(crate::scrub::Knobs::from_wire(k));
     }
     Ok(())
+}
+
+/// The trash of every healthy disk, at most [`crate::trash::LIST_LIMIT`] entries each (the oldest),
+/// and the disks that hold more.
+fn trash_report(store: &VolumeStore) -> (Vec<v1::TrashEntry>, Vec<String>) {
+    let mut entries = Vec::new();
+    let mut truncated = Vec::new();
+    for d in store.disks().iter().filter(|d| d.failure().is_none()) {
+        let mut listed = crate::trash::list(d);
+        if listed.len() > crate::trash::LIST_LIMIT {
+            listed.truncate(crate::trash::LIST_LIMIT);
+            truncated.push(d.id.clone());
+        }
+        entries.extend(listed.into_iter().map(|e| v1::TrashEntry {
+            disk_id: e.disk_id,
+            name: e.name,
+            extent: e.extent.map(|x| v1::ExtentRef {
+                volume: x.volume,
+                member: x.member,
+                generation: x.generation,
+            }),
+            trashed_unix_ms: e.trashed_unix_ms,
+            bytes: e.bytes,
+        }));
+    }
+    (entries, truncated)
 }
 
 /// Heartbeats until `stop` turns true. Failures are logged and retried at the next beat.

@@ -15,6 +15,7 @@ pub mod service;
 mod space;
 pub mod staged;
 pub mod store;
+pub mod trash;
 pub mod wire;
 
 use std::path::{Path, PathBuf};

@@ -51,6 +51,8 @@ pub struct VolumeStore {
     pub meta_contact_unix_ms: std::sync::atomic::AtomicU64,
     /// The heartbeat interval, for judging how long meta may stay silent.
     pub heartbeat_ms: std::sync::atomic::AtomicU64,
+    /// What meta's last heartbeat answer said of this server's trash.
+    pub trash_word: parking_lot::Mutex<crate::trash::Word>,
 }
 
 impl VolumeStore {
@@ -112,6 +114,7 @@ impl VolumeStore {
             staged: Default::default(),
             meta_contact_unix_ms: Default::default(),
             heartbeat_ms: std::sync::atomic::AtomicU64::new(5000),
+            trash_word: Default::default(),
         })
     }
 
@@ -313,7 +316,8 @@ impl VolumeStore {
         }
     }
 
-    /// Moves an extent directory to the disk's trash (kept for inspection, deleted later).
+    /// Moves an extent directory to the disk's trash, named for the extent it held (see
+    /// [`crate::trash`]); it is unlinked only once meta cleared it.
     fn trash(
         &self,
         disk: &Disk,
@@ -324,33 +328,26 @@ impl VolumeStore {
             let mut map = self.extents.write();
             map.retain(|_, (e, _)| e.dir != dir);
         }
-        let dest = disk
-            .path
-            .join(crate::disk::TRASH_DIR)
-            .join(format!("{volume}-{}", hoard_types::now_ms()));
+        let now = hoard_types::now_ms();
+        let name = match crate::format::read_checked_toml::<crate::extent::MemberFile>(
+            &dir.join("member.toml"),
+        ) {
+            Ok(mf) => crate::trash::entry_name(
+                hoard_types::ExtentId {
+                    volume: mf.volume,
+                    member: mf.member,
+                    generation: mf.generation,
+                },
+                now,
+            ),
+            // Meta never clears an entry that cannot tell which extent it held.
+            Err(_) => format!("v{volume}-unknown-{now}"),
+        };
+        let dest = disk.path.join(crate::disk::TRASH_DIR).join(&name);
         std::fs::rename(dir, &dest).map_err(|e| VolumeError::io(dir, e))?;
-        tracing::info!(volume, from = %dir.display(), "extent moved to trash");
+        crate::format::sync_dir(&disk.path.join(crate::disk::TRASH_DIR))?;
+        tracing::info!(volume, from = %dir.display(), entry = %name, "extent moved to trash");
         Ok(())
-    }
-
-    /// Deletes trashed extents older than `grace` (their names end in the time they were trashed).
-    pub fn sweep_trash(&self, grace: std::time::Duration) -> usize {
-        let cutoff = hoard_types::now_ms().saturating_sub(grace.as_millis() as u64);
-        let mut n = 0;
-        for d in &self.disks {
-            let Ok(entries) = fs::read_dir(d.path.join(crate::disk::TRASH_DIR)) else {
-                continue;
-            };
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().to_string();
-                let trashed = name.rsplit('-').next().and_then(|t| t.parse::<u64>().ok());
-                if trashed.is_some_and(|t| t < cutoff) && fs::remove_dir_all(e.path()).is_ok() {
-                    tracing::info!(disk = %d.id, entry = %name, "trashed extent deleted after its grace period");
-                    n += 1;
-                }
-            }
-        }
-        n
     }
 
     /// Checks that every disk still carries its label; a disk whose label vanished or changed was
@@ -458,7 +455,7 @@ impl VolumeStore {
 }
 
 /// Bytes of the files under `dir` (allocated blocks, as they count against the disk).
-fn dir_bytes(dir: &std::path::Path) -> u64 {
+pub(crate) fn dir_bytes(dir: &std::path::Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let Ok(entries) = fs::read_dir(dir) else {
         return 0;
@@ -471,46 +468,4 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
-}
-
-/// The trash sweep of a volume server as a worker (`trash/<node>`): trashed extents older than the
-/// grace are deleted, every ten minutes (or every grace, when shorter).
-pub struct TrashSweep {
-    pub store: Arc<VolumeStore>,
-    pub grace: std::time::Duration,
-    pub deleted: usize,
-}
-
-impl hoard_runtime::Worker for TrashSweep {
-    fn name(&self) -> String {
-        format!("trash/{}", self.store.node_id)
-    }
-
-    fn status(&self) -> hoard_runtime::WorkerStatus {
-        hoard_runtime::WorkerStatus {
-            progress: None,
-            detail: format!(
-                "{} trashed extents deleted; grace {}",
-                self.deleted,
-                humantime_secs(self.grace)
-            ),
-        }
-    }
-
-    async fn work(
-        &mut self,
-        _: &hoard_runtime::CancellationToken,
-    ) -> Result<hoard_runtime::WorkerState, hoard_runtime::WorkerError> {
-        let (store, grace) = (Arc::clone(&self.store), self.grace);
-        self.deleted += tokio::task::spawn_blocking(move || store.sweep_trash(grace))
-            .await
-            .map_err(hoard_runtime::WorkerError::transient)?;
-        Ok(hoard_runtime::WorkerState::Throttled(
-            std::time::Duration::from_secs(600).min(self.grace),
-        ))
-    }
-}
-
-fn humantime_secs(d: std::time::Duration) -> String {
-    format!("{} s", d.as_secs())
 }

@@ -69,6 +69,9 @@ pub fn routes(meta: Arc<MetaState>) -> Router {
         .route("/api/v1/compaction/resume", post(compaction_resume))
         .route("/api/v1/compaction/cancel", post(compaction_cancel))
         .route("/api/v1/compaction/throttle", post(compaction_throttle))
+        .route("/api/v1/trash", get(trash_status))
+        .route("/api/v1/trash/inspect", post(trash_inspect))
+        .route("/api/v1/trash/resume", post(trash_resume))
         .with_state(meta)
 }
 
@@ -190,6 +193,20 @@ async fn compaction_throttle(
         .set_knobs(None, t.bytes_per_sec, t.concurrency, t.threshold)
         .map_err(failure)?;
     Ok(compaction_view(&m))
+}
+
+async fn trash_status(State(m): Meta) -> Json<TrashView> {
+    Json(views::trash(&m))
+}
+
+async fn trash_inspect(State(m): Meta) -> Reply<TrashView> {
+    m.trash().inspect().await.map_err(failure)?;
+    Ok(Json(views::trash(&m)))
+}
+
+async fn trash_resume(State(m): Meta) -> Reply<TrashView> {
+    m.trash().resume().map_err(failure)?;
+    Ok(Json(views::trash(&m)))
 }
 
 fn scrub_view(m: &MetaState) -> Json<ScrubView> {

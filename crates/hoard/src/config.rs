@@ -157,6 +157,12 @@ pub struct MetaSection {
     /// operator sets the live knob).
     #[serde(default = "default_compaction_threshold")]
     pub compaction_threshold: f64,
+    /// How often the trash inspector looks at the volume servers' uncleared trash entries.
+    #[serde(
+        default = "default_trash_inspect_every",
+        deserialize_with = "de_duration"
+    )]
+    pub trash_inspect_every: Duration,
 }
 
 fn default_delete_grace() -> Duration {
@@ -169,6 +175,10 @@ fn default_reference_window() -> Duration {
 
 fn default_assert_refresh() -> Duration {
     hoard_meta::index_ops::DeletePolicy::default().assert_refresh
+}
+
+fn default_trash_inspect_every() -> Duration {
+    hoard_meta::MetaConfig::default().trash_inspect_every
 }
 
 fn default_compaction_threshold() -> f64 {
@@ -380,6 +390,13 @@ impl Config {
                 Duration::from_secs(1),
                 Duration::from_secs(365 * 86_400),
             );
+            within(
+                &mut p,
+                "meta.trash_inspect_every",
+                m.trash_inspect_every,
+                Duration::from_millis(100),
+                Duration::from_secs(86_400),
+            );
             if !(m.compaction_threshold > 0.0 && m.compaction_threshold <= 1.0) {
                 p.push(format!(
                     "meta.compaction_threshold {} must be above 0 and at most 1",
@@ -417,7 +434,8 @@ impl Config {
                     &mut p,
                     "volume.trash_grace",
                     t,
-                    Duration::from_secs(60),
+                    // Short only in tests: nothing is unlinked before meta cleared it.
+                    Duration::from_secs(1),
                     Duration::from_secs(365 * 86_400),
                 );
             }
@@ -496,6 +514,7 @@ const KNOWN: &[(&str, &[&str])] = &[
             "reference_window",
             "assert_refresh",
             "compaction_threshold",
+            "trash_inspect_every",
         ],
     ),
     (

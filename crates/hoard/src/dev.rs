@@ -110,6 +110,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             delete_grace: args.delete_grace,
         },
         compaction_threshold: args.compaction_threshold,
+        // A short trash grace (tests) is met by prompt inspections.
+        trash_inspect_every: (args.trash_grace / 2)
+            .clamp(Duration::from_secs(1), Duration::from_secs(30)),
         ..MetaConfig::default()
     };
     let (meta_role, meta) =

@@ -212,10 +212,11 @@ pub async fn start_volume(
         stop.subscribe(),
     ));
     {
-        let sweep = hoard_volume::store::TrashSweep {
+        let sweep = hoard_volume::trash::TrashSweep {
             store: Arc::clone(&store),
             grace: cfg.trash_grace,
-            deleted: 0,
+            unlinked: 0,
+            last: Default::default(),
         };
         let handle = hoard_runtime::Registry::global()
             .spawn(sweep)

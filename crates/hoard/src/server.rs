@@ -32,6 +32,7 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
                 delete_grace: m.delete_grace,
             },
             compaction_threshold: m.compaction_threshold,
+            trash_inspect_every: m.trash_inspect_every,
         };
         let (role, state) = roles::start_meta(m.listen, &m.data_dir, mc, &stop).await?;
         let _ = outln!("hoard meta listening on {}", role.addr);

@@ -328,3 +328,40 @@ pub fn dir_bytes(p: &std::path::Path) -> u64 {
         })
         .sum()
 }
+
+/// The trash ledger, for the admin API.
+pub fn trash(m: &MetaState) -> TrashView {
+    let s = m.trash().status();
+    let r = &s.summary;
+    TrashView {
+        halted: r.halted.clone(),
+        halted_unix_ms: r.halted_unix_ms,
+        entries: s.entries,
+        bytes: s.bytes,
+        cleared: s.cleared,
+        cleared_bytes: s.cleared_bytes,
+        clearances_total: r.last_clearance,
+        unlinks_total: r.unlinks,
+        unlinks_without_clearance_total: r.unlinks_without_clearance,
+        violations_total: r.violations,
+        inspections_total: r.inspections,
+        last_inspection_unix_ms: r.last_inspection_unix_ms,
+        waiting: s
+            .waiting
+            .iter()
+            .map(|e| TrashEntryView {
+                node_id: e.node_id.clone(),
+                disk_id: e.disk_id.clone(),
+                name: e.name.clone(),
+                extent: if e.identified {
+                    format!("{}/{} gen {}", e.volume, e.member, e.generation)
+                } else {
+                    String::new()
+                },
+                trashed_unix_ms: e.trashed_unix_ms,
+                bytes: e.bytes,
+                waiting: e.waiting.clone(),
+            })
+            .collect(),
+    }
+}

@@ -1,4 +1,5 @@
-//! `hoard admin compact`: status, start (with `--wait`), pause, resume, cancel, throttle.
+//! `hoard admin compact`: status, start (with `--wait`), pause, resume, cancel, throttle; and
+//! `hoard admin trash`: status, inspect, resume.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use hoard_admin::AdminClient;
 use hoard_admin::api::*;
 
 use super::jobs::bar;
-use super::{CompactCmd, render, show};
+use super::{CompactCmd, TrashCmd, render, show};
 
 /// The request a command makes: its path, and the body of a POST (`None`: a GET).
 fn request(cmd: &CompactCmd) -> anyhow::Result<(&'static str, Option<CompactionThrottle>)> {
@@ -74,6 +75,16 @@ pub async fn run(api: &AdminClient, json: bool, cmd: &CompactCmd) -> anyhow::Res
         c = wait(api, c).await?;
     }
     show(json, &c, render::compaction)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn trash(api: &AdminClient, json: bool, cmd: &TrashCmd) -> anyhow::Result<ExitCode> {
+    let t: TrashView = match cmd {
+        TrashCmd::Status => api.get("/api/v1/trash").await?,
+        TrashCmd::Inspect => api.post("/api/v1/trash/inspect", &()).await?,
+        TrashCmd::Resume => api.post("/api/v1/trash/resume", &()).await?,
+    };
+    show(json, &t, render::trash)?;
     Ok(ExitCode::SUCCESS)
 }
 

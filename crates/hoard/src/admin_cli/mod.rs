@@ -94,6 +94,11 @@ pub enum AdminCmd {
         #[command(subcommand)]
         cmd: CompactCmd,
     },
+    /// The volume servers' trash: what waits for meta's clearance, and the halt of unlinks.
+    Trash {
+        #[command(subcommand)]
+        cmd: TrashCmd,
+    },
     /// The background jobs of the process at --admin: state, progress, throttle; pause, resume,
     /// cancel, throttle.
     Workers {
@@ -171,6 +176,16 @@ pub enum ScrubCmd {
 }
 
 #[derive(clap::Subcommand, Debug)]
+pub enum TrashCmd {
+    /// Entries, cleared and waiting (with why), the counters and whether unlinks are halted.
+    Status,
+    /// Inspect the uncleared entries now (meta does it on its own every half minute).
+    Inspect,
+    /// Lift a halt of unlinks, once you know why an extent vanished or an inspection failed.
+    Resume,
+}
+
+#[derive(clap::Subcommand, Debug)]
 pub enum CompactCmd {
     /// Knobs, the volume being emptied with progress and ETA, candidates and counters.
     Status,
@@ -244,6 +259,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
         AdminCmd::Drain { what, id, wait } => moves::drain(&api, json, what, id, *wait).await,
         AdminCmd::Undrain { what, id } => moves::undrain(&api, json, what, id).await,
         AdminCmd::Compact { cmd } => compact::run(&api, json, cmd).await,
+        AdminCmd::Trash { cmd } => compact::trash(&api, json, cmd).await,
         AdminCmd::Workers { cmd } => {
             workers::run(&api, json, cmd.as_ref().unwrap_or(&WorkersCmd::List)).await
         }

@@ -396,6 +396,51 @@ pub fn compaction(c: &CompactionView) -> String {
     out
 }
 
+pub fn trash(t: &TrashView) -> String {
+    let mut out = if t.halted.is_empty() {
+        String::from("trash unlinks: running\n")
+    } else {
+        format!(
+            "trash unlinks: HALTED: {}\n  (find out why, then: hoard admin trash resume)\n",
+            t.halted
+        )
+    };
+    out += &format!(
+        "{} entries ({}), {} cleared ({}); so far {} clearances, {} unlinks, {} unlinks without a \
+         clearance, {} failed inspections, {} inspections\n",
+        t.entries,
+        human_bytes(t.bytes),
+        t.cleared,
+        human_bytes(t.cleared_bytes),
+        t.clearances_total,
+        t.unlinks_total,
+        t.unlinks_without_clearance_total,
+        t.violations_total,
+        t.inspections_total
+    );
+    if !t.waiting.is_empty() {
+        out += &table_of(
+            &["NODE", "DISK", "ENTRY", "EXTENT", "BYTES", "WAITING FOR"],
+            &t.waiting,
+            |e| {
+                vec![
+                    e.node_id.clone(),
+                    e.disk_id.clone(),
+                    e.name.clone(),
+                    if e.extent.is_empty() {
+                        "?".into()
+                    } else {
+                        e.extent.clone()
+                    },
+                    human_bytes(e.bytes),
+                    e.waiting.clone(),
+                ]
+            },
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
