@@ -94,6 +94,9 @@ pub(crate) struct Tables {
     /// Disks a frontend reported failing since their node's last heartbeat: no new members go there
     /// until the node proves itself alive again. Memory only.
     pub(crate) suspect: HashSet<String>,
+    /// When this meta loaded the tables (Unix ms): a node's silence counts only from then on, so
+    /// that meta's own outage is not taken for the nodes'.
+    pub(crate) started_unix_ms: u64,
 }
 
 /// The compaction knobs when none were ever set: at most 64 MiB/s, four blocks at once.
@@ -154,7 +157,10 @@ fn config_or<R: schema::Row>(
 impl Tables {
     /// Every cell table, from the engine. A new engine gets a new cluster id.
     fn load(engine: &dyn KvEngine, cfg: &MetaConfig) -> Result<Tables, MetaError> {
-        let mut t = Tables::default();
+        let mut t = Tables {
+            started_unix_ms: hoard_types::now_ms(),
+            ..Tables::default()
+        };
         match engine.get(Cf::Config, ConfigKey::ClusterId.bytes())? {
             Some(id) => t.cluster_id = String::from_utf8_lossy(&id).into_owned(),
             None => {

@@ -75,7 +75,16 @@ pub(crate) fn settle_state(v: &mut VolumeRow, now: u64) -> Option<Duration> {
     healed
 }
 
-/// Why a member is lost now, if it is: its disk unknown or failed, or its node silent past the grace.
+/// Whether a node has been silent past the grace while this meta ran. Silence while meta itself was
+/// down is not counted: after a restart every node has a fresh grace to be heard from, so that a long
+/// meta outage does not set off a rebuild of every member.
+fn silent_past_grace(t: &Tables, cfg: &MetaConfig, node: &NodeRow, now: u64) -> bool {
+    let since = node.last_heartbeat_unix_ms.max(t.started_unix_ms);
+    now.saturating_sub(since) > cfg.heartbeat_grace.as_millis() as u64
+}
+
+/// Why a member is lost now, if it is: its disk unknown or failed, or its node silent past the grace
+/// (counted while meta runs).
 fn why_lost(t: &Tables, cfg: &MetaConfig, m: &MemberRow, now: u64) -> Option<String> {
     let Some(d) = t.disks.get(&m.disk_id) else {
         return Some("disk unknown".to_string());
@@ -85,7 +94,7 @@ fn why_lost(t: &Tables, cfg: &MetaConfig, m: &MemberRow, now: u64) -> Option<Str
     }
     match t.nodes.get(&d.node_id) {
         None => Some(format!("node {} unknown", d.node_id)),
-        Some(n) if !node_up(cfg, n, now) => Some(format!(
+        Some(n) if silent_past_grace(t, cfg, n, now) => Some(format!(
             "node {} silent for {} s",
             d.node_id,
             now.saturating_sub(n.last_heartbeat_unix_ms) / 1000
@@ -162,5 +171,52 @@ impl Health {
             tracing::debug!(changed, "volume health changed");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::KvEngine;
+    use crate::testutil::cell_on;
+
+    fn lost_members(state: &crate::MetaState) -> usize {
+        state
+            .cluster_status()
+            .volumes
+            .iter()
+            .flat_map(|v| &v.members)
+            .filter(|m| m.state == "lost")
+            .count()
+    }
+
+    #[tokio::test]
+    async fn a_meta_outage_longer_than_the_grace_loses_no_member() {
+        let engine: Arc<dyn KvEngine> = Arc::new(crate::MemEngine::new());
+        let cfg = MetaConfig {
+            extent_capacity: 1 << 20,
+            heartbeat_grace: Duration::from_millis(400),
+            ..Default::default()
+        };
+        let clock = || crate::clock::MetaClock::system();
+        let (state, _) = cell_on(Arc::clone(&engine), cfg.clone(), clock(), 3, 3);
+        state.volumes().acquire("t", &[]).await.unwrap();
+        state.health().check().unwrap();
+        assert_eq!(lost_members(&state), 0);
+        state.shutdown();
+        drop(state);
+        // Meta is down for longer than the grace; the volume servers were fine all along.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let (state, _) = cell_on(Arc::clone(&engine), cfg, clock(), 0, 0);
+        state.health().check().unwrap();
+        assert_eq!(
+            lost_members(&state),
+            0,
+            "meta's own outage is not the nodes' silence"
+        );
+        // Silent past a whole grace while meta runs: now they are lost.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        state.health().check().unwrap();
+        assert_eq!(lost_members(&state), 9);
     }
 }
