@@ -268,6 +268,8 @@ async fn deleted_blocks_are_undeletable_within_grace_then_compacted_away_through
             cluster.logs()
         );
     }
+    // Each kill lands at a seeded random point of the donor being emptied.
+    tokio::time::sleep(Duration::from_millis(rng.random_range(0..400))).await;
     cluster.kill_repair();
     cluster.start_repair().unwrap();
     wait_for("a volume compacted", Duration::from_secs(60), || async {
@@ -280,6 +282,7 @@ async fn deleted_blocks_are_undeletable_within_grace_then_compacted_away_through
     let moved = compaction(&cluster).await["moved_blocks_total"]
         .as_u64()
         .unwrap();
+    tokio::time::sleep(Duration::from_millis(rng.random_range(0..400))).await;
     cluster.kill_volume(1);
     wait_for("compaction goes on", Duration::from_secs(60), || async {
         (compaction(&cluster).await["moved_blocks_total"].as_u64()? > moved).then_some(())
@@ -287,7 +290,8 @@ async fn deleted_blocks_are_undeletable_within_grace_then_compacted_away_through
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
     cluster.start_volume(1).unwrap();
-    // The frontend the compactor reads and writes through dies too.
+    // The frontend serving clients dies mid-compaction too (the compactor has its own write path).
+    tokio::time::sleep(Duration::from_millis(rng.random_range(0..400))).await;
     cluster.kill_frontend();
     cluster.start_frontend().unwrap();
     let client = cluster.client().await.unwrap();
