@@ -48,20 +48,38 @@ pub struct Put {
 /// Codecs by `(k, m)`.
 type Codecs = HashMap<(u32, u32), Arc<Codec>>;
 
+/// One frontend the client spreads calls over.
+#[derive(Clone)]
+struct Frontend {
+    url: String,
+    inner: BlockStoreClient<Channel>,
+    /// The frontend's `host:port` for raw puts; `None` when puts go by gRPC only.
+    raw_puts: Option<String>,
+    /// Until when puts go by gRPC because a raw put went unanswered (a frontend that does not speak
+    /// the raw protocol, or a connection that broke).
+    raw_puts_off_until: Arc<Mutex<Option<Instant>>>,
+    /// Until when calls avoid this frontend because a call to it failed (unless all are avoided).
+    avoid_until: Arc<Mutex<Option<Instant>>>,
+}
+
+/// A client of one or more frontends. Calls are spread over the frontends in turn; a call that fails
+/// because its frontend did not answer (unavailable, connection broken) is sent again to the next one,
+/// each frontend tried at most once. Every call is safe to send twice: blocks are stored by hash, reads
+/// change nothing, a delete or undelete sent twice leaves the block as the first left it (the second
+/// answers `already_deleted` or `not_deleted`).
 #[derive(Clone)]
 pub struct Client {
-    inner: BlockStoreClient<Channel>,
+    frontends: Arc<Vec<Frontend>>,
+    /// The next frontend to start a call at.
+    turn: Arc<std::sync::atomic::AtomicUsize>,
+    /// Whether puts go by the raw protocol where a frontend speaks it.
+    raw_puts: bool,
     /// Volume servers, for direct reads.
     volumes: Arc<hoard_net::VolumeClients>,
     /// Codecs by geometry, for direct reads that need parity.
     codecs: Arc<Mutex<Codecs>>,
     /// Idle raw connections by server address (volume servers for reads, the frontend for puts).
     raw: Arc<hoard_net::Pool>,
-    /// The frontend's `host:port` for raw puts; `None` when puts go by gRPC only.
-    raw_puts: Option<String>,
-    /// Until when puts go by gRPC because a raw put went unanswered (a frontend that does not speak
-    /// the raw protocol, or a connection that broke).
-    raw_puts_off_until: Arc<Mutex<Option<Instant>>>,
 }
 
 /// How long a raw put may take before the client gives up on it and puts over gRPC.
@@ -70,31 +88,117 @@ const RAW_PUT_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long puts go by gRPC after a raw put went unanswered.
 const RAW_PUT_BACKOFF: Duration = Duration::from_secs(60);
 
+/// How long calls avoid a frontend after a call to it failed.
+const AVOID: Duration = Duration::from_secs(5);
+
+/// The frontends an endpoint names: a comma list of URLs; a plain `http://` URL whose host name has
+/// several addresses stands for each of them.
+pub fn endpoints(spec: &str) -> Result<Vec<String>, ClientError> {
+    let mut out = Vec::new();
+    for url in spec.split(',').map(str::trim) {
+        if url.is_empty() {
+            return Err(ClientError::Endpoint(
+                spec.to_string(),
+                "an empty entry in the list of frontends".into(),
+            ));
+        }
+        let ep = hoard_net::endpoint(url)
+            .map_err(|e| ClientError::Endpoint(url.to_string(), e.to_string()))?;
+        let uri = ep.uri();
+        let (Some("http"), Some(host)) = (uri.scheme_str(), uri.host()) else {
+            out.push(url.to_string());
+            continue;
+        };
+        let port = uri.port_u16().unwrap_or(80);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.parse::<std::net::IpAddr>().is_ok() {
+            out.push(url.to_string());
+            continue;
+        }
+        use std::net::ToSocketAddrs;
+        let mut addrs: Vec<std::net::SocketAddr> = match (host, port).to_socket_addrs() {
+            Ok(a) => a.collect(),
+            // Unresolvable now: kept by name, so that the connection names it when it fails.
+            Err(_) => Vec::new(),
+        };
+        addrs.sort();
+        addrs.dedup();
+        if addrs.len() <= 1 {
+            out.push(url.to_string());
+        } else {
+            out.extend(addrs.iter().map(|a| format!("http://{a}")));
+        }
+    }
+    out.dedup();
+    Ok(out)
+}
+
+/// Whether an error says the frontend did not answer (rather than what the cell answered): the call
+/// may go to another frontend.
+fn frontend_failed(e: &ClientError) -> bool {
+    match e {
+        ClientError::Connect(..) => true,
+        ClientError::Status(s) => matches!(
+            s.code(),
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+        ),
+        _ => false,
+    }
+}
+
 impl Client {
-    /// Connects to a frontend, e.g. `http://127.0.0.1:7700`.
-    pub async fn connect(url: &str) -> Result<Client, ClientError> {
-        let ep = Self::endpoint(url)?;
-        let channel = ep
-            .connect()
-            .await
-            .map_err(|e| ClientError::Connect(url.to_string(), source_chain(&e)))?;
-        Ok(Self::from_channel(channel, raw_address(&ep)))
+    /// Connects to one or more frontends ([`endpoints`]), e.g. `http://127.0.0.1:7700` or
+    /// `http://fe1:7700,http://fe2:7700`. Fails only when none can be reached; the others are
+    /// connected on first use.
+    pub async fn connect(spec: &str) -> Result<Client, ClientError> {
+        let urls = endpoints(spec)?;
+        let eps = urls
+            .iter()
+            .map(|u| Self::endpoint(u).map(|e| (u.clone(), e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tries = futures::future::join_all(eps.iter().map(|(_, ep)| ep.connect())).await;
+        let mut errors = Vec::new();
+        let mut frontends = Vec::new();
+        for ((url, ep), c) in eps.iter().zip(tries) {
+            let channel = match c {
+                Ok(ch) => ch,
+                Err(e) => {
+                    errors.push(ClientError::Connect(url.clone(), source_chain(&e)));
+                    ep.connect_lazy()
+                }
+            };
+            frontends.push(Self::frontend(url, ep, channel));
+        }
+        if errors.len() == eps.len() {
+            return Err(errors.swap_remove(0));
+        }
+        for e in errors {
+            // Reached some: the others are tried again when their turn comes.
+            tracing::warn!("{e}");
+        }
+        Ok(Self::from_frontends(frontends))
     }
 
     /// A client that connects on first use (and reconnects after failures).
-    pub fn connect_lazy(url: &str) -> Result<Client, ClientError> {
-        let ep = Self::endpoint(url)?;
-        Ok(Self::from_channel(ep.connect_lazy(), raw_address(&ep)))
+    pub fn connect_lazy(spec: &str) -> Result<Client, ClientError> {
+        let frontends = endpoints(spec)?
+            .iter()
+            .map(|u| Self::endpoint(u).map(|ep| Self::frontend(u, &ep, ep.connect_lazy())))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self::from_frontends(frontends))
     }
 
     /// With `false`, puts go by gRPC, as from clients in other languages; by default they go by the
     /// raw protocol on the frontend's port (the block is read straight into the frontend's buffer),
     /// falling back to gRPC whenever a raw put goes unanswered.
     pub fn with_raw_puts(mut self, on: bool) -> Client {
-        if !on {
-            self.raw_puts = None;
-        }
+        self.raw_puts = on;
         self
+    }
+
+    /// The frontends this client spreads its calls over.
+    pub fn frontend_urls(&self) -> Vec<String> {
+        self.frontends.iter().map(|f| f.url.clone()).collect()
     }
 
     fn endpoint(url: &str) -> Result<Endpoint, ClientError> {
@@ -103,16 +207,72 @@ impl Client {
             .map_err(|e| ClientError::Endpoint(url.to_string(), e.to_string()))
     }
 
-    fn from_channel(channel: Channel, raw_puts: Option<String>) -> Client {
-        Client {
+    fn frontend(url: &str, ep: &Endpoint, channel: Channel) -> Frontend {
+        Frontend {
+            url: url.to_string(),
             inner: BlockStoreClient::new(channel)
                 .max_decoding_message_size(hoard_proto::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(hoard_proto::MAX_MESSAGE_BYTES),
+            raw_puts: raw_address(ep),
+            raw_puts_off_until: Default::default(),
+            avoid_until: Default::default(),
+        }
+    }
+
+    fn from_frontends(frontends: Vec<Frontend>) -> Client {
+        Client {
+            frontends: Arc::new(frontends),
+            turn: Default::default(),
+            raw_puts: true,
             volumes: Default::default(),
             codecs: Default::default(),
             raw: Default::default(),
-            raw_puts,
-            raw_puts_off_until: Default::default(),
+        }
+    }
+
+    /// The order in which a call tries the frontends: from the next in turn, those not avoided first.
+    fn order(&self) -> Vec<&Frontend> {
+        let n = self.frontends.len();
+        let start = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let now = Instant::now();
+        let avoided = |f: &Frontend| {
+            f.avoid_until
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some_and(|t| now < t)
+        };
+        let (mut ok, bad): (Vec<&Frontend>, Vec<&Frontend>) = (0..n)
+            .map(|i| &self.frontends[(start + i) % n])
+            .partition(|f| !avoided(f));
+        ok.extend(bad);
+        ok
+    }
+
+    /// Runs `call` on the frontends in [`Client::order`] until one answers; what the cell answered
+    /// (an error with a code other than unavailable) ends it at once.
+    async fn call<T, F, Fut>(&self, call: F) -> Result<T, ClientError>
+    where
+        F: Fn(Frontend) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let order = self.order();
+        let last = order.len() - 1;
+        let mut i = 0;
+        loop {
+            let f = order[i];
+            match call(f.clone()).await {
+                Err(e) if i < last && frontend_failed(&e) => {
+                    tracing::warn!(
+                        "frontend {} failed ({e}); trying {}",
+                        f.url,
+                        order[i + 1].url
+                    );
+                    *f.avoid_until.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(Instant::now() + AVOID);
+                    i += 1;
+                }
+                r => return r,
+            }
         }
     }
 
@@ -136,13 +296,16 @@ impl Client {
     /// covers the parts together.
     pub async fn get_direct_parts(&self, hash: &BlockHash) -> Result<Vec<Bytes>, ClientError> {
         let loc = self
-            .inner
-            .clone()
-            .locate(v1::LocateRequest {
-                hash: hash.to_hex(),
+            .call(|f| async move {
+                Ok(f.inner
+                    .clone()
+                    .locate(v1::LocateRequest {
+                        hash: hash.to_hex(),
+                    })
+                    .await?
+                    .into_inner())
             })
-            .await?
-            .into_inner();
+            .await?;
         if let Some(block) = self.read_raw(hash, &loc).await {
             return Ok(vec![block]);
         }
@@ -315,10 +478,16 @@ impl Client {
         data: Bytes,
         expected: Option<BlockHash>,
     ) -> Result<Put, ClientError> {
-        if let Some(put) = self.put_raw(&data, expected).await {
-            return put;
-        }
-        self.put_grpc(data, expected).await
+        self.call(|f| {
+            let data = data.clone();
+            async move {
+                if let Some(put) = self.put_raw(&f, &data, expected).await {
+                    return put;
+                }
+                Self::put_grpc(&f, data, expected).await
+            }
+        })
+        .await
     }
 
     /// A put by the raw protocol; `None` when it should go by gRPC instead. Sizes out of bounds go by
@@ -326,15 +495,19 @@ impl Client {
     /// so one that went unanswered is sent again by gRPC.
     async fn put_raw(
         &self,
+        f: &Frontend,
         data: &Bytes,
         expected: Option<BlockHash>,
     ) -> Option<Result<Put, ClientError>> {
-        let address = self.raw_puts.as_deref()?;
+        if !self.raw_puts {
+            return None;
+        }
+        let address = f.raw_puts.as_deref()?;
         if data.is_empty() || data.len() as u64 > hoard_types::MAX_BLOCK_LEN {
             return None;
         }
         {
-            let mut off = self
+            let mut off = f
                 .raw_puts_off_until
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
@@ -360,8 +533,7 @@ impl Client {
                 tracing::warn!(
                     "raw put to {address} unanswered ({e}); putting by gRPC for a minute"
                 );
-                *self
-                    .raw_puts_off_until
+                *f.raw_puts_off_until
                     .lock()
                     .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + RAW_PUT_BACKOFF);
                 None
@@ -369,7 +541,11 @@ impl Client {
         }
     }
 
-    async fn put_grpc(&self, data: Bytes, expected: Option<BlockHash>) -> Result<Put, ClientError> {
+    async fn put_grpc(
+        f: &Frontend,
+        data: Bytes,
+        expected: Option<BlockHash>,
+    ) -> Result<Put, ClientError> {
         let mut msgs = Vec::with_capacity(1 + data.len().div_ceil(PUT_CHUNK));
         msgs.push(v1::PutRequest {
             msg: Some(Msg::Header(v1::PutHeader {
@@ -385,7 +561,7 @@ impl Client {
             });
             at = end;
         }
-        let resp = self
+        let resp = f
             .inner
             .clone()
             .put(tokio_stream::iter(msgs))
@@ -443,56 +619,66 @@ impl Client {
         offset: u64,
         length: u64,
     ) -> Result<Vec<Bytes>, ClientError> {
-        let mut stream = self
-            .inner
-            .clone()
-            .get(v1::GetRequest {
-                hash: hash.to_string(),
-                offset,
-                length,
-            })
-            .await?
-            .into_inner();
-        let mut parts: Vec<Bytes> = Vec::new();
-        while let Some(msg) = stream.next().await {
-            parts.push(msg?.data);
-        }
-        Ok(parts)
+        // A read that breaks off midway is read again whole, from the next frontend.
+        self.call(|f| async move {
+            let mut stream = f
+                .inner
+                .clone()
+                .get(v1::GetRequest {
+                    hash: hash.to_string(),
+                    offset,
+                    length,
+                })
+                .await?
+                .into_inner();
+            let mut parts: Vec<Bytes> = Vec::new();
+            while let Some(msg) = stream.next().await {
+                parts.push(msg?.data);
+            }
+            Ok(parts)
+        })
+        .await
     }
 
     pub async fn stat(&self, hash: &str) -> Result<v1::StatResponse, ClientError> {
-        Ok(self
-            .inner
-            .clone()
-            .stat(v1::StatRequest {
-                hash: hash.to_string(),
-            })
-            .await?
-            .into_inner())
+        self.call(|f| async move {
+            Ok(f.inner
+                .clone()
+                .stat(v1::StatRequest {
+                    hash: hash.to_string(),
+                })
+                .await?
+                .into_inner())
+        })
+        .await
     }
 
     /// Of `hashes` (hex), the ones the cell does not hold.
     pub async fn find_missing(&self, hashes: &[String]) -> Result<Vec<String>, ClientError> {
-        Ok(self
-            .inner
-            .clone()
-            .find_missing(v1::FindMissingRequest {
-                hashes: hashes.to_vec(),
-            })
-            .await?
-            .into_inner()
-            .missing)
+        self.call(|f| async move {
+            Ok(f.inner
+                .clone()
+                .find_missing(v1::FindMissingRequest {
+                    hashes: hashes.to_vec(),
+                })
+                .await?
+                .into_inner()
+                .missing)
+        })
+        .await
     }
 
     /// A delete token, with the reference window and the delete grace. Take it before reading the
     /// references that decide what to delete.
     pub async fn delete_token(&self) -> Result<v1::DeleteTokenResponse, ClientError> {
-        Ok(self
-            .inner
-            .clone()
-            .delete_token(v1::DeleteTokenRequest {})
-            .await?
-            .into_inner())
+        self.call(|f| async move {
+            Ok(f.inner
+                .clone()
+                .delete_token(v1::DeleteTokenRequest {})
+                .await?
+                .into_inner())
+        })
+        .await
     }
 
     /// Deletes `hashes` under `token`: one result per hash, in order.
@@ -502,14 +688,17 @@ impl Client {
         token: u64,
     ) -> Result<Vec<v1::DeleteResult>, ClientError> {
         let r = self
-            .inner
-            .clone()
-            .delete(v1::DeleteRequest {
-                hashes: hashes.to_vec(),
-                token,
+            .call(|f| async move {
+                Ok(f.inner
+                    .clone()
+                    .delete(v1::DeleteRequest {
+                        hashes: hashes.to_vec(),
+                        token,
+                    })
+                    .await?
+                    .into_inner())
             })
-            .await?
-            .into_inner();
+            .await?;
         Ok(r.results().collect())
     }
 
@@ -519,13 +708,16 @@ impl Client {
         hashes: &[String],
     ) -> Result<Vec<v1::UndeleteResult>, ClientError> {
         let r = self
-            .inner
-            .clone()
-            .undelete(v1::UndeleteRequest {
-                hashes: hashes.to_vec(),
+            .call(|f| async move {
+                Ok(f.inner
+                    .clone()
+                    .undelete(v1::UndeleteRequest {
+                        hashes: hashes.to_vec(),
+                    })
+                    .await?
+                    .into_inner())
             })
-            .await?
-            .into_inner();
+            .await?;
         Ok(r.results().collect())
     }
 }
@@ -558,4 +750,56 @@ fn raw_address(ep: &Endpoint) -> Option<String> {
 /// Whether the cell lists a member as readable now.
 fn readable(s: &v1::FragmentSource) -> bool {
     hoard_proto::convert::member_health(&s.state).is_ok_and(hoard_types::state::MemberHealth::is_ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endpoint_names_one_or_more_frontends() {
+        assert_eq!(
+            endpoints("http://127.0.0.1:7700").unwrap(),
+            ["http://127.0.0.1:7700"]
+        );
+        assert_eq!(
+            endpoints(" http://127.0.0.1:1 ,http://127.0.0.1:2").unwrap(),
+            ["http://127.0.0.1:1", "http://127.0.0.1:2"]
+        );
+        for bad in [
+            "",
+            "http://127.0.0.1:1,",
+            "http://127.0.0.1:1,,http://127.0.0.1:2",
+        ] {
+            let e = endpoints(bad).unwrap_err().to_string();
+            assert!(e.contains("empty entry"), "{bad:?}: {e}");
+        }
+        // A name stands for each of its addresses, on the port given.
+        let local = endpoints("http://localhost:7700").unwrap();
+        assert!(!local.is_empty());
+        assert!(
+            local
+                .iter()
+                .all(|u| u.starts_with("http://") && u.ends_with(":7700")),
+            "{local:?}"
+        );
+    }
+
+    #[test]
+    fn only_a_frontend_that_did_not_answer_sends_a_call_elsewhere() {
+        let status = |c| ClientError::Status(tonic::Status::new(c, "x"));
+        assert!(frontend_failed(&status(tonic::Code::Unavailable)));
+        assert!(frontend_failed(&ClientError::Connect(
+            "a".into(),
+            "refused".into()
+        )));
+        for c in [
+            tonic::Code::NotFound,
+            tonic::Code::InvalidArgument,
+            tonic::Code::DataLoss,
+            tonic::Code::ResourceExhausted,
+        ] {
+            assert!(!frontend_failed(&status(c)), "{c:?}");
+        }
+    }
 }

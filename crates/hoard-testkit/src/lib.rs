@@ -233,6 +233,8 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub meta: Option<Proc>,
     pub frontend: Option<Proc>,
+    /// A second frontend, when a test starts one.
+    pub second_frontend: Option<Proc>,
     pub volumes: Vec<Option<Proc>>,
     pub repair: Option<Proc>,
     meta_url: String,
@@ -248,6 +250,7 @@ impl Cluster {
             dir,
             meta: None,
             frontend: None,
+            second_frontend: None,
             repair: None,
             meta_url: String::new(),
         };
@@ -355,14 +358,34 @@ impl Cluster {
         Ok(())
     }
 
-    pub fn start_frontend(&mut self) -> anyhow::Result<()> {
+    fn spawn_frontend(&self, name: &str) -> anyhow::Result<Proc> {
         let cfg = format!(
             "[frontend]\nlisten = \"127.0.0.1:0\"\nmeta = \"{}\"\nopen_volumes = {}\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
             self.meta_url, self.opts.open_volumes, self.opts.frontend_extra
         );
-        let p = self.write_config("frontend", &cfg)?;
-        self.frontend = Some(self.spawn("frontend", &p, &["frontend", "admin"])?);
+        let p = self.write_config(name, &cfg)?;
+        self.spawn(name, &p, &["frontend", "admin"])
+    }
+
+    pub fn start_frontend(&mut self) -> anyhow::Result<()> {
+        self.frontend = Some(self.spawn_frontend("frontend")?);
         Ok(())
+    }
+
+    /// Starts a second frontend beside the first (both hold write leases of their own volumes).
+    pub fn start_second_frontend(&mut self) -> anyhow::Result<()> {
+        self.second_frontend = Some(self.spawn_frontend("frontend-2")?);
+        Ok(())
+    }
+
+    /// Every running frontend's endpoint, as one comma list.
+    pub fn endpoints(&self) -> String {
+        [&self.frontend, &self.second_frontend]
+            .iter()
+            .filter_map(|p| p.as_ref())
+            .map(|p| format!("http://{}", p.addr("frontend")))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     pub fn start_repair(&mut self) -> anyhow::Result<()> {
@@ -524,6 +547,7 @@ impl Cluster {
     pub fn kill_all(&mut self) {
         let mut all: Vec<Proc> = Vec::new();
         all.extend(self.frontend.take());
+        all.extend(self.second_frontend.take());
         all.extend(self.repair.take());
         all.extend(self.volumes.iter_mut().filter_map(Option::take));
         all.extend(self.meta.take());

@@ -21,7 +21,8 @@ pub fn rfc3339_ms(unix_ms: u64) -> String {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct EndpointArg {
-    /// The cell's client endpoint.
+    /// The cell's frontends: a URL, or a comma list of them (calls are spread over them and fail
+    /// over between them).
     #[arg(long, env = "HOARD_ENDPOINT", default_value = "http://127.0.0.1:7700")]
     pub endpoint: String,
 }
