@@ -40,6 +40,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ),
     ("hoard_frontend_get_seconds", Histogram, "Get latency."),
     (
+        "hoard_frontend_hedged_reads_total",
+        Counter,
+        "Whole-block reads raced by a read of every member after the learned delay.",
+    ),
+    (
         "hoard_frontend_get_bytes_total",
         Counter,
         "Bytes read by clients.",

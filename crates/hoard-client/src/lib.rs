@@ -80,6 +80,8 @@ pub struct Client {
     codecs: Arc<Mutex<Codecs>>,
     /// Idle raw connections by server address (volume servers for reads, the frontend for puts).
     raw: Arc<hoard_net::Pool>,
+    /// Recent direct reads, for when to hedge one around a member that does not answer.
+    read_latencies: Arc<hoard_net::Latencies>,
 }
 
 /// How long a raw put may take before the client gives up on it and puts over gRPC.
@@ -227,6 +229,7 @@ impl Client {
             volumes: Default::default(),
             codecs: Default::default(),
             raw: Default::default(),
+            read_latencies: Default::default(),
         }
     }
 
@@ -346,10 +349,11 @@ impl Client {
         }
         // Data fragments straight into their places in the block; when a data member is not healthy,
         // one parity fragment per missing one beside it, and the missing ones rebuilt where they
-        // belong.
-        let block = self
+        // belong. A read that takes longer than recent ones is hedged with a read of every member.
+        let (block, _hedged) = self
             .raw
-            .read_whole(
+            .read_hedged(
+                &self.read_latencies,
                 loc.volume,
                 loc.offset,
                 frag_len,

@@ -265,9 +265,10 @@ impl Frontend {
         let block_len = usize::try_from(loc.block_len).ok()?;
         let codec = self.codec(Geometry::new(vol.k, vol.m).ok()?).ok()?;
         let degraded = sources[..k].iter().any(Option::is_none);
-        let block = self
+        let (block, hedged) = self
             .raw
-            .read_whole(
+            .read_hedged(
+                &self.read_latencies,
                 vol.id,
                 loc.offset,
                 loc.frag_len as usize,
@@ -279,6 +280,9 @@ impl Frontend {
                 },
             )
             .await?;
+        if hedged {
+            metrics::counter!("hoard_frontend_hedged_reads_total").increment(1);
+        }
         Some((block, degraded))
     }
 

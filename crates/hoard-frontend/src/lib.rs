@@ -31,7 +31,8 @@ pub struct FrontendConfig {
     pub open_volumes: usize,
     /// How long one fragment read may take before parity is read instead.
     pub fragment_timeout: Duration,
-    /// How long one fragment append may take before the put moves to another volume.
+    /// How long one fragment append (or fence) may take at most before the put moves to another
+    /// volume; within it, the deadline is learned from recent appends (`hoard_net::latency`).
     pub append_timeout: Duration,
     /// Volumes a put tries before giving up.
     pub put_attempts: usize,
@@ -141,6 +142,10 @@ pub struct Frontend {
     volumes: VolumeClients,
     /// Connections for raw reads of whole blocks' data fragments and for raw appends.
     raw: hoard_net::Pool,
+    /// Recent whole-block reads, for when to hedge one.
+    read_latencies: hoard_net::Latencies,
+    /// Recent fragment appends, for how long the next may take.
+    append_latencies: hoard_net::Latencies,
     codecs: Mutex<HashMap<Geometry, Arc<Codec>>>,
     writer: writer::Writer,
     watcher: watcher::Watcher,
@@ -163,6 +168,8 @@ impl Frontend {
             meta,
             volumes: VolumeClients::default(),
             raw: Default::default(),
+            read_latencies: Default::default(),
+            append_latencies: Default::default(),
             codecs: Mutex::new(HashMap::new()),
             watcher: Default::default(),
             put_memory: hoard_net::listen::Budget::new(

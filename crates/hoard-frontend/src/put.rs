@@ -138,8 +138,13 @@ impl Frontend {
                         .member
                         .and_then(|m| vol.info.members.get(m as usize))
                         .map(|m| m.address.clone());
+                    let kind = if f.unreachable {
+                        ProblemKind::Unreachable
+                    } else {
+                        ProblemKind::WriteFailed
+                    };
                     self.writer
-                        .retire(self, &vol, f.member, ProblemKind::WriteFailed, f.detail)
+                        .retire(self, &vol, f.member, kind, f.detail)
                         .await;
                     // A server that does not answer fails every volume it serves: stop using them all
                     // rather than discovering it one put at a time.
@@ -196,16 +201,21 @@ impl Frontend {
             block_len: len as u32,
             crcs: stripe.crcs.clone(),
         };
+        // One deadline for the whole stripe: a member that does not answer within it costs the put
+        // this volume, not the fixed append_timeout.
+        let timeout = self
+            .append_latencies
+            .append_deadline(self.cfg.append_timeout);
         let appends = vol.info.members.iter().map(|m| {
             let fragment = &stripe.fragments[m.index as usize];
-            let (index, timeout) = (m.index, self.cfg.append_timeout);
+            let index = m.index;
             let extent = hoard_proto::convert::extent_ref(ExtentId {
                 volume: vol.id(),
                 member: m.index,
                 generation: m.generation,
             });
             let record = &record;
-            async move {
+            let append = async move {
                 if self.cfg.raw_appends {
                     let req = hoard_proto::raw::RawAppend {
                         volume: extent.volume,
@@ -223,6 +233,15 @@ impl Frontend {
                         .append(&m.address, &req, fragment, timeout)
                         .await
                         .map_err(|e| {
+                            let e = match e {
+                                RawError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+                                    RawError::Io(std::io::Error::new(
+                                        io.kind(),
+                                        format!("no answer within {timeout:?}"),
+                                    ))
+                                }
+                                e => e,
+                            };
                             // As over gRPC: no answer, or a member that cannot take writes, counts
                             // against the whole server; a refusal or a malformed exchange does not.
                             let unreachable =
@@ -247,11 +266,30 @@ impl Frontend {
                         format!("member {index}: {}", s.message()),
                         s.code() == tonic::Code::Unavailable,
                     )),
-                    Err(_) => Err((index, format!("member {index}: append timed out"), true)),
+                    Err(_) => Err((
+                        index,
+                        format!("member {index}: append timed out after {timeout:?}"),
+                        true,
+                    )),
                 }
+            };
+            async move {
+                let started = Instant::now();
+                let r = append.await;
+                (r, started.elapsed())
             }
         });
         let results = futures::future::join_all(appends).await;
+        // Successes teach the deadline. Appends that ran out of time teach it only when more than
+        // `m` members of the stripe did: then the cell is slow, not one member, and the deadline must
+        // grow with it; one stopped member must not.
+        let late = results.iter().filter(|(_, took)| *took >= timeout).count();
+        for (r, took) in &results {
+            if r.is_ok() || (late > vol.geometry.m as usize && *took >= timeout) {
+                self.append_latencies.record(*took);
+            }
+        }
+        let results = results.into_iter().map(|(r, _)| r);
         match results.into_iter().find_map(Result::err) {
             None => Ok(()),
             Some((member, detail, unreachable)) => Err(AttemptFailure {

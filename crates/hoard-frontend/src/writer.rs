@@ -41,6 +41,9 @@ pub(crate) struct Writer {
     open: Mutex<Vec<Arc<OpenVolume>>>,
     acquiring: tokio::sync::Mutex<()>,
     lease_ms: AtomicU64,
+    /// Wakes the lease keeper when a lease is taken, so that its period follows meta's lease (the
+    /// first lease may be much shorter than the keeper's initial guess).
+    leased: Arc<tokio::sync::Notify>,
 }
 
 /// Reserving this much of a lease's duration as margin for clock rate and message delay.
@@ -55,6 +58,7 @@ impl Writer {
             open: Mutex::new(Vec::new()),
             acquiring: tokio::sync::Mutex::new(()),
             lease_ms: AtomicU64::new(30_000),
+            leased: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -75,11 +79,20 @@ impl Writer {
         hash: &BlockHash,
         block_len: u64,
     ) -> Result<(Arc<OpenVolume>, u64), FrontendError> {
+        let mut refused = 0;
         for _ in 0..16 {
             let open = self.usable();
             if open.len() < self.target {
                 if open.is_empty() {
-                    self.acquire(fe).await?;
+                    // A volume whose member did not take the fence was reported (meta avoids its
+                    // disk from then on): the next lease is another volume.
+                    match self.acquire(fe).await {
+                        Err(FrontendError::Unavailable(e)) if refused < 2 => {
+                            refused += 1;
+                            tracing::debug!("lease acquisition failed, trying another volume: {e}");
+                        }
+                        r => r?,
+                    }
                     continue;
                 }
                 if self.acquiring.try_lock().is_ok() {
@@ -165,7 +178,7 @@ impl Writer {
                 fe,
                 &v,
                 member,
-                ProblemKind::WriteFailed,
+                ProblemKind::Unreachable,
                 format!("{address} unreachable"),
             )
             .await;
@@ -206,13 +219,16 @@ impl Writer {
                 epoch: resp.epoch,
             };
             let client = fe.volumes.get(&m.address);
-            let timeout = fe.cfg.append_timeout;
+            let timeout = fe.append_latencies.append_deadline(fe.cfg.append_timeout);
             async move {
-                let mut c = client?;
+                let mut c = client.map_err(|e| (true, e.to_string()))?;
                 match tokio::time::timeout(timeout, c.fence(req)).await {
                     Ok(Ok(r)) => Ok(r.into_inner().data_len),
-                    Ok(Err(s)) => Err(FrontendError::Unavailable(s.message().to_string())),
-                    Err(_) => Err(FrontendError::Unavailable("fence timed out".into())),
+                    Ok(Err(s)) => Err((
+                        s.code() == tonic::Code::Unavailable,
+                        s.message().to_string(),
+                    )),
+                    Err(_) => Err((true, format!("no answer within {timeout:?}"))),
                 }
             }
         });
@@ -236,13 +252,17 @@ impl Writer {
                     .await;
                     return Err(FrontendError::Unavailable(detail));
                 }
-                Err(e) => {
+                Err((unreachable, e)) => {
                     let detail = format!("fence of member {} failed: {e}", m.index);
                     tracing::warn!(volume = info.id, "{detail}");
                     fe.report(
                         info.id,
                         Some(m.index),
-                        ProblemKind::WriteFailed,
+                        if unreachable {
+                            ProblemKind::Unreachable
+                        } else {
+                            ProblemKind::WriteFailed
+                        },
                         detail.clone(),
                     )
                     .await;
@@ -266,6 +286,7 @@ impl Writer {
             info,
         });
         self.open.lock().push(vol);
+        self.leased.notify_one();
         Ok(())
     }
 
@@ -327,13 +348,20 @@ impl Writer {
 
 /// Renews every lease at a third of its duration, until the frontend is dropped.
 pub(crate) fn spawn_lease_keeper(fe: Weak<Frontend>) {
+    let Some(leased) = fe.upgrade().map(|f| Arc::clone(&f.writer.leased)) else {
+        return;
+    };
     tokio::spawn(async move {
         loop {
             let period = match fe.upgrade() {
                 Some(f) => Duration::from_millis(f.writer.lease_ms.load(Ordering::Relaxed) / 3),
                 None => return,
             };
-            tokio::time::sleep(period).await;
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                // A new lease: sleep again, by meta's lease.
+                _ = leased.notified() => continue,
+            }
             let Some(f) = fe.upgrade() else { return };
             f.writer.renew_all(&f).await;
         }

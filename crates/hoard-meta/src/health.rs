@@ -38,9 +38,24 @@ pub(crate) fn member_health(t: &Tables, cfg: &MetaConfig, m: &MemberRow, now: u6
     MemberHealth::of(m.state, up)
 }
 
-/// Whether a writer can count on a member now: readable, and its disk not reported failing.
+/// Whether a writer can count on a member now: readable, its disk not reported failing, and its node
+/// heard from lately.
 pub(crate) fn member_writable(t: &Tables, cfg: &MetaConfig, m: &MemberRow, now: u64) -> bool {
-    member_health(t, cfg, m, now).is_ok() && !t.suspect.contains(&m.disk_id)
+    member_health(t, cfg, m, now).is_ok()
+        && !t.suspect.contains(&m.disk_id)
+        && !t
+            .disks
+            .get(&m.disk_id)
+            .is_some_and(|d| node_late(t, &d.node_id, now))
+}
+
+/// Whether a node has missed three heartbeats (and at least 3 s): long before its grace runs out it
+/// is likely stopped or cut off, and new members (and new leases) go elsewhere when they can.
+pub(crate) fn node_late(t: &Tables, node: &str, now: u64) -> bool {
+    t.nodes.get(node).is_some_and(|n| {
+        let since = n.last_heartbeat_unix_ms.max(t.started_unix_ms);
+        now.saturating_sub(since) > n.interval_ms.saturating_mul(3).max(3_000)
+    })
 }
 
 /// The state a volume should be in, given its lost members; the window of vulnerability when it just

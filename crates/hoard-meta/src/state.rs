@@ -431,6 +431,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_unreachable_member_keeps_new_volumes_off_every_disk_of_its_node() {
+        // Default geometry (6+3) on 6 nodes of 3 disks: up to 3 members per node.
+        let (state, _) = cell(6, 3);
+        let (info, _) = state.volumes().acquire("fe", &[]).await.unwrap();
+        let m = &info.members[0];
+        let node = m.disk_id.split('-').next().unwrap().to_string();
+        let report = |kind| Problem {
+            volume: info.id,
+            member: Some(0),
+            kind,
+            detail: "no answer".into(),
+            offset: 0,
+            hash: Vec::new(),
+        };
+        state
+            .volumes()
+            .report(&report(ProblemKind::Unreachable))
+            .unwrap();
+        for _ in 0..3 {
+            let (next, _) = state.volumes().acquire("fe", &[]).await.unwrap();
+            assert_ne!(next.id, info.id);
+            for m in &next.members {
+                assert!(
+                    !m.disk_id.starts_with(&format!("{node}-")),
+                    "volume {} has member {} on {} of the unreachable node {node}",
+                    next.id,
+                    m.index,
+                    m.disk_id
+                );
+            }
+            state
+                .volumes()
+                .report(&Problem {
+                    volume: next.id,
+                    ..report(ProblemKind::Full)
+                })
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
     async fn abandoned_newer_generations_are_retired_but_running_moves_are_not() {
         let (state, _) = cell(4, 3);
         let (info, _) = state.volumes().acquire("fe", &[]).await.unwrap();

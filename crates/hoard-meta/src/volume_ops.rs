@@ -63,7 +63,7 @@ impl VolumeOps for GrpcVolumeOps {
         Box::pin(async move {
             let mut c = client?;
             let mut r = tonic::Request::new(req);
-            r.set_timeout(std::time::Duration::from_secs(30));
+            r.set_timeout(std::time::Duration::from_secs(10));
             c.create_extent(r)
                 .await
                 .map(|_| ())

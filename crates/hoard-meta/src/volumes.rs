@@ -297,6 +297,18 @@ impl Volumes {
             if p.kind != ProblemKind::Full
                 && let Some(d) = disk
             {
+                // A server that does not answer fails every disk it serves.
+                if p.kind == ProblemKind::Unreachable
+                    && let Some(node) = t.disks.get(&d).map(|r| r.node_id.clone())
+                {
+                    let on_node: Vec<String> = t
+                        .disks
+                        .iter()
+                        .filter(|(_, r)| r.node_id == node)
+                        .map(|(id, _)| id.clone())
+                        .collect();
+                    t.suspect.extend(on_node);
+                }
                 t.suspect.insert(d);
             }
             let v = t.volumes.get_mut(&id).expect("looked up above");

@@ -3,9 +3,11 @@
 //! ([`pool`]), and the listener that shares a port between gRPC and the raw protocol and bounds what
 //! connections may hold ([`listen`]). The wire itself (messages, the raw codec) is `hoard-proto`'s.
 
+pub mod latency;
 pub mod listen;
 pub mod pool;
 
+pub use latency::Latencies;
 pub use pool::{Pool, Source};
 
 use std::time::Duration;

@@ -6,6 +6,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::Latencies;
 use bytes::{Bytes, BytesMut};
 use hoard_proto::raw::{
     MAX_READ, PutAnswer, RawAppend, RawError, RawPut, RawRead, append_fragment, put_block,
@@ -125,8 +126,13 @@ impl Pool {
         fragment: &Bytes,
         timeout: Duration,
     ) -> Result<(), RawError> {
-        let mut s = self.take(address).await?;
-        let r = tokio::time::timeout(timeout, append_fragment(&mut s, req, fragment)).await;
+        // The deadline covers the connection too: a stopped server whose accept queue is full
+        // does not even complete a connect.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut s = tokio::time::timeout_at(deadline, self.take(address))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        let r = tokio::time::timeout_at(deadline, append_fragment(&mut s, req, fragment)).await;
         self.finish(address, s, r)
     }
 
@@ -198,6 +204,130 @@ impl Pool {
             .read_for_rebuild(volume, offset, frag_len, data, &parity)
             .await?;
         let present: Vec<bool> = data.iter().map(Option::is_some).collect();
+        tokio::task::spawn_blocking(move || rebuild(block, &present, &mut parity))
+            .await
+            .ok()?
+    }
+
+    /// A whole-block read that a stopped or hung member cannot stall: [`Pool::read_whole`], raced
+    /// after `latencies.hedge_after()` by [`Pool::read_first_k`]; the first to bring the block wins
+    /// (when one fails, the other's answer is awaited). Records the winning read's latency and answers
+    /// whether the read was hedged. Unchecked, as [`Pool::read_whole`].
+    #[allow(clippy::too_many_arguments)]
+    pub async fn read_hedged<F>(
+        &self,
+        latencies: &Latencies,
+        volume: u64,
+        offset: u64,
+        frag_len: usize,
+        block_len: usize,
+        k: usize,
+        sources: &[Option<Source<'_>>],
+        rebuild: F,
+    ) -> Option<(Bytes, bool)>
+    where
+        F: FnOnce(BytesMut, &[bool], &mut [(usize, BytesMut)]) -> Option<Bytes>
+            + Clone
+            + Send
+            + 'static,
+    {
+        let started = Instant::now();
+        let read = self.read_whole(
+            volume,
+            offset,
+            frag_len,
+            block_len,
+            k,
+            sources,
+            rebuild.clone(),
+        );
+        tokio::pin!(read);
+        let delay = latencies.hedge_after();
+        if let Ok(block) = tokio::time::timeout(delay, &mut read).await {
+            if block.is_some() {
+                latencies.record(started.elapsed());
+            }
+            return Some((block?, false));
+        }
+        let hedged_at = Instant::now();
+        let hedge = self.read_first_k(volume, offset, frag_len, block_len, k, sources, rebuild);
+        tokio::pin!(hedge);
+        let (block, took) = tokio::select! {
+            b = &mut read => match b {
+                Some(b) => (Some(b), started.elapsed()),
+                None => (hedge.await, hedged_at.elapsed()),
+            },
+            b = &mut hedge => match b {
+                Some(b) => (Some(b), hedged_at.elapsed()),
+                None => (read.await, started.elapsed()),
+            },
+        };
+        // What the winning read took from its own start: a hedge counted with the delay before it
+        // would raise the delay with every hedge, until every read waited the longest.
+        if block.is_some() {
+            latencies.record(took);
+        }
+        Some((block?, true))
+    }
+
+    /// The hedge of a whole-block read: every member that has a source (`sources[i]` for member `i`,
+    /// `k + m` of them) is asked at once, each fragment into its own buffer, and the block is made of
+    /// the first `k` that arrive (the missing data fragments rebuilt from parity by `rebuild`, off the
+    /// async workers); the reads still out are dropped. So a member that accepted the connection but
+    /// does not answer costs nothing once `k` others have. Unchecked, as [`Pool::read_whole`].
+    #[allow(clippy::too_many_arguments)]
+    pub async fn read_first_k<F>(
+        &self,
+        volume: u64,
+        offset: u64,
+        frag_len: usize,
+        block_len: usize,
+        k: usize,
+        sources: &[Option<Source<'_>>],
+        rebuild: F,
+    ) -> Option<Bytes>
+    where
+        F: FnOnce(BytesMut, &[bool], &mut [(usize, BytesMut)]) -> Option<Bytes> + Send + 'static,
+    {
+        use futures::StreamExt;
+        if k == 0 || block_len > k * frag_len || frag_len > MAX_READ as usize {
+            return None;
+        }
+        let mut reads: futures::stream::FuturesUnordered<_> = sources
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((i, (*s)?)))
+            .map(|(i, s)| async move {
+                let mut buf = BytesMut::with_capacity(frag_len);
+                let req = s.read_of(volume, offset, frag_len as u32);
+                self.read(s.address, req, &mut buf).await.ok()?;
+                Some((i, buf))
+            })
+            .collect();
+        let mut got: Vec<(usize, BytesMut)> = Vec::with_capacity(k);
+        while got.len() < k {
+            match reads.next().await {
+                Some(Some(f)) => got.push(f),
+                Some(None) => {}
+                None => return None,
+            }
+        }
+        drop(reads);
+        let mut block = BytesMut::zeroed(k * frag_len);
+        let mut present = vec![false; k];
+        let mut parity = Vec::new();
+        for (i, f) in got {
+            if i < k {
+                block[i * frag_len..(i + 1) * frag_len].copy_from_slice(&f);
+                present[i] = true;
+            } else {
+                parity.push((i, f));
+            }
+        }
+        if present.iter().all(|&p| p) {
+            block.truncate(block_len);
+            return Some(block.freeze());
+        }
         tokio::task::spawn_blocking(move || rebuild(block, &present, &mut parity))
             .await
             .ok()?

@@ -108,6 +108,18 @@ impl Proc {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// SIGSTOP: the process keeps its sockets (connections are accepted) but answers nothing.
+    pub fn stop(&self) {
+        // SAFETY: a signal to our own child, which has not been reaped (we hold it).
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGSTOP) };
+    }
+
+    /// SIGCONT after [`Proc::stop`].
+    pub fn cont(&self) {
+        // SAFETY: as in `stop`.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGCONT) };
+    }
+
     /// SIGKILL, and reap.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

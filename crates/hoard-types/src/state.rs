@@ -208,6 +208,9 @@ named_enum!(
         /// The volume has no room for the block: it is sealed, nothing is wrong.
         Full => "full",
         WriteFailed => "write_failed",
+        /// The member's server did not answer in time (or refused the connection): every disk of its
+        /// node is a placement suspect until the node heartbeats again.
+        Unreachable => "unreachable",
         ReadFailed => "read_failed",
         /// A fragment failed its crc: queued for range repair, the member stays.
         Corrupt => "corrupt",
@@ -379,7 +382,13 @@ mod tests {
         round_trip(DrainTarget::ALL, &["disk", "node"]);
         round_trip(
             ProblemKind::ALL,
-            &["full", "write_failed", "read_failed", "corrupt"],
+            &[
+                "full",
+                "write_failed",
+                "unreachable",
+                "read_failed",
+                "corrupt",
+            ],
         );
         round_trip(ScrubPhase::ALL, &["idle", "running", "paused"]);
         round_trip(RepairState::ALL, &["queued", "running", "unrecoverable"]);
