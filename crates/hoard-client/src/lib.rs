@@ -354,12 +354,14 @@ impl Client {
             .raw
             .read_hedged(
                 &self.read_latencies,
-                loc.volume,
-                loc.offset,
-                frag_len,
-                block_len,
-                k,
-                &healthy,
+                hoard_net::BlockRead {
+                    volume: loc.volume,
+                    offset: loc.offset,
+                    frag_len,
+                    block_len,
+                    k,
+                    sources: &healthy,
+                },
                 move |block, present, parity| {
                     codec.rebuild_block(block, present, parity, block_len).ok()
                 },

@@ -269,12 +269,14 @@ impl Frontend {
             .raw
             .read_hedged(
                 &self.read_latencies,
-                vol.id,
-                loc.offset,
-                loc.frag_len as usize,
-                block_len,
-                k,
-                &sources,
+                hoard_net::BlockRead {
+                    volume: vol.id,
+                    offset: loc.offset,
+                    frag_len: loc.frag_len as usize,
+                    block_len,
+                    k,
+                    sources: &sources,
+                },
                 move |block, present, parity| {
                     codec.rebuild_block(block, present, parity, block_len).ok()
                 },

@@ -8,7 +8,7 @@ pub mod listen;
 pub mod pool;
 
 pub use latency::Latencies;
-pub use pool::{Pool, Source};
+pub use pool::{BlockRead, Pool, Source};
 
 use std::time::Duration;
 

@@ -14,6 +14,20 @@ use hoard_proto::raw::{
 };
 use tokio::net::TcpStream;
 
+/// One whole-block read: the block's place in its volume and where each member is read from.
+#[derive(Clone, Copy, Debug)]
+pub struct BlockRead<'a> {
+    pub volume: u64,
+    pub offset: u64,
+    pub frag_len: usize,
+    pub block_len: usize,
+    /// Data members.
+    pub k: usize,
+    /// `sources[i]` is where member `i` (data, then parity) is read from; `None` for a member that
+    /// cannot be.
+    pub sources: &'a [Option<Source<'a>>],
+}
+
 /// Where a data fragment of a block is read from.
 #[derive(Clone, Copy, Debug)]
 pub struct Source<'a> {
@@ -169,26 +183,24 @@ impl Pool {
         Some(block.freeze())
     }
 
-    /// A whole block by raw reads. `sources[i]` is where member `i` (of `k` data and any parity members)
-    /// is read from, `None` for a member that cannot be. When every data member has a source, the
+    /// A whole block by raw reads (the members' `sources` as in [`BlockRead`]). When every data member
+    /// has a source, the
     /// block is read as [`Pool::read_block`]; otherwise the data fragments that can be read and one
     /// parity fragment per missing one are handed to `rebuild` (off the async workers) with which data
     /// fragments are present, and it returns the block. Unchecked: the caller compares the block with
     /// its hash. `None` when there are too few sources or any read, or the rebuild, fails.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn read_whole<F>(
-        &self,
-        volume: u64,
-        offset: u64,
-        frag_len: usize,
-        block_len: usize,
-        k: usize,
-        sources: &[Option<Source<'_>>],
-        rebuild: F,
-    ) -> Option<Bytes>
+    pub async fn read_whole<F>(&self, read: BlockRead<'_>, rebuild: F) -> Option<Bytes>
     where
         F: FnOnce(BytesMut, &[bool], &mut [(usize, BytesMut)]) -> Option<Bytes> + Send + 'static,
     {
+        let BlockRead {
+            volume,
+            offset,
+            frag_len,
+            block_len,
+            k,
+            sources,
+        } = read;
         if k == 0 || sources.len() < k || block_len > k * frag_len {
             return None;
         }
@@ -213,16 +225,10 @@ impl Pool {
     /// after `latencies.hedge_after()` by [`Pool::read_first_k`]; the first to bring the block wins
     /// (when one fails, the other's answer is awaited). Records the winning read's latency and answers
     /// whether the read was hedged. Unchecked, as [`Pool::read_whole`].
-    #[allow(clippy::too_many_arguments)]
     pub async fn read_hedged<F>(
         &self,
         latencies: &Latencies,
-        volume: u64,
-        offset: u64,
-        frag_len: usize,
-        block_len: usize,
-        k: usize,
-        sources: &[Option<Source<'_>>],
+        read: BlockRead<'_>,
         rebuild: F,
     ) -> Option<(Bytes, bool)>
     where
@@ -232,15 +238,8 @@ impl Pool {
             + 'static,
     {
         let started = Instant::now();
-        let read = self.read_whole(
-            volume,
-            offset,
-            frag_len,
-            block_len,
-            k,
-            sources,
-            rebuild.clone(),
-        );
+        let hedge_read = read;
+        let read = self.read_whole(hedge_read, rebuild.clone());
         tokio::pin!(read);
         let delay = latencies.hedge_after();
         if let Ok(block) = tokio::time::timeout(delay, &mut read).await {
@@ -250,7 +249,7 @@ impl Pool {
             return Some((block?, false));
         }
         let hedged_at = Instant::now();
-        let hedge = self.read_first_k(volume, offset, frag_len, block_len, k, sources, rebuild);
+        let hedge = self.read_first_k(hedge_read, rebuild);
         tokio::pin!(hedge);
         let (block, took) = tokio::select! {
             b = &mut read => match b {
@@ -275,21 +274,19 @@ impl Pool {
     /// the first `k` that arrive (the missing data fragments rebuilt from parity by `rebuild`, off the
     /// async workers); the reads still out are dropped. So a member that accepted the connection but
     /// does not answer costs nothing once `k` others have. Unchecked, as [`Pool::read_whole`].
-    #[allow(clippy::too_many_arguments)]
-    pub async fn read_first_k<F>(
-        &self,
-        volume: u64,
-        offset: u64,
-        frag_len: usize,
-        block_len: usize,
-        k: usize,
-        sources: &[Option<Source<'_>>],
-        rebuild: F,
-    ) -> Option<Bytes>
+    pub async fn read_first_k<F>(&self, read: BlockRead<'_>, rebuild: F) -> Option<Bytes>
     where
         F: FnOnce(BytesMut, &[bool], &mut [(usize, BytesMut)]) -> Option<Bytes> + Send + 'static,
     {
         use futures::StreamExt;
+        let BlockRead {
+            volume,
+            offset,
+            frag_len,
+            block_len,
+            k,
+            sources,
+        } = read;
         if k == 0 || block_len > k * frag_len || frag_len > MAX_READ as usize {
             return None;
         }
