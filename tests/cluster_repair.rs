@@ -666,3 +666,90 @@ async fn a_corrupt_fragment_found_by_a_read_is_rewritten_in_place() {
     assert_eq!(vol["members"][0]["disk"].as_str().unwrap(), disk);
     assert_eq!(client.get(&h).await.unwrap(), data);
 }
+
+/// A repair daemon's log so far.
+fn log_of(cluster: &Cluster, name: &str) -> String {
+    std::fs::read_to_string(cluster.path().join(format!("{name}.log"))).unwrap_or_default()
+}
+
+/// A disk holding members, other than `not`.
+async fn disk_with_members(cluster: &Cluster, not: &[String]) -> (String, String) {
+    let disks = cluster.admin_get("/api/v1/disks").await.unwrap();
+    let d = volumes_of(&disks)
+        .into_iter()
+        .filter(|d| !not.iter().any(|n| d["id"] == n.as_str()))
+        .filter(|d| d["state"] == "ok")
+        .max_by_key(|d| d["members"].as_u64().unwrap_or(0))
+        .expect("a disk with members");
+    (
+        d["id"].as_str().unwrap().to_string(),
+        d["path"].as_str().unwrap().to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_repair_daemons_never_run_at_once_and_the_standby_takes_over() {
+    let mut cluster = Cluster::start(bin(), opts(4)).unwrap();
+    cluster.start_second_repair().unwrap();
+    let client = cluster.client().await.unwrap();
+    let blocks = fill(&client, 60, 5000).await;
+    let names = ["repair", "repair-2"];
+    let holder = wait_for(
+        "one daemon holding the repair lease",
+        Duration::from_secs(20),
+        || async {
+            let held: Vec<&str> = names
+                .iter()
+                .copied()
+                .filter(|n| log_of(&cluster, n).contains("repair lease held"))
+                .collect();
+            let standing: Vec<&str> = names
+                .iter()
+                .copied()
+                .filter(|n| log_of(&cluster, n).contains("standing by"))
+                .collect();
+            (held.len() == 1 && standing.len() == 1 && held[0] != standing[0]).then(|| held[0])
+        },
+    )
+    .await
+    .unwrap();
+    let standby = if holder == "repair" {
+        "repair-2"
+    } else {
+        "repair"
+    };
+
+    // A wiped disk is rebuilt by the holder alone.
+    let (first, path) = disk_with_members(&cluster, &[]).await;
+    wipe(&path);
+    wait_whole(
+        &cluster,
+        &[],
+        std::slice::from_ref(&first),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(log_of(&cluster, holder).contains("volume repaired"));
+    assert!(
+        !log_of(&cluster, standby).contains("rebuild begun"),
+        "the standby ran a rebuild while {holder} held the lease:\n{}",
+        log_of(&cluster, standby)
+    );
+
+    // The holder is SIGKILLed: the standby takes the lease once it runs out, and repairs the next loss.
+    if holder == "repair" {
+        cluster.kill_repair();
+    } else {
+        cluster.second_repair.take().unwrap().kill();
+    }
+    let (second, path) = disk_with_members(&cluster, std::slice::from_ref(&first)).await;
+    wipe(&path);
+    wait_whole(&cluster, &[], &[first, second], Duration::from_secs(90)).await;
+    let log = log_of(&cluster, standby);
+    assert!(log.contains("repair lease held"), "{log}");
+    assert!(log.contains("volume repaired"), "{log}");
+    check_members(&cluster).await;
+    for (h, seed, len) in blocks {
+        assert_eq!(client.get(&h).await.unwrap(), block(seed, len));
+    }
+}

@@ -348,6 +348,16 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Rebuilds the repair daemon is running.",
     ),
     (
+        "hoard_repair_lease_held",
+        Gauge,
+        "1 while this repair daemon holds meta's repair lease, 0 while it stands by.",
+    ),
+    (
+        "hoard_meta_repair_lease_changes_total",
+        Counter,
+        "Times the repair lease went to another daemon (or was taken after a restart).",
+    ),
+    (
         "hoard_repair_paused",
         Gauge,
         "1 while repair is paused by an operator.",

@@ -14,6 +14,7 @@ pub mod nodes;
 pub mod placement;
 pub mod rebuild_index;
 pub mod repair;
+pub mod repair_lease;
 mod room;
 pub mod rows;
 pub mod schema;

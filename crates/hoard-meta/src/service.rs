@@ -11,17 +11,23 @@ use hoard_types::state::StateError;
 use crate::blocks::CommitOutcome;
 use crate::index_ops::Outcome;
 use crate::nodes::Heartbeat;
+use crate::repair_lease::RepairLease;
 use crate::state::MetaState;
 use crate::volumes::Problem;
 
 #[derive(Clone)]
 pub struct MetaService {
     state: Arc<MetaState>,
+    /// Which repair daemon may change repair state.
+    repair_lease: Arc<RepairLease>,
 }
 
 impl MetaService {
     pub fn new(state: Arc<MetaState>) -> Self {
-        MetaService { state }
+        MetaService {
+            state,
+            repair_lease: Default::default(),
+        }
     }
 }
 
@@ -312,6 +318,7 @@ impl Meta for MetaService {
         &self,
         req: Request<v1::PlanRepairRequest>,
     ) -> Result<Response<v1::RepairPlan>, Status> {
+        self.repair_lease.take(&req.get_ref().holder)?;
         let req = req.into_inner();
         let state = Arc::clone(&self.state);
         let plan = tokio::task::spawn_blocking(move || {
@@ -326,6 +333,7 @@ impl Meta for MetaService {
         &self,
         req: Request<v1::RepairProgressRequest>,
     ) -> Result<Response<v1::RepairProgressResponse>, Status> {
+        self.repair_lease.take(&req.get_ref().holder)?;
         let r = req.into_inner();
         let current = self.state.repair().repair_progress(
             r.volume,
@@ -340,6 +348,7 @@ impl Meta for MetaService {
         &self,
         req: Request<v1::CommitRepairRequest>,
     ) -> Result<Response<v1::CommitRepairResponse>, Status> {
+        self.repair_lease.take(&req.get_ref().holder)?;
         let r = req.into_inner();
         let state = Arc::clone(&self.state);
         tokio::task::spawn_blocking(move || {
@@ -354,6 +363,7 @@ impl Meta for MetaService {
         &self,
         req: Request<v1::AbortRepairRequest>,
     ) -> Result<Response<v1::AbortRepairResponse>, Status> {
+        self.repair_lease.take(&req.get_ref().holder)?;
         let r = req.into_inner();
         self.state.repair().abort_repair(r.volume, &r.reason)?;
         Ok(Response::new(v1::AbortRepairResponse {}))
@@ -366,10 +376,26 @@ impl Meta for MetaService {
         Ok(Response::new(self.state.repair().set_knobs(req.get_ref())?))
     }
 
+    async fn repair_lease(
+        &self,
+        req: Request<v1::RepairLeaseRequest>,
+    ) -> Result<Response<v1::RepairLeaseResponse>, Status> {
+        let r = req.into_inner();
+        if r.release {
+            self.repair_lease.release(&r.holder);
+            return Ok(Response::new(v1::RepairLeaseResponse { lease_ms: 0 }));
+        }
+        let grant = self.repair_lease.take(&r.holder)?;
+        Ok(Response::new(v1::RepairLeaseResponse {
+            lease_ms: grant.lease_ms,
+        }))
+    }
+
     async fn range_done(
         &self,
         req: Request<v1::RangeDoneRequest>,
     ) -> Result<Response<v1::RangeDoneResponse>, Status> {
+        self.repair_lease.take(&req.get_ref().holder)?;
         let r = req.into_inner();
         let outcome = r
             .outcome
@@ -392,6 +418,7 @@ impl Meta for MetaService {
         &self,
         req: Request<v1::StartMoveRequest>,
     ) -> Result<Response<v1::RepairPlan>, Status> {
+        self.repair_lease.take(&req.get_ref().holder)?;
         let id = req.get_ref().id;
         let state = Arc::clone(&self.state);
         let plan = tokio::task::spawn_blocking(move || state.moves().start_move(id))
@@ -404,6 +431,7 @@ impl Meta for MetaService {
         &self,
         req: Request<v1::MoveProgressRequest>,
     ) -> Result<Response<v1::RepairProgressResponse>, Status> {
+        self.repair_lease.take(&req.get_ref().holder)?;
         let r = req.into_inner();
         let current = self
             .state
@@ -416,6 +444,7 @@ impl Meta for MetaService {
         &self,
         req: Request<v1::CommitMoveRequest>,
     ) -> Result<Response<v1::CommitRepairResponse>, Status> {
+        self.repair_lease.take(&req.get_ref().holder)?;
         self.state.moves().commit_move(req.get_ref().id)?;
         Ok(Response::new(v1::CommitRepairResponse {}))
     }
@@ -424,6 +453,7 @@ impl Meta for MetaService {
         &self,
         req: Request<v1::FailMoveRequest>,
     ) -> Result<Response<v1::CommitRepairResponse>, Status> {
+        self.repair_lease.take(&req.get_ref().holder)?;
         let r = req.into_inner();
         self.state.moves().fail_move(r.id, &r.error)?;
         Ok(Response::new(v1::CommitRepairResponse {}))

@@ -67,6 +67,8 @@ struct QueueWorker {
     /// Turned true when the worker ends (cancelled): the running jobs stop at their next step.
     stop: watch::Sender<bool>,
     polls: u64,
+    /// Another daemon holds meta's repair lease: this one only asks for it.
+    standing_by: bool,
 }
 
 impl hoard_runtime::Worker for QueueWorker {
@@ -82,6 +84,8 @@ impl hoard_runtime::Worker for QueueWorker {
                 self.running.values().filter(|h| !h.is_finished()).count(),
                 if self.meta_down {
                     ", meta unreachable"
+                } else if self.standing_by {
+                    ", standing by (another daemon holds the repair lease)"
                 } else {
                     ""
                 }
@@ -94,6 +98,38 @@ impl hoard_runtime::Worker for QueueWorker {
         _: &hoard_runtime::CancellationToken,
     ) -> Result<hoard_runtime::WorkerState, hoard_runtime::WorkerError> {
         let stop = self.stop.subscribe();
+        let holder = self.daemon.holder.clone();
+        let lease = self
+            .daemon
+            .meta()
+            .repair_lease(v1::RepairLeaseRequest {
+                holder: holder.clone(),
+                release: false,
+            })
+            .await;
+        match lease {
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                if !self.standing_by {
+                    tracing::info!(holder, "standing by: {}", s.message());
+                }
+                self.standing_by = true;
+                // Jobs begun under the lease stop here: the holder resumes their plans.
+                for (_, h) in self.running.drain() {
+                    h.abort();
+                }
+                metrics::gauge!("hoard_repair_lease_held").set(0.0);
+                return Ok(hoard_runtime::WorkerState::Throttled(self.daemon.cfg.poll));
+            }
+            Ok(_) => {
+                if self.standing_by || self.polls == 0 {
+                    tracing::info!(holder, "repair lease held; working the queue");
+                }
+                self.standing_by = false;
+                metrics::gauge!("hoard_repair_lease_held").set(1.0);
+            }
+            // Meta unreachable: the queue read below says so.
+            Err(_) => {}
+        }
         self.daemon
             .poll_queue(&mut self.running, &mut self.meta_down, &stop)
             .await;
@@ -117,6 +153,8 @@ impl Drop for QueueWorker {
 
 pub struct RepairDaemon {
     cfg: RepairConfig,
+    /// This daemon's name as a holder of meta's repair lease; unique per process.
+    holder: String,
     meta: MetaClient<Channel>,
     peers: hoard_net::VolumeClients,
     throttle: Throttle,
@@ -132,6 +170,7 @@ impl RepairDaemon {
             .timeout(Duration::from_secs(60));
         Ok(Arc::new(RepairDaemon {
             cfg,
+            holder: hoard_types::random_id("repair"),
             meta: MetaClient::new(ep.connect_lazy())
                 .max_decoding_message_size(hoard_proto::MAX_MESSAGE_BYTES),
             peers: Default::default(),
@@ -159,6 +198,7 @@ impl RepairDaemon {
             meta_down: false,
             stop: watch::channel(false).0,
             polls: 0,
+            standing_by: false,
         };
         let handle = match hoard_runtime::Registry::global().spawn(worker) {
             Ok(h) => h,
@@ -172,6 +212,14 @@ impl RepairDaemon {
             _ = handle.finished() => {}
         }
         handle.finished().await;
+        // Another daemon may take over at once rather than after the lease runs out.
+        let _ = self
+            .meta()
+            .repair_lease(v1::RepairLeaseRequest {
+                holder: self.holder.clone(),
+                release: true,
+            })
+            .await;
     }
 
     /// One read of the queue: range repairs, then rebuilds and moves within the concurrency knob.
@@ -289,7 +337,14 @@ impl RepairDaemon {
         id: u64,
         mut stop: watch::Receiver<bool>,
     ) -> Result<(), RepairError> {
-        let plan = match self.meta().start_move(v1::StartMoveRequest { id }).await {
+        let plan = match self
+            .meta()
+            .start_move(v1::StartMoveRequest {
+                id,
+                holder: self.holder.clone(),
+            })
+            .await
+        {
             Ok(p) => p.into_inner(),
             Err(s) => {
                 // Dropped, waiting for a repair, or no room: meta says which; nothing to undo.
@@ -300,7 +355,10 @@ impl RepairDaemon {
         match self.drive(&plan, Job::Move(id), &mut stop).await {
             Ok(_) => self
                 .meta()
-                .commit_move(v1::CommitMoveRequest { id })
+                .commit_move(v1::CommitMoveRequest {
+                    id,
+                    holder: self.holder.clone(),
+                })
                 .await
                 .map(|_| ())
                 .map_err(|s| RepairError::Meta(s.message().to_string())),
@@ -309,6 +367,7 @@ impl RepairDaemon {
                 let _ = self
                     .meta()
                     .fail_move(v1::FailMoveRequest {
+                        holder: self.holder.clone(),
                         id,
                         error: e.to_string(),
                     })
@@ -346,6 +405,7 @@ impl RepairDaemon {
         let plan = self
             .meta()
             .plan_repair(v1::PlanRepairRequest {
+                holder: self.holder.clone(),
                 volume,
                 avoid_disks: avoid,
             })
@@ -357,6 +417,7 @@ impl RepairDaemon {
             Ok(bytes) => {
                 self.meta()
                     .commit_repair(v1::CommitRepairRequest {
+                        holder: self.holder.clone(),
                         volume,
                         outputs: plan.outputs.clone(),
                         bytes,
@@ -387,6 +448,7 @@ impl RepairDaemon {
                 let _ = self
                     .meta()
                     .abort_repair(v1::AbortRepairRequest {
+                        holder: self.holder.clone(),
                         volume,
                         reason: e.to_string(),
                         avoid_disks: Vec::new(),
@@ -577,6 +639,7 @@ impl RepairDaemon {
     ) -> Result<(), RepairError> {
         self.meta()
             .range_done(v1::RangeDoneRequest {
+                holder: self.holder.clone(),
                 volume: t.volume,
                 member: t.member,
                 offset: t.offset,
@@ -599,6 +662,7 @@ impl RepairDaemon {
             Job::Repair(volume) => {
                 self.meta()
                     .repair_progress(v1::RepairProgressRequest {
+                        holder: self.holder.clone(),
                         volume,
                         session: session.to_string(),
                         done_bytes: done,
@@ -612,6 +676,7 @@ impl RepairDaemon {
             Job::Move(id) => {
                 self.meta()
                     .move_progress(v1::MoveProgressRequest {
+                        holder: self.holder.clone(),
                         id,
                         session: session.to_string(),
                         done_bytes: done,

@@ -247,6 +247,8 @@ pub struct Cluster {
     pub frontend: Option<Proc>,
     /// A second frontend, when a test starts one.
     pub second_frontend: Option<Proc>,
+    /// A second repair daemon, when a test starts one (they share meta's repair lease).
+    pub second_repair: Option<Proc>,
     pub volumes: Vec<Option<Proc>>,
     pub repair: Option<Proc>,
     meta_url: String,
@@ -263,6 +265,7 @@ impl Cluster {
             meta: None,
             frontend: None,
             second_frontend: None,
+            second_repair: None,
             repair: None,
             meta_url: String::new(),
         };
@@ -401,10 +404,20 @@ impl Cluster {
     }
 
     pub fn start_repair(&mut self) -> anyhow::Result<()> {
-        let cfg = format!("[repair]\nmeta = \"{}\"\n", self.meta_url);
-        let p = self.write_config("repair", &cfg)?;
-        self.repair = Some(self.spawn("repair", &p, &["repair"])?);
+        self.repair = Some(self.spawn_repair("repair")?);
         Ok(())
+    }
+
+    /// Starts a second repair daemon (`repair-2`, its log `repair-2.log`).
+    pub fn start_second_repair(&mut self) -> anyhow::Result<()> {
+        self.second_repair = Some(self.spawn_repair("repair-2")?);
+        Ok(())
+    }
+
+    fn spawn_repair(&self, name: &str) -> anyhow::Result<Proc> {
+        let cfg = format!("[repair]\nmeta = \"{}\"\n", self.meta_url);
+        let p = self.write_config(name, &cfg)?;
+        self.spawn(name, &p, &["repair"])
     }
 
     pub fn kill_repair(&mut self) {
@@ -426,6 +439,7 @@ impl Cluster {
             .iter_mut()
             .chain(self.frontend.iter_mut())
             .chain(self.repair.iter_mut())
+            .chain(self.second_repair.iter_mut())
             .chain(self.volumes.iter_mut().flatten());
         for p in all {
             if !p.alive() {
@@ -561,6 +575,7 @@ impl Cluster {
         all.extend(self.frontend.take());
         all.extend(self.second_frontend.take());
         all.extend(self.repair.take());
+        all.extend(self.second_repair.take());
         all.extend(self.volumes.iter_mut().filter_map(Option::take));
         all.extend(self.meta.take());
         // Signal all first, so that none outlives the others by more than a moment.
