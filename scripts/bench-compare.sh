@@ -30,6 +30,7 @@ dev_up() { # DATA ARGS... ; sets dev, HOARD_ENDPOINT, HOARD_ADMIN
   for _ in $(seq 1 200); do grep -q 'client endpoint' "$data.out" 2>/dev/null && break; sleep 0.1; done
   export HOARD_ENDPOINT=$(sed -n 's/^hoard dev: client endpoint //p' "$data.out")
   export HOARD_ADMIN=$(sed -n 's/^hoard dev: admin on //p' "$data.out")
+  export HOARD_ADMIN_TOKEN=$(sed -n "s/^hoard dev: status page .*#token=//p" "$data.out")
 }
 dev_down() { kill "$dev" 2>/dev/null || true; wait "$dev" 2>/dev/null || true; }
 # The cells hold gigabytes; nothing is left behind unless KEEP=1.

@@ -28,6 +28,7 @@ trap cleanup EXIT
 for _ in $(seq 1 200); do grep -q 'client endpoint' "$data.out" 2>/dev/null && break; sleep 0.1; done
 export HOARD_ENDPOINT=$(sed -n 's/^hoard dev: client endpoint //p' "$data.out")
 export HOARD_ADMIN=$(sed -n 's/^hoard dev: admin on //p' "$data.out")
+export HOARD_ADMIN_TOKEN=$(sed -n "s/^hoard dev: status page .*#token=//p" "$data.out")
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 now() { date +%s.%N; }
 

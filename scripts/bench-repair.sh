@@ -29,6 +29,7 @@ trap cleanup EXIT
 for _ in $(seq 1 200); do grep -q 'client endpoint' "$WORK/dev.out" 2>/dev/null && break; sleep 0.1; done
 export HOARD_ENDPOINT=$(sed -n 's/^hoard dev: client endpoint //p' "$WORK/dev.out")
 export HOARD_ADMIN=$(sed -n 's/^hoard dev: admin on //p' "$WORK/dev.out")
+export HOARD_ADMIN_TOKEN=$(sed -n "s/^hoard dev: status page .*#token=//p" "$WORK/dev.out")
 
 echo "bench-repair: filling with $BLOCKS blocks of 4 MiB"
 "$hoard" bench put --count "$BLOCKS" --concurrency 8

@@ -45,7 +45,7 @@ cmp "$work/file.bin" "$work/file.back"
 echo "demo: download returned the same 10 MiB"
 echo "demo: missing of a never-stored hash prints it: $("$hoard" missing 0000000000000000000000000000000000000000000000000000000000000000)"
 "$hoard" admin volumes
-echo "demo: ok. Admin: $HOARD_ADMIN/status  $HOARD_ADMIN/metrics"
+echo "demo: ok. Status page: $HOARD_ADMIN/#token=$HOARD_ADMIN_TOKEN  metrics: $HOARD_ADMIN/metrics"
 
 if [ $once -eq 0 ]; then
   echo "demo: the cell keeps running (data in $data); Ctrl-C stops it. In another shell:"

@@ -27,6 +27,7 @@ fn admin(dev: &Proc, args: &[&str]) -> Output {
     Command::new(bin())
         .arg("admin")
         .args(["--admin", &format!("http://{}", dev.addr("admin"))])
+        .env("HOARD_ADMIN_TOKEN", dev.admin_token())
         .args(args)
         .output()
         .expect("run hoard admin")
@@ -90,6 +91,7 @@ async fn the_admin_api_matches_its_openapi_description() {
         .arg(repo().join("tests/openapi_check.py"))
         .arg(format!("http://{}", dev.addr("admin")))
         .arg(&scratch)
+        .env("HOARD_ADMIN_TOKEN", dev.admin_token())
         .output()
         .expect("python3 runs (scripts/setup.sh --tests installs openapi-spec-validator)");
     let text = String::from_utf8_lossy(&out.stdout);

@@ -310,7 +310,7 @@ fn a_closed_pipe_ends_commands_quietly_and_the_env_file_reaches_the_cell() {
     let out = Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "unset HOARD_ENDPOINT HOARD_ADMIN; . '{}' && '{}' put '{}' && '{}' admin disks",
+            "unset HOARD_ENDPOINT HOARD_ADMIN HOARD_ADMIN_TOKEN; . '{}' && '{}' put '{}' && '{}' admin disks",
             env_file.display(),
             bin().display(),
             file.display(),
@@ -345,6 +345,10 @@ fn a_closed_pipe_ends_commands_quietly_and_the_env_file_reaches_the_cell() {
     let env = [
         ("HOARD_ENDPOINT", ep.clone()),
         ("HOARD_ADMIN", format!("http://{}", dev.addr("admin"))),
+        (
+            "HOARD_ADMIN_TOKEN",
+            hoard_testkit::dev_var(&data, "HOARD_ADMIN_TOKEN"),
+        ),
     ];
     let manifest = dir.path().join("m");
     std::fs::write(&manifest, format!("{hash}\n")).unwrap();

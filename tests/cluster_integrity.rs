@@ -379,6 +379,7 @@ async fn a_lost_metadata_tier_is_rebuilt_from_the_disks() {
     let out = std::process::Command::new(bin())
         .args(["admin", "rebuild-index"])
         .env("HOARD_ADMIN", cluster.admin_url())
+        .env("HOARD_ADMIN_TOKEN", &cluster.admin_token)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -415,6 +416,7 @@ fn admin_cli(cluster: &Cluster, args: &[&str]) -> (bool, Value) {
     let out = std::process::Command::new(bin())
         .args(args)
         .env("HOARD_ADMIN", cluster.admin_url())
+        .env("HOARD_ADMIN_TOKEN", &cluster.admin_token)
         .env("HOARD_ENDPOINT", cluster.endpoint())
         .output()
         .unwrap();

@@ -277,6 +277,7 @@ async fn a_node_drains_under_load_without_client_errors() {
     let out = std::process::Command::new(bin())
         .args(["admin", "drain", "node", "vol-0", "--wait"])
         .env("HOARD_ADMIN", cluster.admin_url())
+        .env("HOARD_ADMIN_TOKEN", &cluster.admin_token)
         .output()
         .unwrap();
     assert!(
@@ -323,6 +324,7 @@ async fn a_node_drains_under_load_without_client_errors() {
     let out = std::process::Command::new(bin())
         .args(["admin", "disks"])
         .env("HOARD_ADMIN", cluster.admin_url())
+        .env("HOARD_ADMIN_TOKEN", &cluster.admin_token)
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("TRASH"));
@@ -358,10 +360,11 @@ async fn sigkills_mid_drain_and_mid_move_lose_nothing() {
         .await
         .unwrap();
     let admin = cluster.admin_url();
+    let token = cluster.admin_token.clone();
     let running = move || {
-        let admin = admin.clone();
+        let (admin, token) = (admin.clone(), token.clone());
         async move {
-            let r = hoard_admin::http_json(&admin, "GET", "/api/v1/rebalance", None)
+            let r = hoard_admin::http_json(&admin, Some(&token), "GET", "/api/v1/rebalance", None)
                 .await
                 .ok()?;
             r["moves"]

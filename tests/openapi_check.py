@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """Checks a running Hoard admin API against its own description.
 
-Usage: openapi_check.py http://HOST:PORT SCRATCH_DIR
+Usage: HOARD_ADMIN_TOKEN=TOKEN openapi_check.py http://HOST:PORT SCRATCH_DIR
 
 1. /api/v1/openapi.json is a valid OpenAPI 3.1 document (openapi-spec-validator).
 2. Every GET without path parameters, and every POST whose effect is harmless on a test cell, is
    called; the status must be one the description lists for that operation, and the body must
    validate against the schema given for that status, with no keys the schema does not name.
-3. Requests the API must refuse (unknown names, unknown fields, out-of-range values) answer the
-   documented error status with an ApiError body.
+3. Requests the API must refuse (unknown names, unknown fields, out-of-range values, no token, a
+   backup name that is a path) answer the documented error status with an ApiError body.
 
 Prints one line per check; exits non-zero on the first mismatch.
 """
@@ -25,6 +25,7 @@ from openapi_spec_validator import validate
 
 BASE = sys.argv[1].rstrip("/")
 SCRATCH = sys.argv[2]
+TOKEN = os.environ.get("HOARD_ADMIN_TOKEN", "")
 
 # POSTs that change the cell beyond a knob (or take long): called only by the refusal checks below.
 NOT_CALLED = {"/api/v1/rebuild-index", "/api/v1/drain", "/api/v1/undrain",
@@ -36,17 +37,20 @@ BODIES = {
     "/api/v1/repair/throttle": {"concurrency": 4},
     "/api/v1/compaction/throttle": {"concurrency": 4},
     "/api/v1/scrub/throttle": {"interval_secs": 86400},
-    "/api/v1/backup": {"dir": os.path.join(SCRATCH, "backup")},
+    "/api/v1/backup": {"name": "openapi-check"},
     "/api/v1/workers/pause": {"name": "repair"},
     "/api/v1/workers/resume": {"name": "repair"},
     "/api/v1/workers/throttle": {"name": "repair", "bytes_per_sec": 0},
 }
 
 
-def call(method, path, body=None):
+def call(method, path, body=None, token=None):
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(BASE + path, data=data, method=method.upper(),
-                                 headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    token = TOKEN if token is None else token
+    if token:
+        headers["Authorization"] = "Bearer " + token
+    req = urllib.request.Request(BASE + path, data=data, method=method.upper(), headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, json.loads(r.read() or b"null")
@@ -120,8 +124,10 @@ def main():
         ("post", "/api/v1/scrub/throttle", {"bytes_per_sec": "fast"}, 400, "bytes_per_sec"),
         ("post", "/api/v1/compaction/throttle", {"threshold": 2}, 400, "threshold"),
         ("post", "/api/v1/rebalance/apply", {"tolerance": 500}, 400, "tolerance"),
-        ("post", "/api/v1/backup", {}, 400, "dir"),
-        ("post", "/api/v1/backup", {"dir": SCRATCH}, 409, "exists"),
+        ("post", "/api/v1/backup", {}, 400, "name"),
+        ("post", "/api/v1/backup", {"name": SCRATCH}, 400, "not a plain name"),
+        ("post", "/api/v1/backup", {"name": ".."}, 400, "not a plain name"),
+        ("post", "/api/v1/backup", {"name": "openapi-check"}, 409, "exists"),
         ("post", "/api/v1/disks/{id}/declare-empty", None, 404, "no-such-disk"),
         ("post", "/api/v1/workers/pause", {"name": "no-such-worker"}, 404, "no-such-worker"),
         ("post", "/api/v1/workers/cancel", {}, 400, "name"),
@@ -129,12 +135,15 @@ def main():
         ("get", "/api/v1/rebalance/plan", "?tolerance=500", 400, "tolerance"),
         ("get", "/api/v1/rebalance/plan", "?tolerance=wide", 400, "tolerance"),
         ("get", "/api/v1/blocks/sample", "?after=zz", 400, "after"),
+        ("get", "/api/v1/status", "", 401, "needs an admin token", ""),
+        ("get", "/api/v1/blocks/sample", "?pct=100", 401, "not known", "hoardadm_" + "0" * 64),
+        ("post", "/api/v1/drain", {"disk": "no-such-disk"}, 401, "needs an admin token", ""),
     ]
-    for method, path, body, want, names in refusals:
+    for method, path, body, want, names, *token in refusals:
         url = path.replace("{id}", "no-such-disk")
         if method == "get":
             url, body = url + body, None
-        status, answer = call(method, url, body)
+        status, answer = call(method, url, body, token[0] if token else None)
         assert status == want, f"{method.upper()} {url} {body}: HTTP {status} (wanted {want}): {answer}"
         assert isinstance(answer, dict) and names in answer.get("message", ""), \
             f"{method.upper()} {url}: the error does not name {names!r}: {answer}"

@@ -19,9 +19,22 @@ fn repo(p: &str) -> PathBuf {
 
 /// GET over plain HTTP/1.1: (status code, body).
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    http_get_as(addr, path, None).await
+}
+
+/// GET with `token` as the bearer token.
+async fn http_get_as(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> Option<(u16, String)> {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
     s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\r\n")
+            .as_bytes(),
     )
     .await
     .ok()?;
@@ -191,14 +204,17 @@ async fn the_status_page_shows_the_cell_in_a_headless_browser() {
     let dir = tempfile::tempdir().unwrap();
     let dev = start_dev(dir.path());
     let admin = dev.addr("admin");
+    let token = dev.admin_token();
     let disks = wait_for("12 disks known", Duration::from_secs(20), || async {
-        let (_, body) = http_get(admin, "/api/v1/disks").await?;
+        let (_, body) = http_get_as(admin, "/api/v1/disks", Some(&token)).await?;
         let v: serde_json::Value = serde_json::from_str(&body).ok()?;
         (v.as_array()?.len() == 12).then_some(v)
     })
     .await
     .unwrap();
-    let url = format!("http://{admin}/");
+    // The page takes its token from the address's fragment (never sent to the server, then dropped
+    // from the address bar) and sends it as a header with each request.
+    let url = format!("http://{admin}/#token={token}");
     let profile = dir.path().join("chromium-profile");
     let flags = [
         "--headless",

@@ -167,6 +167,7 @@ fn python_reflection_and_health_clients_understand_every_role() {
     let admin = format!("http://{}", dev.addr("admin"));
     let out = Command::new(bin())
         .args(["admin", "nodes", "--json", "--admin", &admin])
+        .env("HOARD_ADMIN_TOKEN", dev.admin_token())
         .output()
         .unwrap();
     let nodes: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -250,8 +250,9 @@ pub struct SamplePage {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackupRequest {
-    /// A new directory, inside the backup directory when one is configured.
-    pub dir: String,
+    /// The backup's name: a new directory made inside the configured backup directory (`[admin]
+    /// backup_dir`). A plain name, not a path.
+    pub name: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]

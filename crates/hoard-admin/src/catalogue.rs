@@ -170,6 +170,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Fragment bytes read for clients.",
     ),
     (
+        "hoard_admin_refused_total",
+        Counter,
+        "Admin API requests refused, by why: no_token, unknown_token, viewer (a viewer token's change).",
+    ),
+    (
         "hoard_volume_raw_read_bytes_total",
         Counter,
         "Fragment bytes of those sent by raw reads (sendfile, no gRPC).",

@@ -37,6 +37,7 @@ fn failed(message: String) -> CallError {
 #[derive(Clone, Debug)]
 pub struct AdminClient {
     base: String,
+    token: Option<String>,
 }
 
 impl AdminClient {
@@ -44,7 +45,14 @@ impl AdminClient {
     pub fn new(base: &str) -> AdminClient {
         AdminClient {
             base: base.trim_end_matches('/').to_string(),
+            token: None,
         }
+    }
+
+    /// Sends `token` as `Authorization: Bearer` with every request (an empty one is none).
+    pub fn with_token(mut self, token: Option<String>) -> AdminClient {
+        self.token = token.filter(|t| !t.is_empty());
+        self
     }
 
     pub fn base(&self) -> &str {
@@ -52,7 +60,7 @@ impl AdminClient {
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, CallError> {
-        let body = call(&self.base, "GET", path, None).await?;
+        let body = call(&self.base, self.token.as_deref(), "GET", path, None).await?;
         decode(&self.base, path, &body)
     }
 
@@ -63,7 +71,14 @@ impl AdminClient {
     ) -> Result<T, CallError> {
         let payload = serde_json::to_string(body)
             .map_err(|e| failed(format!("cannot encode the request: {e}")))?;
-        let body = call(&self.base, "POST", path, Some(payload)).await?;
+        let body = call(
+            &self.base,
+            self.token.as_deref(),
+            "POST",
+            path,
+            Some(payload),
+        )
+        .await?;
         decode(&self.base, path, &body)
     }
 }
@@ -75,6 +90,7 @@ fn decode<T: DeserializeOwned>(base: &str, path: &str, body: &str) -> Result<T, 
 /// One request; the body of a 2xx answer, or the error.
 async fn call(
     base: &str,
+    token: Option<&str>,
     method: &str,
     path: &str,
     payload: Option<String>,
@@ -87,8 +103,11 @@ async fn call(
         .await
         .map_err(|e| failed(format!("cannot reach the admin API at {base}: {e}")))?;
     let payload = payload.unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{payload}",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{payload}",
         payload.len()
     );
     let io = |e: std::io::Error| failed(format!("admin API at {base}: {e}"));
@@ -130,15 +149,16 @@ async fn call(
     })
 }
 
-/// An untyped request: the JSON answer, or the error as text.
+/// An untyped request, with `token` as its bearer token: the JSON answer, or the error as text.
 pub async fn http_json(
     base: &str,
+    token: Option<&str>,
     method: &str,
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> Result<serde_json::Value, String> {
     let payload = body.map(|b| b.to_string());
-    let body = call(base, method, path, payload)
+    let body = call(base, token, method, path, payload)
         .await
         .map_err(|e| e.message)?;
     serde_json::from_str(&body).map_err(|e| format!("{base}{path}: answer is not JSON: {e}"))

@@ -4,6 +4,7 @@
 pub use axum;
 
 pub mod api;
+pub mod auth;
 pub mod catalogue;
 mod client;
 pub mod extract;

@@ -180,7 +180,7 @@ pub const META: &[Route] = &[
         errors: &[409],
         ..post(
             "/api/v1/backup",
-            "A consistent copy of the metadata tier",
+            "A consistent copy of the metadata tier, into a new directory of the backup directory",
             One("BackupDone"),
         )
     },
@@ -416,11 +416,15 @@ fn status_text(code: u16) -> &'static str {
     match code {
         400 => "The request is malformed or names an impossible value",
         404 => "What the request names does not exist",
+        401 => "No admin token, or one this process does not know (`Authorization: Bearer TOKEN`)",
+        403 => "The token is a viewer token, and the request changes the cell",
         409 => "The request conflicts with the cell's state",
         500 => "The server failed",
         _ => "Not possible now; retry later",
     }
 }
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 
 /// The OpenAPI document of `routes`.
 pub fn document(routes: &[Route]) -> utoipa::openapi::OpenApi {
@@ -452,6 +456,12 @@ pub fn document(routes: &[Route]) -> utoipa::openapi::OpenApi {
             );
         let mut codes = vec![400, 500];
         codes.extend_from_slice(r.errors);
+        // Everything but this description needs a token (crate::auth).
+        let open = r.path == "/api/v1/openapi.json";
+        if !open {
+            codes.extend_from_slice(&[401, 403]);
+            op = op.security(SecurityRequirement::new("bearer", Vec::<String>::new()));
+        }
         codes.sort_unstable();
         codes.dedup();
         for code in codes {
@@ -504,6 +514,12 @@ pub fn document(routes: &[Route]) -> utoipa::openapi::OpenApi {
         paths = paths.path(r.path, PathItem::new(method, op.build()));
     }
     doc.paths = paths.build();
+    if let Some(c) = doc.components.as_mut() {
+        c.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
     doc
 }
 

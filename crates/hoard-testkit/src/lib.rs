@@ -20,6 +20,8 @@ pub struct Proc {
     pub child: Child,
     pub addrs: Vec<(String, SocketAddr)>,
     pub log: PathBuf,
+    /// What the process printed on stdout until it was listening.
+    pub startup: Vec<String>,
 }
 
 impl Proc {
@@ -58,6 +60,7 @@ impl Proc {
             }
         });
         let mut addrs = Vec::new();
+        let mut startup = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         while addrs.len() < expect.len() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -66,6 +69,7 @@ impl Proc {
                     if let Some((role, addr)) = parse_listening(&line) {
                         addrs.push((role, addr));
                     }
+                    startup.push(line);
                 }
                 Err(_) => {
                     let _ = child.kill();
@@ -92,7 +96,16 @@ impl Proc {
             child,
             addrs,
             log: log.to_path_buf(),
+            startup,
         })
+    }
+
+    /// The admin token `hoard dev` printed at start (its status page line, `.../#token=TOKEN`).
+    pub fn admin_token(&self) -> String {
+        self.startup
+            .iter()
+            .find_map(|l| l.split_once("#token=").map(|(_, t)| t.trim().to_string()))
+            .unwrap_or_else(|| panic!("{} printed no admin token: {:?}", self.name, self.startup))
     }
 
     pub fn addr(&self, role: &str) -> SocketAddr {
@@ -191,6 +204,34 @@ pub fn start_dev(bin: &Path, data: &Path, log: &Path, extent_size: &str) -> anyh
     )
 }
 
+/// The variables `hoard dev` wrote into `DATA/hoard.env` (endpoint, admin address, tokens).
+pub fn dev_env(data: &Path) -> Vec<(String, String)> {
+    let path = data.join("hoard.env");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    text.lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| {
+            let v = v
+                .strip_prefix('\'')
+                .and_then(|v| v.strip_suffix('\''))
+                .map(|v| v.replace("'\\''", "'"))
+                .unwrap_or_else(|| v.to_string());
+            (k.to_string(), v)
+        })
+        .collect()
+}
+
+/// One variable of [`dev_env`].
+pub fn dev_var(data: &Path, name: &str) -> String {
+    dev_env(data)
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| panic!("{name} is not in {}/hoard.env", data.display()))
+}
+
 /// Shape and settings of a test cell.
 #[derive(Clone, Debug)]
 pub struct ClusterOpts {
@@ -251,6 +292,8 @@ pub struct Cluster {
     pub second_repair: Option<Proc>,
     pub volumes: Vec<Option<Proc>>,
     pub repair: Option<Proc>,
+    /// An operator token of every process's admin API (`admin-tokens` in the cell's directory).
+    pub admin_token: String,
     meta_url: String,
 }
 
@@ -267,8 +310,17 @@ impl Cluster {
             second_frontend: None,
             second_repair: None,
             repair: None,
+            admin_token: hoard_admin::auth::new_token("hoardadm"),
             meta_url: String::new(),
         };
+        std::fs::write(
+            c.admin_tokens_file(),
+            hoard_admin::auth::token_line(
+                hoard_admin::auth::Access::Operator,
+                "testkit",
+                &c.admin_token,
+            ) + "\n",
+        )?;
         c.start_meta()?;
         for i in 0..c.opts.start_volumes.unwrap_or(c.volumes.len()) {
             c.start_volume(i)?;
@@ -282,6 +334,19 @@ impl Cluster {
 
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The token file every process's `[admin]` section names.
+    pub fn admin_tokens_file(&self) -> PathBuf {
+        self.path().join("admin-tokens")
+    }
+
+    /// An `[admin]` section on a loopback port of its own, with the cell's token file.
+    fn admin_section(&self) -> String {
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\ntokens = \"{}\"\n",
+            self.admin_tokens_file().display()
+        )
     }
 
     fn write_config(&self, name: &str, body: &str) -> anyhow::Result<PathBuf> {
@@ -324,14 +389,16 @@ impl Cluster {
     fn start_meta_on(&mut self, listen: &str) -> anyhow::Result<()> {
         let o = &self.opts;
         let cfg = format!(
-            "[meta]\nlisten = \"{listen}\"\ndata_dir = \"{}\"\nec = \"{}\"\nextent_size = \"{}\"\nlease = \"{}\"\nheartbeat_grace = \"{}\"\nfailure_domain = \"{}\"\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            "[meta]\nlisten = \"{listen}\"\ndata_dir = \"{}\"\nec = \"{}\"\nextent_size = \"{}\"\nlease = \"{}\"\nheartbeat_grace = \"{}\"\nfailure_domain = \"{}\"\n{}\n{}backup_dir = \"{}\"\n",
             self.path().join("meta").display(),
             o.ec,
             o.extent_size,
             o.lease,
             o.heartbeat_grace,
             o.failure_domain,
-            o.meta_extra
+            o.meta_extra,
+            self.admin_section(),
+            self.path().join("backups").display()
         );
         let p = self.write_config("meta", &cfg)?;
         let proc = self.spawn("meta", &p, &["meta", "admin"])?;
@@ -363,10 +430,11 @@ impl Cluster {
             .map(|c| format!("disk_capacity = \"{c}\"\n"))
             .unwrap_or_default();
         let cfg = format!(
-            "[node]\nid = \"vol-{i}\"\n[volume]\nlisten = \"127.0.0.1:0\"\nmeta = \"{}\"\ndisks = [{}]\nheartbeat = \"500ms\"\nlabels = {{ host = \"vol-{i}\" }}\n{capacity}{}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            "[node]\nid = \"vol-{i}\"\n[volume]\nlisten = \"127.0.0.1:0\"\nmeta = \"{}\"\ndisks = [{}]\nheartbeat = \"500ms\"\nlabels = {{ host = \"vol-{i}\" }}\n{capacity}{}\n{}",
             self.meta_url,
             disks.join(", "),
-            self.opts.volume_extra
+            self.opts.volume_extra,
+            self.admin_section()
         );
         let p = self.write_config(&format!("vol-{i}"), &cfg)?;
         self.volumes[i] = Some(self.spawn(&format!("vol-{i}"), &p, &["volume", "admin"])?);
@@ -375,8 +443,11 @@ impl Cluster {
 
     fn spawn_frontend(&self, name: &str) -> anyhow::Result<Proc> {
         let cfg = format!(
-            "[frontend]\nlisten = \"127.0.0.1:0\"\nmeta = \"{}\"\nopen_volumes = {}\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
-            self.meta_url, self.opts.open_volumes, self.opts.frontend_extra
+            "[frontend]\nlisten = \"127.0.0.1:0\"\nmeta = \"{}\"\nopen_volumes = {}\n{}\n{}",
+            self.meta_url,
+            self.opts.open_volumes,
+            self.opts.frontend_extra,
+            self.admin_section()
         );
         let p = self.write_config(name, &cfg)?;
         self.spawn(name, &p, &["frontend", "admin"])
@@ -524,9 +595,15 @@ impl Cluster {
 
     /// GET a JSON document from the admin API.
     pub async fn admin_get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
-        hoard_admin::http_json(&self.admin_url(), "GET", path, None)
-            .await
-            .map_err(|e| anyhow!(e))
+        hoard_admin::http_json(
+            &self.admin_url(),
+            Some(&self.admin_token),
+            "GET",
+            path,
+            None,
+        )
+        .await
+        .map_err(|e| anyhow!(e))
     }
 
     /// POST to the admin API.
@@ -535,9 +612,15 @@ impl Cluster {
         path: &str,
         body: serde_json::Value,
     ) -> anyhow::Result<serde_json::Value> {
-        hoard_admin::http_json(&self.admin_url(), "POST", path, Some(&body))
-            .await
-            .map_err(|e| anyhow!(e))
+        hoard_admin::http_json(
+            &self.admin_url(),
+            Some(&self.admin_token),
+            "POST",
+            path,
+            Some(&body),
+        )
+        .await
+        .map_err(|e| anyhow!(e))
     }
 
     pub fn endpoint(&self) -> String {

@@ -35,7 +35,9 @@ fn joined(e: tokio::task::JoinError) -> Failure {
     Failure::internal(format!("the request's task failed: {e}"))
 }
 
-pub fn routes(meta: Arc<MetaState>) -> Router {
+/// The routes; backups go under `backup_dir` (none: backups are refused).
+pub fn routes(meta: Arc<MetaState>, backup_dir: Option<std::path::PathBuf>) -> Router {
+    let backup_dir = Arc::new(backup_dir);
     Router::new()
         .route("/", get(status_page))
         .route("/api/v1/status", get(status))
@@ -49,7 +51,10 @@ pub fn routes(meta: Arc<MetaState>) -> Router {
         .route("/api/v1/repair/throttle", post(repair_throttle))
         .route("/api/v1/rebuild-index", get(index_status).post(index_start))
         .route("/api/v1/verify", get(verify_status).post(verify_start))
-        .route("/api/v1/backup", post(backup))
+        .route(
+            "/api/v1/backup",
+            post(move |m: Meta, b: Body<BackupRequest>| backup(m, b, Arc::clone(&backup_dir))),
+        )
         .route("/api/v1/rebalance", get(rebalance_status))
         .route("/api/v1/rebalance/plan", get(rebalance_plan))
         .route("/api/v1/rebalance/apply", post(rebalance_apply))
@@ -336,18 +341,46 @@ async fn sample_blocks(State(m): Meta, Params(q): Params<SampleQuery>) -> Reply<
 }
 
 /// A consistent copy of the metadata tier (a RocksDB checkpoint) into a new directory on meta's host.
-async fn backup(State(m): Meta, Body(req): Body<BackupRequest>) -> Reply<BackupDone> {
-    if req.dir.is_empty() {
-        return Err(Failure::invalid(
-            "give the backup directory as {\"dir\": PATH}",
+/// A backup's name as a directory of `root`: one plain path component.
+fn backup_path(root: Option<&std::path::Path>, name: &str) -> Result<std::path::PathBuf, Failure> {
+    let Some(root) = root else {
+        return Err(Failure::conflict(
+            "backups are off: no backup directory is configured ([admin] backup_dir)",
         ));
+    };
+    let plain = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\\', '\0'])
+        && name.len() <= 255;
+    if !plain {
+        return Err(Failure::invalid(format!(
+            "backup name {name:?} is not a plain name: a backup goes into {}/NAME, give NAME (such as 2026-12-04) and no path",
+            root.display()
+        )));
     }
-    let path = std::path::PathBuf::from(&req.dir);
+    Ok(root.join(name))
+}
+
+async fn backup(
+    State(m): Meta,
+    Body(req): Body<BackupRequest>,
+    root: Arc<Option<std::path::PathBuf>>,
+) -> Reply<BackupDone> {
+    let path = backup_path(root.as_deref(), &req.name)?;
     if path.exists() {
         return Err(Failure::conflict(format!(
             "{} exists already; a backup goes into a new directory",
-            req.dir
+            path.display()
         )));
+    }
+    if let Some(root) = root.as_deref() {
+        std::fs::create_dir_all(root).map_err(|e| {
+            Failure::internal(format!(
+                "cannot make the backup directory {}: {e}",
+                root.display()
+            ))
+        })?;
     }
     let started = std::time::Instant::now();
     let p = path.clone();
@@ -357,7 +390,7 @@ async fn backup(State(m): Meta, Body(req): Body<BackupRequest>) -> Reply<BackupD
         .map_err(failure)?;
     Ok(Json(BackupDone {
         bytes: views::dir_bytes(&path),
-        dir: req.dir,
+        dir: path.display().to_string(),
         seconds: started.elapsed().as_secs_f64(),
     }))
 }

@@ -123,6 +123,10 @@ pub struct RepairSection {
 pub struct NodeSection {
     /// This process's name in the cell; the volume role needs one.
     pub id: Option<String>,
+    /// Serve in the clear on addresses other than loopback. Hoard's ports have no TLS yet, so a role
+    /// that listens beyond loopback refuses to start unless this says so.
+    #[serde(default)]
+    pub insecure: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -270,6 +274,12 @@ pub struct VolumeSection {
 pub struct AdminSection {
     #[serde(deserialize_with = "de_addr")]
     pub listen: SocketAddr,
+    /// The admin token file (`hoard admin-token` makes tokens and their lines): every endpoint but the
+    /// probes, `/metrics` and the API description needs one of its tokens.
+    pub tokens: PathBuf,
+    /// Where `hoard admin backup NAME` puts backups of the metadata tier (the process running meta):
+    /// `DIR/NAME`. Without it backups are refused.
+    pub backup_dir: Option<PathBuf>,
 }
 
 fn default_geometry() -> Geometry {
@@ -443,6 +453,25 @@ impl Config {
                 size_within(&mut p, "volume.disk_capacity", c, 1 << 20, u64::MAX);
             }
         }
+        if !self.node.insecure {
+            let listens = [
+                self.meta.as_ref().map(|m| ("meta.listen", m.listen)),
+                self.frontend
+                    .as_ref()
+                    .map(|f| ("frontend.listen", f.listen)),
+                self.volume.as_ref().map(|v| ("volume.listen", v.listen)),
+                self.admin.as_ref().map(|a| ("admin.listen", a.listen)),
+            ];
+            for (key, addr) in listens.into_iter().flatten() {
+                if !addr.ip().is_loopback() {
+                    p.push(format!(
+                        "{key} {addr} is not a loopback address, and Hoard's ports have no TLS yet: \
+                         anyone who reaches it can use it. Listen on loopback, or set [node] \
+                         insecure = true to serve in the clear on a network only the cell's hosts reach"
+                    ));
+                }
+            }
+        }
         if let Some(f) = &self.frontend {
             if let Err(e) = check_url("frontend.meta", &f.meta) {
                 p.push(e);
@@ -498,7 +527,7 @@ fn size_within(problems: &mut Vec<String>, key: &str, s: Size, min: u64, max: u6
 
 /// The keys each section takes, for naming unknown ones.
 const KNOWN: &[(&str, &[&str])] = &[
-    ("node", &["id"]),
+    ("node", &["id", "insecure"]),
     (
         "meta",
         &[
@@ -542,7 +571,7 @@ const KNOWN: &[(&str, &[&str])] = &[
         ],
     ),
     ("repair", &["meta"]),
-    ("admin", &["listen"]),
+    ("admin", &["listen", "tokens", "backup_dir"]),
 ];
 
 fn section_error<T: serde::de::DeserializeOwned>(text: &str, name: &str) -> Option<String> {

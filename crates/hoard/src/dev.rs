@@ -149,12 +149,23 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     tasks.push(fe_role);
     admin.frontend = Some(fe);
     tasks.push(roles::start_repair(&meta_url, &stop)?);
-    let admin_role = roles::start_admin(args.admin, admin, prometheus, &stop).await?;
+    let tokens = args.data.join("admin-tokens");
+    let admin_token = dev_admin_token(&tokens)?;
+    let admin_cfg = roles::AdminRoleConfig {
+        listen: args.admin,
+        tokens,
+        backup_dir: Some(args.data.join("backups")),
+    };
+    let admin_role = roles::start_admin(admin_cfg, admin, prometheus, &stop).await?;
     let admin_url = format!("http://{}", admin_role.addr);
     let env_file = args.data.join("hoard.env");
     write_env_file(
         &env_file,
-        &[("HOARD_ENDPOINT", &endpoint), ("HOARD_ADMIN", &admin_url)],
+        &[
+            ("HOARD_ENDPOINT", &endpoint),
+            ("HOARD_ADMIN", &admin_url),
+            ("HOARD_ADMIN_TOKEN", &admin_token),
+        ],
     )?;
     // A closed stdout must not stop the cell: these lines are a courtesy.
     let _ = outln!(
@@ -165,6 +176,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         args.data.display()
     );
     let _ = outln!("hoard dev: admin on {admin_url}");
+    let _ = outln!("hoard dev: status page {admin_url}/#token={admin_token}");
     let _ = outln!("hoard dev: client endpoint {endpoint}");
     let _ = outln!(
         "hoard dev: `. {}` points the CLI at this cell",
@@ -183,6 +195,49 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// A new operator token named `dev` for this run, in the token file at `path` (made 0600 if missing;
+/// the previous run's `dev` line is replaced, lines an operator added are kept).
+fn dev_admin_token(path: &std::path::Path) -> anyhow::Result<String> {
+    use hoard_admin::auth::{Access, new_token, token_line};
+    let old = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(anyhow!("cannot read {}: {e}", path.display())),
+    };
+    let token = new_token("hoardadm");
+    let mut text = String::from(
+        "# Admin tokens (ACCESS NAME HASH); `hoard dev` renews the `dev` line at start.\n",
+    );
+    for line in old.lines() {
+        let mut f = line.split_whitespace();
+        if line.starts_with('#') || line.trim().is_empty() || f.nth(1) == Some("dev") {
+            continue;
+        }
+        text.push_str(line);
+        text.push('\n');
+    }
+    text.push_str(&token_line(Access::Operator, "dev", &token));
+    text.push('\n');
+    write_private(path, &text)?;
+    Ok(token)
+}
+
+/// Writes `text` whole to `path`, readable by its owner only (it holds credentials), renamed into place.
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))
+}
+
 /// Writes `DATA/hoard.env`: shell assignments of what a client or operator needs to reach the cell, so
 /// that `. DATA/hoard.env` points every `hoard` command at it. Written whole and renamed into place.
 fn write_env_file(path: &std::path::Path, vars: &[(&str, &str)]) -> anyhow::Result<()> {
@@ -192,10 +247,7 @@ fn write_env_file(path: &std::path::Path, vars: &[(&str, &str)]) -> anyhow::Resu
     for (name, value) in vars {
         text.push_str(&format!("export {name}={}\n", shell_quote(value)));
     }
-    let tmp = path.with_extension("env.tmp");
-    std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))
+    write_private(path, &text)
 }
 
 /// `value` as one word for a POSIX shell.

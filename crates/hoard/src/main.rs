@@ -12,6 +12,7 @@ mod dev;
 mod roles;
 mod server;
 mod telemetry;
+mod tokens_cli;
 mod views;
 
 use std::path::PathBuf;
@@ -126,6 +127,8 @@ enum Cmd {
     },
     /// Operator commands: status, nodes, disks, volumes, repair.
     Admin(admin_cli::AdminArgs),
+    /// Make an admin API token and add its (hashed) line to a token file; prints the token.
+    AdminToken(tokens_cli::AdminTokenArgs),
     /// Load generator: put, get or mixed blocks against a cell and report throughput and latency.
     Bench(bench::BenchArgs),
     /// Configuration files.
@@ -218,6 +221,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         } => cli::download(&ep, &manifest, output.as_deref(), concurrency, direct).await,
         Cmd::Bench(args) => bench::run(args).await,
         Cmd::Admin(args) => admin_cli::run(args).await,
+        Cmd::AdminToken(args) => tokens_cli::run(&args),
         Cmd::Config {
             cmd: ConfigCmd::Check { file },
         } => {

@@ -414,20 +414,34 @@ impl AdminSource for ProcessAdmin {
     }
 }
 
-/// Serves the admin HTTP surface on `addr` until `stop`.
+/// How the admin HTTP surface is reached and what it may do.
+pub struct AdminRoleConfig {
+    pub listen: SocketAddr,
+    /// The token file every request but the probes and `/metrics` is checked against.
+    pub tokens: std::path::PathBuf,
+    /// Where backups of the metadata tier go (the process running meta); none refuses backups.
+    pub backup_dir: Option<std::path::PathBuf>,
+}
+
+/// Serves the admin HTTP surface until `stop`.
 pub async fn start_admin(
-    addr: SocketAddr,
+    cfg: AdminRoleConfig,
     admin: ProcessAdmin,
     prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
     stop: &Stop,
 ) -> anyhow::Result<Role> {
-    let listener = bind("admin", addr).await?;
+    let tokens = hoard_admin::auth::AdminTokens::load(&cfg.tokens).map_err(|e| anyhow!(e))?;
+    let listener = bind("admin", cfg.listen).await?;
     let addr = listener.local_addr()?;
     let meta = admin.meta.clone();
     let mut router = hoard_admin::router(prometheus, Arc::new(admin));
     if let Some(meta) = meta {
-        router = router.merge(crate::admin_api::routes(meta));
+        router = router.merge(crate::admin_api::routes(meta, cfg.backup_dir));
     }
+    let router = router.layer(hoard_admin::axum::middleware::from_fn_with_state(
+        Arc::new(tokens),
+        hoard_admin::auth::require,
+    ));
     let shutdown = stop.wait();
     let task = tokio::spawn(async move {
         hoard_admin::serve(listener, router, shutdown)

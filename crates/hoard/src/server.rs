@@ -75,7 +75,12 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
         tasks.push(role);
     }
     if let Some(a) = &cfg.admin {
-        let role = roles::start_admin(a.listen, admin, prometheus, &stop).await?;
+        let cfg = roles::AdminRoleConfig {
+            listen: a.listen,
+            tokens: a.tokens.clone(),
+            backup_dir: a.backup_dir.clone(),
+        };
+        let role = roles::start_admin(cfg, admin, prometheus, &stop).await?;
         let _ = outln!("hoard admin listening on {}", role.addr);
         tasks.push(role);
     }

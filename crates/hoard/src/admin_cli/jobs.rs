@@ -197,9 +197,9 @@ pub async fn rebuild_index(api: &AdminClient, json: bool) -> anyhow::Result<Exit
     })
 }
 
-pub async fn backup(api: &AdminClient, json: bool, dir: &str) -> anyhow::Result<ExitCode> {
+pub async fn backup(api: &AdminClient, json: bool, name: &str) -> anyhow::Result<ExitCode> {
     let b: BackupDone = api
-        .post("/api/v1/backup", &BackupRequest { dir: dir.into() })
+        .post("/api/v1/backup", &BackupRequest { name: name.into() })
         .await?;
     super::show(json, &b, |b| {
         format!(

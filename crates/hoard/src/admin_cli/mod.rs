@@ -23,6 +23,9 @@ pub struct AdminArgs {
         global = true
     )]
     pub admin: String,
+    /// The admin token sent with every request (`hoard dev` writes one into DATA/hoard.env).
+    #[arg(long, env = "HOARD_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    pub admin_token: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
@@ -56,8 +59,9 @@ pub enum AdminCmd {
         #[command(flatten)]
         ep: crate::cli::EndpointArg,
     },
-    /// Take a consistent copy of the metadata tier into DIR (a new directory on meta's host).
-    Backup { dir: String },
+    /// Take a consistent copy of the metadata tier into NAME, a new directory inside the backup
+    /// directory meta's process is configured with (`[admin] backup_dir`).
+    Backup { name: String },
     /// Rebuild the block index and the volume table from the disks, after the metadata tier was lost.
     RebuildIndex,
     /// Let a held disk (labelled for another cluster, or holding extents meta does not know) take
@@ -243,7 +247,7 @@ fn show<T: Serialize>(json: bool, v: &T, table: impl FnOnce(&T) -> String) -> an
 }
 
 pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
-    let api = AdminClient::new(&args.admin);
+    let api = AdminClient::new(&args.admin).with_token(args.admin_token.clone());
     let json = args.json;
     match &args.cmd {
         AdminCmd::Status | AdminCmd::Nodes | AdminCmd::Disks | AdminCmd::Volumes => {
@@ -254,7 +258,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
         AdminCmd::DeclareEmpty { disk } => cell::declare_empty(&api, json, disk).await,
         AdminCmd::Verify { deep, sample, ep } => jobs::verify(&api, json, *deep, *sample, ep).await,
         AdminCmd::RebuildIndex => jobs::rebuild_index(&api, json).await,
-        AdminCmd::Backup { dir } => jobs::backup(&api, json, dir).await,
+        AdminCmd::Backup { name } => jobs::backup(&api, json, name).await,
         AdminCmd::Rebalance { cmd } => moves::rebalance(&api, json, cmd).await,
         AdminCmd::Drain { what, id, wait } => moves::drain(&api, json, what, id, *wait).await,
         AdminCmd::Undrain { what, id } => moves::undrain(&api, json, what, id).await,
