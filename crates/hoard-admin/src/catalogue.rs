@@ -170,6 +170,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Fragment bytes read for clients.",
     ),
     (
+        "hoard_volume_disk_full_total",
+        Counter,
+        "Writes refused because a disk's filesystem was full (ENOSPC or a quota); the disk is not failed.",
+    ),
+    (
         "hoard_admin_refused_total",
         Counter,
         "Admin API requests refused, by why: no_token, unknown_token, viewer (a viewer token's change).",
@@ -295,7 +300,7 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     (
         "hoard_disk_fill_ratio",
         Gauge,
-        "Used share of a disk's capacity.",
+        "Used share of a disk's capacity: by its extents, or by its filesystem when that is fuller (something else fills it).",
     ),
     (
         "hoard_disk_failed",

@@ -22,12 +22,16 @@ pub struct PutOutcome {
     pub deduplicated: bool,
 }
 
+/// The gRPC code a volume server's raw answer carries for an append its disk had no room for.
+const DISK_FULL: u8 = tonic::Code::ResourceExhausted as u8;
+
 /// Why one attempt on one volume failed.
 struct AttemptFailure {
     member: Option<u32>,
     detail: String,
-    /// The member's server did not answer at all (rather than refusing the append).
-    unreachable: bool,
+    /// What meta is told: `Unreachable` when the member's server did not answer at all, `Full` when
+    /// its disk had no room, `WriteFailed` when it refused the append.
+    kind: ProblemKind,
 }
 
 impl Frontend {
@@ -138,17 +142,12 @@ impl Frontend {
                         .member
                         .and_then(|m| vol.info.members.get(m as usize))
                         .map(|m| m.address.clone());
-                    let kind = if f.unreachable {
-                        ProblemKind::Unreachable
-                    } else {
-                        ProblemKind::WriteFailed
-                    };
                     self.writer
-                        .retire(self, &vol, f.member, kind, f.detail)
+                        .retire(self, &vol, f.member, f.kind, f.detail)
                         .await;
                     // A server that does not answer fails every volume it serves: stop using them all
                     // rather than discovering it one put at a time.
-                    if f.unreachable
+                    if f.kind == ProblemKind::Unreachable
                         && let Some(a) = address
                     {
                         self.writer.retire_address(self, &a).await;
@@ -243,10 +242,18 @@ impl Frontend {
                                 e => e,
                             };
                             // As over gRPC: no answer, or a member that cannot take writes, counts
-                            // against the whole server; a refusal or a malformed exchange does not.
-                            let unreachable =
-                                matches!(e, RawError::Io(_) | RawError::Unavailable(_));
-                            (index, format!("member {index}: {e}"), unreachable)
+                            // against the whole server; a full disk against that disk's room only;
+                            // a refusal or a malformed exchange against neither.
+                            let kind = match e {
+                                RawError::Io(_) | RawError::Unavailable(_) => {
+                                    ProblemKind::Unreachable
+                                }
+                                RawError::Failed { code, .. } if code == DISK_FULL => {
+                                    ProblemKind::Full
+                                }
+                                _ => ProblemKind::WriteFailed,
+                            };
+                            (index, format!("member {index}: {e}"), kind)
                         });
                 }
                 let req = v1::AppendRequest {
@@ -258,18 +265,22 @@ impl Frontend {
                 let mut c = self
                     .volumes
                     .get(&m.address)
-                    .map_err(|e| (index, e.to_string(), true))?;
+                    .map_err(|e| (index, e.to_string(), ProblemKind::Unreachable))?;
                 match tokio::time::timeout(timeout, c.append(req)).await {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(s)) => Err((
                         index,
                         format!("member {index}: {}", s.message()),
-                        s.code() == tonic::Code::Unavailable,
+                        match s.code() {
+                            tonic::Code::Unavailable => ProblemKind::Unreachable,
+                            tonic::Code::ResourceExhausted => ProblemKind::Full,
+                            _ => ProblemKind::WriteFailed,
+                        },
                     )),
                     Err(_) => Err((
                         index,
                         format!("member {index}: append timed out after {timeout:?}"),
-                        true,
+                        ProblemKind::Unreachable,
                     )),
                 }
             };
@@ -292,10 +303,10 @@ impl Frontend {
         let results = results.into_iter().map(|(r, _)| r);
         match results.into_iter().find_map(Result::err) {
             None => Ok(()),
-            Some((member, detail, unreachable)) => Err(AttemptFailure {
+            Some((member, detail, kind)) => Err(AttemptFailure {
                 member: Some(member),
                 detail,
-                unreachable,
+                kind,
             }),
         }
     }

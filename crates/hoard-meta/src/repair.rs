@@ -70,10 +70,13 @@ impl Repair {
             metrics::gauge!("hoard_disk_used_bytes", &labels).set(d.used_bytes as f64);
             metrics::gauge!("hoard_disk_trash_bytes", &labels).set(d.trash_bytes as f64);
             metrics::gauge!("hoard_disk_capacity_bytes", &labels).set(d.capacity_bytes as f64);
+            // Whichever is fuller: the disk's extents, or its filesystem (something else may fill it).
             let fill = if d.capacity_bytes == 0 {
                 0.0
             } else {
-                d.used_bytes as f64 / d.capacity_bytes as f64
+                let cap = d.capacity_bytes as f64;
+                (d.used_bytes as f64 / cap)
+                    .max(1.0 - d.free_bytes.min(d.capacity_bytes) as f64 / cap)
             };
             metrics::gauge!("hoard_disk_fill_ratio", &labels).set(fill);
             metrics::gauge!("hoard_disk_failed", &labels).set(if d.health.is_ok() {

@@ -349,7 +349,8 @@ pub async fn write_error<W: AsyncWrite + Unpin>(w: &mut W, msg: &str) -> std::io
     write_failure(w, STATUS_ERROR, msg).await
 }
 
-/// Answers a put that failed with gRPC code `code`.
+/// Answers a put that failed with gRPC code `code` (and an append refused for a full disk, with
+/// `RESOURCE_EXHAUSTED`).
 pub async fn write_put_failure<W: AsyncWrite + Unpin>(
     w: &mut W,
     code: u8,

@@ -296,11 +296,9 @@ impl Extent {
     /// no request can fail a disk.
     fn io_failure(&self, what: &str, e: std::io::Error) -> VolumeError {
         match e.raw_os_error() {
-            Some(libc::ENOSPC | libc::EDQUOT) => VolumeError::DiskFull {
-                volume: self.volume,
-                member: self.member,
-                reason: format!("{what}: {e}"),
-            },
+            Some(libc::ENOSPC | libc::EDQUOT) => {
+                VolumeError::disk_full(self.volume, self.member, format!("{what}: {e}"))
+            }
             Some(libc::EINVAL | libc::EFAULT | libc::EFBIG | libc::EOVERFLOW) => {
                 tracing::error!(
                     volume = self.volume,

@@ -95,6 +95,17 @@ pub enum VolumeError {
 }
 
 impl VolumeError {
+    /// A write the filesystem had no room for, counted (`hoard_volume_disk_full_total`, the alert's
+    /// series).
+    pub fn disk_full(volume: VolumeId, member: MemberIndex, reason: String) -> Self {
+        metrics::counter!("hoard_volume_disk_full_total").increment(1);
+        VolumeError::DiskFull {
+            volume,
+            member,
+            reason,
+        }
+    }
+
     pub fn io(path: &Path, source: std::io::Error) -> Self {
         VolumeError::Io {
             path: path.to_path_buf(),

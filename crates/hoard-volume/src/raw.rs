@@ -241,6 +241,14 @@ async fn answer_append(
                 member = req.member,
                 "raw append failed: {e}"
             );
+            // A full disk answers with the gRPC code it would over gRPC, so that the frontend tells
+            // meta "full" (seal the volume) rather than "failed" (suspect the disk).
+            if matches!(e, crate::VolumeError::DiskFull { .. }) {
+                let code = tonic::Code::ResourceExhausted as u8;
+                return raw::write_put_failure(stream, code, &e.to_string())
+                    .await
+                    .is_ok();
+            }
             let status = if e.is_unavailable() {
                 raw::STATUS_UNAVAILABLE
             } else {
