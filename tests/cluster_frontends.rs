@@ -212,3 +212,74 @@ async fn a_stopped_volume_server_stalls_neither_reads_nor_puts() {
         assert_eq!(&client.get(h).await.unwrap(), b);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_volume_server_killed_under_load_costs_no_client_error() {
+    let mut cluster = Cluster::start(
+        bin(),
+        ClusterOpts {
+            repair: false,
+            ..ClusterOpts::default()
+        },
+    )
+    .expect("cluster starts");
+    let client = cluster.client().await.unwrap();
+    // Three clients put a block and read back one written earlier, without pause, while one of the
+    // four servers (members of every volume) is SIGKILLed under them.
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
+    let workers: Vec<_> = (0..3u64)
+        .map(|w| {
+            let (client, stop, errors) = (client.clone(), Arc::clone(&stop), Arc::clone(&errors));
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let b = block(w * 1_000_000 + i, 50_000 + (i as usize % 7) * 90_000);
+                    i += 1;
+                    match client.put(b.clone()).await {
+                        Ok(p) => acked.push((p.hash, b)),
+                        Err(e) => errors.lock().push(format!("put: {e}")),
+                    }
+                    if let Some((h, b)) = acked.get(i as usize * 7 % acked.len().max(1)) {
+                        match client.get(h).await {
+                            Ok(got) if &got == b => {}
+                            Ok(_) => errors.lock().push(format!("get {h}: wrong bytes")),
+                            Err(e) => errors.lock().push(format!("get {h}: {e}")),
+                        }
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.kill_volume(1);
+    let killed_at = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for w in workers {
+        acked.extend(w.await.unwrap());
+    }
+    let errors = errors.lock().clone();
+    eprintln!(
+        "{} blocks acknowledged, {} client errors; the kill came {:?} before the load stopped",
+        acked.len(),
+        errors.len(),
+        killed_at.elapsed()
+    );
+    assert!(
+        errors.is_empty(),
+        "client-visible errors around a volume server's SIGKILL: {errors:?}"
+    );
+    assert!(acked.len() > 30, "only {} puts in 9 s", acked.len());
+    for (h, b) in &acked {
+        assert_eq!(&client.get(h).await.unwrap(), b, "block {h}");
+        assert_eq!(
+            &client.get_direct(h).await.unwrap(),
+            b,
+            "block {h} (direct)"
+        );
+    }
+}
