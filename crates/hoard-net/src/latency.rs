@@ -19,8 +19,10 @@ const SAMPLES: usize = 512;
 /// Below this many samples the defaults hold.
 const WARM: usize = 32;
 
+/// Reads a cold process learns its first hedge delay from.
+const COLD: usize = 4;
 /// Before there is anything to learn from, a read is hedged after this long.
-const HEDGE_DEFAULT: Duration = Duration::from_millis(50);
+const HEDGE_DEFAULT: Duration = Duration::from_millis(25);
 const HEDGE_MIN: Duration = Duration::from_millis(5);
 const HEDGE_MAX: Duration = Duration::from_secs(1);
 
@@ -62,10 +64,19 @@ impl Latencies {
     }
 
     /// How long a whole-block read may take before it is hedged.
+    /// A process that has just started (a CLI download) learns from its first few reads: from
+    /// [`COLD`] of them, 3x the slowest so far, never past [`HEDGE_DEFAULT`].
     pub fn hedge_after(&self) -> Duration {
-        self.quantile(0.95).map_or(HEDGE_DEFAULT, |p| {
-            p.mul_f64(1.5).clamp(HEDGE_MIN, HEDGE_MAX)
-        })
+        if let Some(p) = self.quantile(0.95) {
+            return p.mul_f64(1.5).clamp(HEDGE_MIN, HEDGE_MAX);
+        }
+        let r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        match r.iter().max() {
+            Some(slowest) if r.len() >= COLD => {
+                slowest.saturating_mul(3).clamp(HEDGE_MIN, HEDGE_DEFAULT)
+            }
+            _ => HEDGE_DEFAULT,
+        }
     }
 
     /// How long an append may take before the put gives up on its volume; never past `cap`.
@@ -89,6 +100,14 @@ mod tests {
             HEDGE_DEFAULT,
             "too few reads to learn from"
         );
+        // A cold start: a few reads of 2 ms hedge after 6 ms; slow ones never later than the default.
+        let cold = Latencies::default();
+        for _ in 0..COLD {
+            cold.record(Duration::from_millis(2));
+        }
+        assert_eq!(cold.hedge_after(), Duration::from_millis(6));
+        cold.record(Duration::from_secs(2));
+        assert_eq!(cold.hedge_after(), HEDGE_DEFAULT);
         for i in 0..100u64 {
             // 95 reads of 10 ms, 5 slow ones of 3 s.
             l.record(Duration::from_millis(if i % 20 == 0 { 3000 } else { 10 }));

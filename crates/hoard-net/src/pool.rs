@@ -1,7 +1,7 @@
 //! Pooled raw connections to volume servers and frontends, and whole-block reads over them: data
 //! fragments straight into their places in one buffer, parity beside it when a data member is missing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::AsRawFd;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -54,7 +54,14 @@ impl Source<'_> {
 #[derive(Default)]
 pub struct Pool {
     idle: Mutex<HashMap<String, Vec<(TcpStream, Instant)>>>,
+    /// Servers that let a hedged read down (its data fragment had not come when the hedge had the
+    /// block), until when: whole-block reads go around them without waiting for the hedge delay.
+    stuck: Mutex<HashMap<String, Instant>>,
 }
+
+/// How long a server that let a hedged read down is read around. Short: the first read after it
+/// waits the hedge delay again and finds out whether the server answers.
+const STUCK_FOR: Duration = Duration::from_secs(5);
 
 /// Idle connections kept per server.
 const IDLE_PER_SERVER: usize = 32;
@@ -223,8 +230,10 @@ impl Pool {
 
     /// A whole-block read that a stopped or hung member cannot stall: [`Pool::read_whole`], raced
     /// after `latencies.hedge_after()` by [`Pool::read_first_k`]; the first to bring the block wins
-    /// (when one fails, the other's answer is awaited). Records the winning read's latency and answers
-    /// whether the read was hedged. Unchecked, as [`Pool::read_whole`].
+    /// (when the first read fails, the hedge's answer is awaited; when the hedge, which asks every
+    /// member, fails, the read gives up). A read that needs a server marked stuck starts with the first
+    /// `k` of the others instead. Records the winning read's latency and answers whether the read went
+    /// beyond the data members. Unchecked, as [`Pool::read_whole`].
     pub async fn read_hedged<F>(
         &self,
         latencies: &Latencies,
@@ -238,27 +247,61 @@ impl Pool {
             + 'static,
     {
         let started = Instant::now();
-        let hedge_read = read;
-        let read = self.read_whole(hedge_read, rebuild.clone());
-        tokio::pin!(read);
+        // A data member on a server that just let a read down: the read goes to the first k of the
+        // others (hedged all the same: a server marked wrongly may hold the one fragment missing).
+        let around: Vec<Option<Source>> = {
+            let mut stuck = self.stuck.lock().unwrap_or_else(|p| p.into_inner());
+            stuck.retain(|_, until| *until > started);
+            let is_stuck = |s: &Option<Source>| s.is_some_and(|s| stuck.contains_key(s.address));
+            if read.sources[..read.k.min(read.sources.len())]
+                .iter()
+                .any(is_stuck)
+            {
+                read.sources
+                    .iter()
+                    .map(|s| if is_stuck(s) { None } else { *s })
+                    .collect()
+            } else {
+                Vec::new()
+            }
+        };
+        let primary = if around.iter().flatten().count() >= read.k {
+            let around = BlockRead {
+                sources: &around,
+                ..read
+            };
+            let rebuild = rebuild.clone();
+            futures::future::Either::Left(async move {
+                self.first_k(around, rebuild).await.map(|(b, _)| b)
+            })
+        } else {
+            futures::future::Either::Right(self.read_whole(read, rebuild.clone()))
+        };
+        let went_around = matches!(primary, futures::future::Either::Left(_));
+        tokio::pin!(primary);
         let delay = latencies.hedge_after();
-        if let Ok(block) = tokio::time::timeout(delay, &mut read).await {
+        if let Ok(block) = tokio::time::timeout(delay, &mut primary).await {
             if block.is_some() {
                 latencies.record(started.elapsed());
             }
-            return Some((block?, false));
+            return Some((block?, went_around));
         }
         let hedged_at = Instant::now();
-        let hedge = self.read_first_k(hedge_read, rebuild);
+        let hedge = self.first_k(read, rebuild);
         tokio::pin!(hedge);
         let (block, took) = tokio::select! {
-            b = &mut read => match b {
+            b = &mut primary => match b {
                 Some(b) => (Some(b), started.elapsed()),
-                None => (hedge.await, hedged_at.elapsed()),
+                None => (hedge.await.map(|(b, _)| b), hedged_at.elapsed()),
             },
             b = &mut hedge => match b {
-                Some(b) => (Some(b), hedged_at.elapsed()),
-                None => (read.await, started.elapsed()),
+                Some((b, late)) => {
+                    self.mark_stuck(&read, &late);
+                    (Some(b), hedged_at.elapsed())
+                }
+                // Every member was asked and fewer than k answered: the caller's checked path,
+                // with its own timeouts, does better than waiting out the first read.
+                None => (None, hedged_at.elapsed()),
             },
         };
         // What the winning read took from its own start: a hedge counted with the delay before it
@@ -269,12 +312,40 @@ impl Pool {
         Some((block?, true))
     }
 
+    /// After a hedge had the block: a server whose data fragment was still out, and that answered
+    /// none of the hedge's reads, is read around for [`STUCK_FOR`]. A server that answered some read
+    /// was only slower than the first `k`, and is not marked.
+    fn mark_stuck(&self, read: &BlockRead<'_>, late: &[usize]) {
+        let asked = read.sources.iter().enumerate();
+        let answered: HashSet<&str> = asked
+            .filter(|(i, _)| !late.contains(i))
+            .filter_map(|(_, s)| s.map(|s| s.address))
+            .collect();
+        let until = Instant::now() + STUCK_FOR;
+        let mut stuck = self.stuck.lock().unwrap_or_else(|p| p.into_inner());
+        for &i in late.iter().filter(|&&i| i < read.k) {
+            if let Some(Some(s)) = read.sources.get(i)
+                && !answered.contains(s.address)
+            {
+                stuck.insert(s.address.to_string(), until);
+            }
+        }
+    }
+
     /// The hedge of a whole-block read: every member that has a source (`sources[i]` for member `i`,
     /// `k + m` of them) is asked at once, each fragment into its own buffer, and the block is made of
     /// the first `k` that arrive (the missing data fragments rebuilt from parity by `rebuild`, off the
     /// async workers); the reads still out are dropped. So a member that accepted the connection but
     /// does not answer costs nothing once `k` others have. Unchecked, as [`Pool::read_whole`].
     pub async fn read_first_k<F>(&self, read: BlockRead<'_>, rebuild: F) -> Option<Bytes>
+    where
+        F: FnOnce(BytesMut, &[bool], &mut [(usize, BytesMut)]) -> Option<Bytes> + Send + 'static,
+    {
+        self.first_k(read, rebuild).await.map(|(b, _)| b)
+    }
+
+    /// [`Pool::read_first_k`], and the members whose reads were still out when the block was made.
+    async fn first_k<F>(&self, read: BlockRead<'_>, rebuild: F) -> Option<(Bytes, Vec<usize>)>
     where
         F: FnOnce(BytesMut, &[bool], &mut [(usize, BytesMut)]) -> Option<Bytes> + Send + 'static,
     {
@@ -297,16 +368,20 @@ impl Pool {
             .map(|(i, s)| async move {
                 let mut buf = BytesMut::with_capacity(frag_len);
                 let req = s.read_of(volume, offset, frag_len as u32);
-                self.read(s.address, req, &mut buf).await.ok()?;
-                Some((i, buf))
+                let ok = self.read(s.address, req, &mut buf).await.is_ok();
+                (i, ok.then_some(buf))
             })
+            .collect();
+        // Every member asked; those that answer or fail are struck off, and what is left was late.
+        let mut late: Vec<usize> = (0..sources.len())
+            .filter(|&i| sources[i].is_some())
             .collect();
         let mut got: Vec<(usize, BytesMut)> = Vec::with_capacity(k);
         while got.len() < k {
-            match reads.next().await {
-                Some(Some(f)) => got.push(f),
-                Some(None) => {}
-                None => return None,
+            let (i, f) = reads.next().await?;
+            late.retain(|&l| l != i);
+            if let Some(f) = f {
+                got.push((i, f));
             }
         }
         drop(reads);
@@ -323,11 +398,12 @@ impl Pool {
         }
         if present.iter().all(|&p| p) {
             block.truncate(block_len);
-            return Some(block.freeze());
+            return Some((block.freeze(), late));
         }
-        tokio::task::spawn_blocking(move || rebuild(block, &present, &mut parity))
+        let block = tokio::task::spawn_blocking(move || rebuild(block, &present, &mut parity))
             .await
-            .ok()?
+            .ok()??;
+        Some((block, late))
     }
 
     /// What rebuilding a block's missing data fragments needs, read at once: the data fragments that have
@@ -446,5 +522,100 @@ mod tests {
         pool.read(&addr, read(2), &mut buf).await.unwrap();
         assert!(buf.iter().all(|b| *b == 2));
         assert_eq!(srv.await.unwrap(), 2);
+    }
+
+    /// Serves raw reads on every connection: each fragment's bytes are its member's index.
+    async fn serve(listener: tokio::net::TcpListener) {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                while let Ok(Some(Ok(Request::Read(r)))) = read_request(&mut s).await {
+                    let body = vec![r.member as u8; r.len as usize];
+                    if s.write_all(&ok_header(r.len)).await.is_err()
+                        || s.write_all(&body).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    }
+
+    /// A server that accepts connections and never answers, as a SIGSTOPped one.
+    async fn hang(listener: tokio::net::TcpListener) {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    }
+
+    async fn server(hung: bool) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(if hung {
+            futures::future::Either::Left(hang(listener))
+        } else {
+            futures::future::Either::Right(serve(listener))
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_read_around_a_stuck_server_is_still_hedged_and_only_silent_servers_are_marked() {
+        // k = 2, m = 1: member 0 on `a`, 1 on `hung` (answers nothing), parity 2 on `b`.
+        let (a, hung, b) = (server(false).await, server(true).await, server(false).await);
+        let sources: Vec<Option<Source>> = [&a, &hung, &b]
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| {
+                Some(Source {
+                    address: addr,
+                    member: i as u32,
+                    generation: 1,
+                })
+            })
+            .collect();
+        let read = BlockRead {
+            volume: 1,
+            offset: 0,
+            frag_len: 100,
+            block_len: 200,
+            k: 2,
+            sources: &sources,
+        };
+        let rebuild =
+            |block: BytesMut, _: &[bool], _: &mut [(usize, BytesMut)]| Some(block.freeze());
+        let pool = Pool::default();
+        let latencies = Latencies::default();
+        // The first read meets the hung server: hedged, the block made of `a` and `b`, and only the
+        // server that answered none of its reads marked.
+        let first = tokio::time::timeout(
+            Duration::from_secs(5),
+            pool.read_hedged(&latencies, read, rebuild),
+        )
+        .await
+        .expect("a hung data member stalled the read");
+        assert!(first.is_some_and(|(_, hedged)| hedged));
+        {
+            let stuck = pool.stuck.lock().unwrap();
+            assert!(stuck.contains_key(&hung), "the silent server is not marked");
+            assert!(!stuck.contains_key(&a), "a server that answered is marked");
+        }
+        // A healthy server marked wrongly (`a`): going around it leaves `hung` and `b`, k sources of
+        // which one never answers. The read must still be hedged, not wait out the read timeout.
+        {
+            let mut stuck = pool.stuck.lock().unwrap();
+            stuck.clear();
+            stuck.insert(a.clone(), Instant::now() + STUCK_FOR);
+        }
+        let second = tokio::time::timeout(
+            Duration::from_secs(5),
+            pool.read_hedged(&latencies, read, rebuild),
+        )
+        .await
+        .expect("a read around a wrongly marked server waited on the hung one");
+        assert!(second.is_some());
     }
 }
