@@ -418,6 +418,11 @@ impl Cluster {
     }
 
     pub fn start_volume(&mut self, i: usize) -> anyhow::Result<()> {
+        self.start_volume_on(i, "127.0.0.1:0")
+    }
+
+    /// Starts volume server `i` listening on `listen` (e.g. the port it had before it was killed).
+    pub fn start_volume_on(&mut self, i: usize, listen: &str) -> anyhow::Result<()> {
         let disks: Vec<String> = self
             .disk_dirs(i)
             .iter()
@@ -430,7 +435,7 @@ impl Cluster {
             .map(|c| format!("disk_capacity = \"{c}\"\n"))
             .unwrap_or_default();
         let cfg = format!(
-            "[node]\nid = \"vol-{i}\"\n[volume]\nlisten = \"127.0.0.1:0\"\nmeta = \"{}\"\ndisks = [{}]\nheartbeat = \"500ms\"\nlabels = {{ host = \"vol-{i}\" }}\n{capacity}{}\n{}",
+            "[node]\nid = \"vol-{i}\"\n[volume]\nlisten = \"{listen}\"\nmeta = \"{}\"\ndisks = [{}]\nheartbeat = \"500ms\"\nlabels = {{ host = \"vol-{i}\" }}\n{capacity}{}\n{}",
             self.meta_url,
             disks.join(", "),
             self.opts.volume_extra,
@@ -441,9 +446,9 @@ impl Cluster {
         Ok(())
     }
 
-    fn spawn_frontend(&self, name: &str) -> anyhow::Result<Proc> {
+    fn spawn_frontend(&self, name: &str, listen: &str) -> anyhow::Result<Proc> {
         let cfg = format!(
-            "[frontend]\nlisten = \"127.0.0.1:0\"\nmeta = \"{}\"\nopen_volumes = {}\n{}\n{}",
+            "[frontend]\nlisten = \"{listen}\"\nmeta = \"{}\"\nopen_volumes = {}\n{}\n{}",
             self.meta_url,
             self.opts.open_volumes,
             self.opts.frontend_extra,
@@ -454,13 +459,33 @@ impl Cluster {
     }
 
     pub fn start_frontend(&mut self) -> anyhow::Result<()> {
-        self.frontend = Some(self.spawn_frontend("frontend")?);
+        self.frontend = Some(self.spawn_frontend("frontend", "127.0.0.1:0")?);
+        Ok(())
+    }
+
+    /// Starts the first (`second == false`) or second frontend again on `listen`, the port it had,
+    /// so that clients that know it find it again.
+    pub fn restart_frontend_on(&mut self, second: bool, listen: &str) -> anyhow::Result<()> {
+        let (name, slot) = if second {
+            ("frontend-2", &mut self.second_frontend)
+        } else {
+            ("frontend", &mut self.frontend)
+        };
+        if let Some(mut p) = slot.take() {
+            p.kill();
+        }
+        let p = self.spawn_frontend(name, listen)?;
+        *if second {
+            &mut self.second_frontend
+        } else {
+            &mut self.frontend
+        } = Some(p);
         Ok(())
     }
 
     /// Starts a second frontend beside the first (both hold write leases of their own volumes).
     pub fn start_second_frontend(&mut self) -> anyhow::Result<()> {
-        self.second_frontend = Some(self.spawn_frontend("frontend-2")?);
+        self.second_frontend = Some(self.spawn_frontend("frontend-2", "127.0.0.1:0")?);
         Ok(())
     }
 
@@ -509,6 +534,7 @@ impl Cluster {
             .meta
             .iter_mut()
             .chain(self.frontend.iter_mut())
+            .chain(self.second_frontend.iter_mut())
             .chain(self.repair.iter_mut())
             .chain(self.second_repair.iter_mut())
             .chain(self.volumes.iter_mut().flatten());
