@@ -1,8 +1,10 @@
-//! Disks that fill, on real processes and a real size-capped filesystem: a volume server whose disks
+//! Disks that fill or slow down, on real processes and a real size-capped filesystem: a volume server whose disks
 //! are small tmpfs mounts fills up under a running cell. Appends to it fail cleanly (the disk is full,
 //! not failed), the volumes they were for are sealed, puts move to other volumes without a client
 //! error, new volumes stay off the full disks, the fill alert's series crosses its threshold, and
-//! every acknowledged block reads back.
+//! every acknowledged block reads back. A disk whose synced writes slow down (the volume server's fault
+//! injector delays them) is marked slow within seconds, gets no new members while it is, and is no
+//! longer slow once it is fast again.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -194,5 +196,118 @@ async fn a_disk_that_fills_fails_its_appends_cleanly_and_puts_go_elsewhere() {
     );
     for (h, b) in &acked {
         assert_eq!(&client.get(h).await.unwrap(), b, "block {h}");
+    }
+}
+
+/// The `/api/v1/disks` entry of disk `id`.
+async fn disk_entry(cluster: &Cluster, id: &str) -> Option<Value> {
+    let disks = cluster.admin_get("/api/v1/disks").await.ok()?;
+    disks.as_array()?.iter().find(|d| d["id"] == id).cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_disk_whose_latency_climbs_is_marked_slow_and_gets_no_new_members() {
+    let cluster = Cluster::start(
+        bin(),
+        ClusterOpts {
+            extent_size: "2MiB".into(),
+            open_volumes: 2,
+            repair: false,
+            volume_extra: "slow_disk = \"100ms\"".into(),
+            ..ClusterOpts::default()
+        },
+    )
+    .expect("cluster starts");
+    let client = cluster.client().await.unwrap();
+    let mut stored = Vec::new();
+    for i in 0..5u64 {
+        let b = block(i, 256 << 10);
+        stored.push((client.put(b.clone()).await.unwrap().hash, b));
+    }
+    let disks = cluster.admin_get("/api/v1/disks").await.unwrap();
+    let victim = disks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["members"].as_u64().unwrap_or(0) > 0)
+        .expect("a disk with members")
+        .clone();
+    let id = victim["id"].as_str().unwrap().to_string();
+    assert_eq!(victim["slow"], false, "{victim}");
+    // Every synced write to it now takes 300 ms more (the fault injector's file; see hoard_volume::slow).
+    let fault = Path::new(victim["path"].as_str().unwrap()).join(".hoard-fault-delay");
+    std::fs::write(&fault, "300ms").unwrap();
+    let marked = wait_for("the disk marked slow", Duration::from_secs(30), || async {
+        let d = disk_entry(&cluster, &id).await?;
+        (d["slow"] == true).then_some(d)
+    })
+    .await
+    .unwrap();
+    assert!(
+        marked["state"].as_str().unwrap().starts_with("slow"),
+        "{marked}"
+    );
+    assert!(marked["sync_ms"].as_u64().unwrap() >= 300, "{marked}");
+    wait_for("hoard_disk_slow at 1", Duration::from_secs(20), || async {
+        let m = cluster.metrics_of(cluster.meta.as_ref()?).await.ok()?;
+        m.lines()
+            .any(|l| l.starts_with("hoard_disk_slow{") && l.contains(&id) && l.ends_with(" 1"))
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    let volumes = cluster.admin_get("/api/v1/volumes").await.unwrap();
+    let before = volumes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["id"].as_u64())
+        .max()
+        .unwrap();
+
+    // 60 MiB more: several new volumes (each holds 12 MiB), none of them on the slow disk.
+    for i in 0..60u64 {
+        let b = block(100 + i, 1 << 20);
+        let p = client
+            .put(b.clone())
+            .await
+            .expect("a put beside a slow disk");
+        stored.push((p.hash, b));
+    }
+    let volumes = cluster.admin_get("/api/v1/volumes").await.unwrap();
+    let new: Vec<&Value> = volumes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["id"].as_u64().unwrap() > before)
+        .collect();
+    assert!(new.len() >= 2, "only {} new volumes", new.len());
+    for v in &new {
+        let on_it = v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["disk"] == id.as_str());
+        assert!(
+            !on_it,
+            "volume {} placed a member on the slow disk {id}",
+            v["id"]
+        );
+    }
+
+    // Fast again: no longer slow, once its recent probes say so.
+    std::fs::remove_file(&fault).unwrap();
+    wait_for(
+        "the disk no longer slow",
+        Duration::from_secs(30),
+        || async {
+            let d = disk_entry(&cluster, &id).await?;
+            (d["slow"] == false && d["state"] == "ok").then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    for (h, b) in &stored {
+        assert_eq!(&client.get(h).await.unwrap(), b);
     }
 }

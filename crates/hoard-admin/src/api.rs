@@ -82,13 +82,17 @@ pub struct DiskView {
     pub id: String,
     pub node: String,
     pub path: String,
-    /// `ok`, `failed: <why>`, `held: <why>`, `draining (N members left)` or `drained`.
+    /// `ok`, `failed: <why>`, `held: <why>`, `draining (N members left)`, `drained` or `slow: <why>`.
     pub state: String,
     pub capacity_bytes: u64,
     pub used_bytes: u64,
     pub free_bytes: u64,
     pub trash_bytes: u64,
     pub members: u32,
+    /// Its synced writes are slower than its server's `slow_disk`: no new members go there.
+    pub slow: bool,
+    /// The median of its recent latency probes (ms), while it is slow.
+    pub sync_ms: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -308,6 +308,16 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "1 when a disk reports a failure.",
     ),
     (
+        "hoard_disk_slow",
+        Gauge,
+        "1 while a disk's server finds its synced writes slower than slow_disk: no new members go there.",
+    ),
+    (
+        "hoard_volume_disk_probe_seconds",
+        Histogram,
+        "One latency probe of a disk: a 4 KiB write and fdatasync, once a second.",
+    ),
+    (
         "hoard_repair_queue_volumes",
         Gauge,
         "Volumes waiting for repair, by priority (members lost).",

@@ -5,7 +5,7 @@
 //! ([`Core::mutate`]). The block index is the one table that grows with the data; it is read from the
 //! engine by the block index.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,6 +94,9 @@ pub(crate) struct Tables {
     /// Disks a frontend reported failing since their node's last heartbeat: no new members go there
     /// until the node proves itself alive again. Memory only.
     pub(crate) suspect: HashSet<String>,
+    /// Disks whose server finds their synced writes slow, with the median probe (ms), as of their
+    /// last heartbeat: no new members go there while other disks fit. Memory only.
+    pub(crate) slow: HashMap<String, u32>,
     /// When this meta loaded the tables (Unix ms): a node's silence counts only from then on, so
     /// that meta's own outage is not taken for the nodes'.
     pub(crate) started_unix_ms: u64,

@@ -32,6 +32,9 @@ pub struct ReportedDisk {
     pub cluster_id: String,
     pub scrub: Option<v1::ScrubStatus>,
     pub trash_bytes: u64,
+    /// Its server finds its synced writes slow ([`crate::core::Tables::slow`]).
+    pub slow: bool,
+    pub sync_ms: u32,
 }
 
 /// A volume server's heartbeat, checked: every size clamped to what a disk or extent can hold (so
@@ -76,6 +79,8 @@ impl TryFrom<&v1::HeartbeatRequest> for Heartbeat {
                     cluster_id: d.cluster_id.clone(),
                     scrub: d.scrub.clone(),
                     trash_bytes: d.trash_bytes.min(MAX_DISK_BYTES),
+                    slow: d.slow,
+                    sync_ms: d.sync_ms,
                 })
             })
             .collect::<Result<_, MetaError>>()?;
@@ -244,6 +249,13 @@ impl Nodes {
             t.nodes.insert(hb.node_id.clone(), node);
             for d in &hb.disks {
                 t.suspect.remove(&d.disk_id);
+                if d.slow {
+                    if t.slow.insert(d.disk_id.clone(), d.sync_ms).is_none() {
+                        tracing::warn!(disk = %d.disk_id, node = %hb.node_id, sync_ms = d.sync_ms, "disk is slow: no new members go there");
+                    }
+                } else if t.slow.remove(&d.disk_id).is_some() {
+                    tracing::info!(disk = %d.disk_id, node = %hb.node_id, sync_ms = d.sync_ms, "disk is no longer slow");
+                }
                 let declared_empty = t.disks.get(&d.disk_id).is_some_and(|r| r.declared_empty);
                 let draining = t.disks.get(&d.disk_id).is_some_and(|r| r.draining);
                 let unknown = hb

@@ -84,6 +84,11 @@ impl Repair {
             } else {
                 1.0
             });
+            metrics::gauge!("hoard_disk_slow", &labels).set(if cell.slow.contains_key(id) {
+                1.0
+            } else {
+                0.0
+            });
         }
         metrics::gauge!("hoard_meta_blocks")
             .set(cell.volumes.values().map(|v| v.blocks).sum::<u64>() as f64);

@@ -95,7 +95,7 @@ pub(crate) fn candidates(t: &Tables, cfg: &MetaConfig, now: u64) -> Vec<Candidat
 }
 
 /// Places `count` members beside `existing` on candidate disks passing `keep`. Disks a frontend just
-/// reported failing, and disks of nodes that missed their last heartbeats, are avoided when possible,
+/// reported failing, slow disks, and disks of nodes that missed their last heartbeats, are avoided when possible,
 /// and used when nothing else fits: the report and the silence are hints, the grace is the truth. Answers the candidates and the indexes of the chosen ones.
 pub(crate) fn place_on(
     t: &Tables,
@@ -112,7 +112,11 @@ pub(crate) fn place_on(
         .collect();
     let trusted: Vec<Candidate> = all
         .iter()
-        .filter(|c| !t.suspect.contains(&c.disk_id) && !health::node_late(t, &c.node_id, now))
+        .filter(|c| {
+            !t.suspect.contains(&c.disk_id)
+                && !t.slow.contains_key(&c.disk_id)
+                && !health::node_late(t, &c.node_id, now)
+        })
         .cloned()
         .collect();
     match placement::place_more(existing, &trusted, count, per_node_cap) {

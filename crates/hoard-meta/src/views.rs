@@ -107,6 +107,8 @@ pub(crate) fn cluster_status(t: &Tables, cfg: &MetaConfig) -> v1::ClusterStatusR
                 "drained".to_string()
             } else if d.draining {
                 format!("draining ({members} members left)")
+            } else if let Some(ms) = t.slow.get(id) {
+                format!("slow: synced writes take {ms} ms; no new members")
             } else {
                 d.health.to_string()
             };
@@ -122,6 +124,8 @@ pub(crate) fn cluster_status(t: &Tables, cfg: &MetaConfig) -> v1::ClusterStatusR
                     extents: d.extents,
                     cluster_id: d.cluster_id.clone(),
                     scrub: t.scrub.get(id).cloned(),
+                    slow: t.slow.contains_key(id),
+                    sync_ms: t.slow.get(id).copied().unwrap_or(0),
                 }),
                 node_id: d.node_id.clone(),
                 members,

@@ -363,7 +363,7 @@ impl Cluster {
             &["server", "--config", config.to_str().expect("utf-8 path")],
             &log,
             roles,
-            &[("RUST_LOG", "info")],
+            &[("RUST_LOG", "info"), ("HOARD_FAULT_INJECTION", "1")],
         )
     }
 

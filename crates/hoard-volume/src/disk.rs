@@ -34,6 +34,8 @@ pub struct Disk {
     failed: Mutex<Option<String>>,
     /// Capacity from config; the filesystem's size when absent.
     capacity: Option<u64>,
+    /// How long its synced writes take ([`crate::slow`]).
+    pub latency: crate::slow::DiskLatency,
 }
 
 /// Space figures of a filesystem, from statvfs.
@@ -100,6 +102,7 @@ impl Disk {
             label: Mutex::new(label),
             failed: Mutex::new(None),
             capacity,
+            latency: Default::default(),
         })
     }
 

@@ -12,6 +12,7 @@ pub mod raw;
 pub mod rebuild;
 pub mod scrub;
 pub mod service;
+pub mod slow;
 mod space;
 pub mod staged;
 pub mod store;

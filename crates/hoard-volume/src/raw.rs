@@ -200,6 +200,10 @@ async fn append(shared: &Shared, stream: &mut TcpStream, req: RawAppend) -> bool
         Ok(Ok(_)) => {}
         _ => return false,
     }
+    shared
+        .store
+        .injected_write_delay(req.volume, req.member)
+        .await;
     let res = extent.append(req.generation, req.epoch, record, buf).await;
     answer_append(stream, &req, res).await
 }

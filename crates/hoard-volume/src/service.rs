@@ -278,6 +278,7 @@ impl Volume for VolumeService {
             member = e.member,
             block = %record.hash.short()
         );
+        self.store.injected_write_delay(e.volume, e.member).await;
         extent
             .append(e.generation, req.epoch, record, req.fragment)
             .instrument(span)

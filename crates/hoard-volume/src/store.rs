@@ -36,6 +36,10 @@ pub struct DiskReport {
     pub extents: u32,
     /// Bytes of retired extents waiting in the trash.
     pub trash_bytes: u64,
+    /// Its synced writes are slower than the server's `slow_disk` ([`crate::slow`]).
+    pub slow: bool,
+    /// The median of its recent latency probes, in milliseconds.
+    pub sync_ms: u32,
 }
 
 /// Every extent this server holds, by (volume, member), with the disk it lives on.
@@ -132,6 +136,21 @@ impl VolumeStore {
             .get(&(volume, member))
             .map(|(e, _)| Arc::clone(e))
             .ok_or(VolumeError::NoExtent { volume, member })
+    }
+
+    /// Waits out what the fault injector puts on writes to the disk holding `(volume, member)`
+    /// ([`crate::slow`]); nothing unless fault injection is on.
+    pub async fn injected_write_delay(&self, volume: VolumeId, member: MemberIndex) {
+        let delay = self
+            .extents
+            .read()
+            .get(&(volume, member))
+            .map_or(std::time::Duration::ZERO, |(_, d)| {
+                d.latency.injected(&d.path)
+            });
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
     }
 
     pub fn extents(&self) -> Vec<(Arc<Extent>, Arc<Disk>)> {
@@ -448,6 +467,11 @@ impl VolumeStore {
                     },
                     extents: mine.len() as u32,
                     trash_bytes: dir_bytes(&d.path.join(crate::disk::TRASH_DIR)),
+                    slow: d.latency.slow(),
+                    sync_ms: d
+                        .latency
+                        .typical()
+                        .map_or(0, |t| t.as_millis().min(u32::MAX as u128) as u32),
                 }
             })
             .collect()

@@ -77,5 +77,7 @@ pub fn disk_info(d: &DiskReport) -> v1::DiskInfo {
         cluster_id: d.cluster_id.clone(),
         scrub: None,
         trash_bytes: d.trash_bytes,
+        slow: d.slow,
+        sync_ms: d.sync_ms,
     }
 }

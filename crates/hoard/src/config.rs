@@ -267,6 +267,10 @@ pub struct VolumeSection {
     /// How long superseded extents stay in a disk's trash before deletion.
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub trash_grace: Option<Duration>,
+    /// A disk whose latency probe (a 4 KiB synced write, once a second) takes longer, as the median
+    /// of the last ten, is slow and gets no new members; 500ms when absent.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub slow_disk: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -449,6 +453,15 @@ impl Config {
                     Duration::from_secs(365 * 86_400),
                 );
             }
+            if let Some(t) = v.slow_disk {
+                within(
+                    &mut p,
+                    "volume.slow_disk",
+                    t,
+                    Duration::from_millis(5),
+                    Duration::from_secs(600),
+                );
+            }
             if let Some(c) = v.disk_capacity {
                 size_within(&mut p, "volume.disk_capacity", c, 1 << 20, u64::MAX);
             }
@@ -568,6 +581,7 @@ const KNOWN: &[(&str, &[&str])] = &[
             "disk_capacity",
             "labels",
             "trash_grace",
+            "slow_disk",
         ],
     ),
     ("repair", &["meta"]),

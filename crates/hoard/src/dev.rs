@@ -137,6 +137,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             labels: [("host".to_string(), format!("node-{n}"))].into(),
             heartbeat: Duration::from_secs(2),
             trash_grace: args.trash_grace,
+            slow_disk: hoard_volume::slow::SLOW_DEFAULT,
         };
         let (role, store) = roles::start_volume(cfg, &stop).await?;
         tracing::info!(node = n, addr = %role.addr, "volume server up");

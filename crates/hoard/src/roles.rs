@@ -170,6 +170,8 @@ pub struct VolumeRoleConfig {
     pub heartbeat: Duration,
     /// How long superseded extents stay in trash.
     pub trash_grace: Duration,
+    /// A disk whose synced writes take longer is slow ([`hoard_volume::slow`]).
+    pub slow_disk: Duration,
 }
 
 pub async fn start_volume(
@@ -192,6 +194,7 @@ pub async fn start_volume(
         .map_err(|e| anyhow!("volume: bad meta URL {:?}: {e}", cfg.meta_url))?
         .timeout(Duration::from_secs(10));
     let mut meta = MetaClient::new(ep.connect_lazy());
+    hoard_volume::slow::spawn_probes(Arc::clone(&store), cfg.slow_disk, stop.subscribe());
     let scrubber = hoard_volume::scrub::Scrubber::new(Arc::clone(&store), meta.clone());
     scrubber.spawn(stop.subscribe());
     let hb = HeartbeatConfig {

@@ -50,6 +50,7 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
             labels: v.labels.clone(),
             heartbeat: v.heartbeat.unwrap_or(Duration::from_secs(5)),
             trash_grace: v.trash_grace.unwrap_or(Duration::from_secs(86_400)),
+            slow_disk: v.slow_disk.unwrap_or(hoard_volume::slow::SLOW_DEFAULT),
         };
         let (role, store) = roles::start_volume(vc, &stop).await?;
         let _ = outln!("hoard volume listening on {}", role.addr);

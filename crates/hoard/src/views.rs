@@ -22,6 +22,8 @@ pub fn disk(d: &v1::DiskStatus) -> DiskView {
         free_bytes: info.free_bytes,
         trash_bytes: info.trash_bytes,
         members: d.members,
+        slow: info.slow,
+        sync_ms: info.sync_ms,
     }
 }
 

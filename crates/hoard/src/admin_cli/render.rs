@@ -464,6 +464,8 @@ mod tests {
             free_bytes: cap - used,
             trash_bytes: 0,
             members: 4,
+            slow: false,
+            sync_ms: 0,
         }
     }
 
