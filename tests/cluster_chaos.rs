@@ -160,7 +160,7 @@ async fn load(client: Client, seed: u64, worker: u64, stop: Arc<AtomicBool>) -> 
                 error,
             }),
         }
-        if i % 8 == 0 {
+        if i.is_multiple_of(8) {
             let ask: Vec<String> = seen
                 .acked
                 .choose_multiple(&mut rng, 64)

@@ -243,7 +243,7 @@ async fn a_volume_server_killed_under_load_costs_no_client_error() {
                     }
                     if let Some((h, b)) = acked.get(i as usize * 7 % acked.len().max(1)) {
                         match client.get(h).await {
-                            Ok(got) if &got == b => {}
+                            Ok(got) if got == b => {}
                             Ok(_) => errors.lock().push(format!("get {h}: wrong bytes")),
                             Err(e) => errors.lock().push(format!("get {h}: {e}")),
                         }

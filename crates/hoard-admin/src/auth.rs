@@ -148,7 +148,10 @@ impl AdminTokens {
     }
 }
 
-fn read(path: &Path) -> Result<(HashMap<String, (Access, String)>, Option<SystemTime>), String> {
+/// Token hash -> (access, name).
+type Tokens = HashMap<String, (Access, String)>;
+
+fn read(path: &Path) -> Result<(Tokens, Option<SystemTime>), String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("admin tokens {}: cannot read: {e}", path.display()))?;
     let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
