@@ -18,33 +18,8 @@ pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; [ "${KEEP:-0}" = 1 ] || rm -rf "$WORK"; }
 trap cleanup EXIT
 
-start() { # NAME CONFIG-TEXT -> prints the address it listens on
-  printf '%s\n' "$2" >"$WORK/$1.toml"
-  "$hoard" server --config "$WORK/$1.toml" >"$WORK/$1.out" 2>"$WORK/$1.log" &
-  pids+=($!)
-  for _ in $(seq 1 100); do grep -q 'listening on' "$WORK/$1.out" 2>/dev/null && break; sleep 0.1; done
-  sed -n 's/^hoard [a-z]* listening on //p' "$WORK/$1.out" | head -n 1
-}
-
-meta=$(start meta "[meta]
-listen = \"127.0.0.1:0\"
-data_dir = \"$WORK/meta\"
-extent_size = \"256MiB\"")
-vols=()
-for i in 1 2 3 4; do
-  start "vol-$i" "[node]
-id = \"vol-$i\"
-[volume]
-listen = \"127.0.0.1:0\"
-meta = \"http://$meta\"
-disks = [\"$WORK/vol-$i/d1\", \"$WORK/vol-$i/d2\", \"$WORK/vol-$i/d3\"]
-heartbeat = \"1s\"" >/dev/null
-  vols+=("${pids[-1]}")
-done
-fe=$(start frontend "[frontend]
-listen = \"127.0.0.1:0\"
-meta = \"http://$meta\"")
-export HOARD_ENDPOINT="http://$fe"
+. scripts/cell.sh
+start_cell
 rss() { for p in "${vols[@]}"; do awk '/VmRSS/ {printf "%d ", $2/1024}' "/proc/$p/status"; done; }
 
 echo "blocks stored   volume servers' RSS (MiB)"

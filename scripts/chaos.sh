@@ -5,6 +5,7 @@
 # (faults, and client-visible errors per fault kind) and exits non-zero when the run failed.
 #
 #   usage: scripts/chaos.sh SEED MINUTES      e.g. for s in $(seq 1 20); do scripts/chaos.sh $s 2; done
+#   env: CHAOS_LOG=FILE keeps a failed run's whole output there
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -ne 2 ] || ! [[ $1 =~ ^[0-9]+$ ]] || ! [[ $2 =~ ^[0-9]+([.][0-9]+)?$ ]]; then
@@ -19,10 +20,13 @@ export HOARD_CHAOS_SECS
 log=$(mktemp /tmp/hoard-chaos.XXXXXX)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --release --locked -p hoard --test cluster_chaos -- --nocapture >"$log" 2>&1 || status=$?
+# --workspace, as scripts/test.sh: the same features, so the suite's build serves both.
+cargo test --release --locked --workspace --test cluster_chaos -- --nocapture >"$log" 2>&1 || status=$?
 grep '^chaos' "$log" | grep -v '^chaos: ' || true
 if [ "$status" -ne 0 ]; then
-  echo "chaos seed $1 FAILED; the end of its output:" >&2
-  tail -n 60 "$log" >&2
+  echo "chaos seed $1 FAILED; its faults and why it failed:" >&2
+  grep '^chaos: ' "$log" >&2 || true
+  grep -A 20 'panicked at' "$log" | cut -c1-400 >&2 || tail -n 60 "$log" >&2
+  if [ -n "${CHAOS_LOG:-}" ]; then cp "$log" "$CHAOS_LOG"; fi
 fi
 exit "$status"
