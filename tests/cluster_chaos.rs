@@ -318,20 +318,10 @@ impl Chaos {
             }
             Kind::FrontendKill => {
                 let second = self.rng.random_bool(0.5);
-                let p = if second {
-                    &cluster.second_frontend
-                } else {
-                    &cluster.frontend
-                };
-                let port = p.as_ref().expect("running").addr("frontend").to_string();
-                let w = self.open(kind, if second { "frontend-2" } else { "frontend" }.into());
-                if let Some(mut p) = if second {
-                    cluster.second_frontend.take()
-                } else {
-                    cluster.frontend.take()
-                } {
-                    p.kill();
-                }
+                let p = cluster.frontend_slot(second).as_ref().expect("running");
+                let port = p.addr("frontend").to_string();
+                let w = self.open(kind, p.name.clone());
+                cluster.kill_frontend_of(second);
                 self.hold(1.0..4.0).await;
                 cluster.restart_frontend_on(second, &port)?;
                 self.close(w);

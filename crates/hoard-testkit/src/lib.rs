@@ -466,21 +466,27 @@ impl Cluster {
     /// Starts the first (`second == false`) or second frontend again on `listen`, the port it had,
     /// so that clients that know it find it again.
     pub fn restart_frontend_on(&mut self, second: bool, listen: &str) -> anyhow::Result<()> {
-        let (name, slot) = if second {
-            ("frontend-2", &mut self.second_frontend)
-        } else {
-            ("frontend", &mut self.frontend)
-        };
-        if let Some(mut p) = slot.take() {
-            p.kill();
-        }
+        self.kill_frontend_of(second);
+        let name = if second { "frontend-2" } else { "frontend" };
         let p = self.spawn_frontend(name, listen)?;
-        *if second {
+        *self.frontend_slot(second) = Some(p);
+        Ok(())
+    }
+
+    /// The first (`second == false`) or second frontend.
+    pub fn frontend_slot(&mut self, second: bool) -> &mut Option<Proc> {
+        if second {
             &mut self.second_frontend
         } else {
             &mut self.frontend
-        } = Some(p);
-        Ok(())
+        }
+    }
+
+    /// SIGKILL the first or second frontend.
+    pub fn kill_frontend_of(&mut self, second: bool) {
+        if let Some(mut p) = self.frontend_slot(second).take() {
+            p.kill();
+        }
     }
 
     /// Starts a second frontend beside the first (both hold write leases of their own volumes).

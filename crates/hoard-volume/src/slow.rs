@@ -50,7 +50,7 @@ impl Default for DiskLatency {
             recent: Mutex::default(),
             running_since: Mutex::default(),
             slow_after_us: AtomicU64::new(SLOW_DEFAULT.as_micros() as u64),
-            inject: std::env::var("HOARD_FAULT_INJECTION").is_ok_and(|v| v == "1"),
+            inject: injection_on(),
             fault: Mutex::default(),
         }
     }
@@ -104,6 +104,12 @@ impl DiskLatency {
         }
         f.1
     }
+}
+
+/// Whether this process's environment turns the fault injector on (read once).
+pub fn injection_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("HOARD_FAULT_INJECTION").is_ok_and(|v| v == "1"))
 }
 
 /// One probe of `disk`: a 4 KiB write and `fdatasync`, after the injected delay.

@@ -141,6 +141,9 @@ impl VolumeStore {
     /// Waits out what the fault injector puts on writes to the disk holding `(volume, member)`
     /// ([`crate::slow`]); nothing unless fault injection is on.
     pub async fn injected_write_delay(&self, volume: VolumeId, member: MemberIndex) {
+        if !crate::slow::injection_on() {
+            return;
+        }
         let delay = self
             .extents
             .read()
